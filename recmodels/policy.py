@@ -1,0 +1,89 @@
+"""The generative recommender: a decoder-only causal transformer over item tokens.
+
+nanoGPT-style: pre-LN blocks, learned positions, input and output embeddings tied. With the
+atomic tokenization each item is one token (item_idx 1..n_items, 0 = padding), so the next-item
+distribution is a softmax over the whole catalog and no generated id can be a non-item.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class PolicyConfig:
+    vocab_size: int  # n_items + 1 (token 0 is padding)
+    max_len: int = 50
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    dropout: float = 0.2
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, cfg: PolicyConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.attn = nn.MultiheadAttention(cfg.d_model, cfg.n_heads, dropout=cfg.dropout, batch_first=True)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.d_model, 4 * cfg.d_model), nn.GELU(),
+            nn.Linear(4 * cfg.d_model, cfg.d_model), nn.Dropout(cfg.dropout),
+        )
+
+    def forward(self, x: torch.Tensor, causal_mask: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        h = self.ln1(x)
+        a, _ = self.attn(h, h, h, attn_mask=causal_mask, key_padding_mask=pad_mask, need_weights=False)
+        x = x + a
+        return x + self.mlp(self.ln2(x))
+
+
+class GenerativePolicy(nn.Module):
+    def __init__(self, cfg: PolicyConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=0)
+        self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def hidden(self, items: torch.Tensor) -> torch.Tensor:
+        """items [B, T] (left-padded with 0) -> hidden states [B, T, d]."""
+        B, T = items.shape
+        pos = torch.arange(T, device=items.device)
+        x = self.drop(self.tok_emb(items) + self.pos_emb(pos + self.cfg.max_len - T))
+        causal = torch.triu(torch.ones(T, T, dtype=torch.bool, device=items.device), diagonal=1)
+        pad = items == 0
+        # a fully padded row would make attention NaN: let padded queries see themselves
+        pad = pad & ~(pad.all(dim=1, keepdim=True) & (pos == T - 1))
+        for block in self.blocks:
+            x = block(x, causal, pad)
+        return self.ln_f(x)
+
+    def forward(self, items: torch.Tensor, targets: torch.Tensor | None = None):
+        """items [B, T] -> logits [B, T, V]; with targets [B, T] (0 = ignore) also the mean NLL."""
+        logits = self.hidden(items) @ self.tok_emb.weight.T  # tied output embedding
+        logits[..., 0] = float("-inf")  # padding is never a next item
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=0)
+        return logits, loss
+
+    def next_item_logits(self, history: torch.Tensor) -> torch.Tensor:
+        """history [B, T] -> logits of the next item [B, V] (read at the last position)."""
+        logits, _ = self(history[:, -self.cfg.max_len:])
+        return logits[:, -1, :]
