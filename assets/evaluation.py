@@ -1,0 +1,39 @@
+"""The evaluation report: every policy on the same test users, with intervals and paired differences."""
+from __future__ import annotations
+
+import dagster as dg
+
+from assets.metadata import image, markdown_table
+from assets.post_training import post_trained_policies
+from assets.resources import MlflowTracking, RecalignHome
+
+POST_TRAINED_INPUTS = {a.key.path[-1]: dg.AssetIn(a.key) for a in post_trained_policies}
+
+
+@dg.asset(group_name="evaluation", kinds={"mlflow"},
+          ins={"interactions": dg.AssetIn(), "pretrained_policy": dg.AssetIn(),
+               "ranker_reward_model": dg.AssetIn(), **POST_TRAINED_INPUTS})
+def evaluation_report(context: dg.AssetExecutionContext, home: RecalignHome, mlflow: MlflowTracking,
+                      interactions: dict, pretrained_policy: dict, ranker_reward_model: dict,
+                      **post_trained: dict) -> dict:
+    """HR/NDCG/MRR@5/10/20 with 95% bootstrap intervals, paired differences and reward alignment."""
+    from recmodels.data.tables import read_parquet
+    from recmodels.evaluation.evaluate import evaluate_policies
+    from recmodels.evaluation.report import build_report, comparison_table, write_report
+    from recmodels.model_io import load_policy, load_ranker
+
+    policies = {"pretrained": (load_policy(pretrained_policy["checkpoint"]), None)}
+    policies |= {r["method"]: (load_policy(r["checkpoint"]), r["method"]) for r in post_trained.values()}
+    max_len = policies["pretrained"][0].cfg.max_len
+    evals = evaluate_policies(policies, read_parquet(interactions["table"]),
+                              load_ranker(ranker_reward_model["checkpoint"]), max_len)
+    report = build_report(evals, baseline="pretrained")
+    report["ranker"] = {k: ranker_reward_model[k] for k in ranker_reward_model if k.endswith("rmse")}
+    files = write_report(report, home.run_dir(interactions["dataset"], context.run_id, "report"))
+    with mlflow.start_run(context, interactions["dataset"], interactions["digest"], {"policies": list(policies)}):
+        for path in files.values():
+            mlflow.log_artifact(path, artifact_path="report")
+    context.add_output_metadata({"comparison": markdown_table(comparison_table(report)),
+                                 "plot": image(files["png"], "NDCG@10 and HR@10 per policy"),
+                                 "report_md": dg.MetadataValue.path(str(files["md"]))})
+    return {"dataset": interactions["dataset"], **{k: str(v) for k, v in files.items()}}

@@ -1,0 +1,81 @@
+"""Model assets trained on the interactions: the pretrained policy and the ranker reward model."""
+from __future__ import annotations
+
+from typing import Optional
+
+import dagster as dg
+
+from assets.metadata import history_table, model_record_metadata
+from assets.model_runs import (POLICY_MODEL, RANKER_MODEL, library_config, save_and_register,
+                               tracked_training)
+from assets.resources import MlflowTracking, RecalignHome
+from recmodels.data.tables import read_parquet
+
+
+class PretrainAssetConfig(dg.Config):
+    """Knobs of the pretrained policy; a field left empty keeps the library default."""
+
+    epochs: Optional[int] = None
+    batch_size: Optional[int] = None
+    lr: Optional[float] = None
+    patience: Optional[int] = None
+    seed: Optional[int] = None
+    max_len: Optional[int] = None
+    d_model: Optional[int] = None
+    n_layers: Optional[int] = None
+    n_heads: Optional[int] = None
+    dropout: Optional[float] = None
+
+
+@dg.asset(group_name="models", kinds={"pytorch", "mlflow"})
+def pretrained_policy(context: dg.AssetExecutionContext, config: PretrainAssetConfig, interactions: dict,
+                      home: RecalignHome, mlflow: MlflowTracking) -> dict:
+    """Causal transformer trained with next-item NLL, early-stopped on valid NDCG@10."""
+    from recmodels.policy import PolicyConfig
+    from recmodels.pretraining import PretrainConfig, pretrain_policy
+
+    settings = config.model_dump()
+    train_cfg = library_config(PretrainConfig, settings)
+    policy_cfg = library_config(PolicyConfig, settings, vocab_size=interactions["n_items"] + 1)
+    with tracked_training(context, mlflow, interactions["dataset"], interactions["digest"],
+                          {**vars(train_cfg), **vars(policy_cfg)}) as training:
+        result = pretrain_policy(read_parquet(interactions["table"]), interactions["n_items"], policy_cfg,
+                                 train_cfg, callback=training.callback)
+        record = save_and_register(training, home, interactions["dataset"], result.policy, result.policy_config,
+                                   "pretrained_policy.pt", POLICY_MODEL, tags={"role": "pretrained_policy"})
+    record.update(best_epoch=result.best_epoch, best_valid_ndcg10=result.best_valid_ndcg10)
+    context.add_output_metadata({**model_record_metadata(record), "best_epoch": result.best_epoch,
+                                 "best_valid_ndcg@10": result.best_valid_ndcg10,
+                                 "history": history_table(result.history)})
+    return record
+
+
+class RankerAssetConfig(dg.Config):
+    """Knobs of the ranker reward model; a field left empty keeps the library default."""
+
+    epochs: Optional[int] = None
+    batch_size: Optional[int] = None
+    lr: Optional[float] = None
+    patience: Optional[int] = None
+    seed: Optional[int] = None
+
+
+@dg.asset(group_name="models", kinds={"pytorch", "mlflow"})
+def ranker_reward_model(context: dg.AssetExecutionContext, config: RankerAssetConfig, interactions: dict,
+                        home: RecalignHome, mlflow: MlflowTracking) -> dict:
+    """Reward regressor on logged (history, item) pairs: the 'production ranker' that RL methods optimize."""
+    from recmodels.ranker_training import RankerTrainConfig, train_ranker
+
+    train_cfg = library_config(RankerTrainConfig, config.model_dump())
+    with tracked_training(context, mlflow, interactions["dataset"], interactions["digest"],
+                          vars(train_cfg)) as training:
+        result = train_ranker(read_parquet(interactions["table"]), interactions["n_items"], train_cfg,
+                              callback=training.callback)
+        training.mlflow.log_metrics({"valid_rmse": result.valid_rmse, **result.baselines}, step=0)
+        record = save_and_register(training, home, interactions["dataset"], result.ranker, result.config,
+                                   "ranker.pt", RANKER_MODEL, tags={"role": "ranker"})
+    record.update(valid_rmse=result.valid_rmse, **result.baselines)
+    context.add_output_metadata({**model_record_metadata(record), "valid_rmse": result.valid_rmse,
+                                 **{k: float(v) for k, v in result.baselines.items()},
+                                 "history": history_table(result.history)})
+    return record

@@ -1,0 +1,110 @@
+"""The two resources every asset uses: where files live, and the MLflow tracking store.
+
+`RecalignHome` lays out the project's storage: one folder per data set and Dagster run, so a new
+materialization never overwrites what an earlier one wrote. `MlflowTracking` is a thin wrapper on
+MLflow's fluent API and `MlflowClient` (the `dagster-mlflow` integration is dated): it opens one run
+per model asset, tagged with the Dagster run id and asset key, and registers model versions.
+"""
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import dagster as dg
+
+
+class RecalignHome(dg.ConfigurableResource):
+    """Root folder of everything recalign writes: data, checkpoints, reports, the download cache."""
+
+    root: str
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.root) / "cache"
+
+    def run_dir(self, dataset: str, run_id: str, *parts: str) -> Path:
+        """`<root>/datasets/<dataset>/runs/<run_id>/<parts...>`, created on demand."""
+        path = Path(self.root, "datasets", dataset, "runs", run_id, *parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def dataset_dir(self, dataset: str) -> Path:
+        path = Path(self.root, "datasets", dataset)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def _metric_key(name: str) -> str:
+    """MLflow metric names cannot hold '@': `valid_ndcg@10` -> `valid_ndcg_at_10`."""
+    return re.sub(r"[^0-9A-Za-z_\-. /]", "_", name.replace("@", "_at_"))
+
+
+class MlflowTracking(dg.ConfigurableResource):
+    """MLflow tracking store (sqlite by default) with one experiment per data set."""
+
+    tracking_uri: str
+    artifact_root: str
+    experiment_prefix: str = "recalign"
+
+    def _client(self):
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        return mlflow.MlflowClient(self.tracking_uri)
+
+    def experiment_id(self, dataset: str) -> str:
+        client = self._client()
+        name = f"{self.experiment_prefix}/{dataset}"
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        location = Path(self.artifact_root, dataset).resolve().as_uri()
+        return client.create_experiment(name, artifact_location=location)
+
+    @contextmanager
+    def start_run(self, context: dg.AssetExecutionContext, dataset: str, data_digest: str,
+                  params: dict[str, Any]) -> Iterator[Any]:
+        """An MLflow run for one asset materialization, tagged for lineage back to Dagster."""
+        import mlflow
+
+        experiment_id = self.experiment_id(dataset)
+        asset_key = context.asset_key.to_user_string()
+        tags = {"dagster_run_id": context.run_id, "dagster_asset_key": asset_key,
+                "dataset": dataset, "data_digest": data_digest}
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"{asset_key}-{context.run_id[:8]}",
+                              tags=tags) as run:
+            mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+            yield run
+
+    @staticmethod
+    def log_metrics(row: dict[str, Any], step: int) -> None:
+        import mlflow
+
+        mlflow.log_metrics({_metric_key(k): float(v) for k, v in row.items()
+                            if isinstance(v, (int, float)) and k not in ("epoch", "step")}, step=step)
+
+    @staticmethod
+    def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
+        import mlflow
+
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def register(self, run: Any, artifact_path: str, model_name: str, tags: dict[str, str],
+                 aliases: tuple[str, ...] = ()) -> str:
+        """Register `<run artifacts>/<artifact_path>` as a new version of `model_name`; return it."""
+        from mlflow.exceptions import MlflowException
+
+        client = self._client()
+        try:
+            client.create_registered_model(model_name)
+        except MlflowException as exc:
+            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+                raise
+        version = client.create_model_version(
+            model_name, source=f"{run.info.artifact_uri}/{artifact_path}", run_id=run.info.run_id, tags=tags)
+        for alias in aliases:
+            client.set_registered_model_alias(model_name, alias, version.version)
+        return str(version.version)
+

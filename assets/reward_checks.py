@@ -1,0 +1,42 @@
+"""Great Expectations checks of the reward distribution, run as Dagster asset checks on `interactions`.
+
+The first five are blocking (design.md §2): when one fails, no downstream asset of the run is
+materialized. Drift (KL of the reward histogram against the last accepted materialization) and the
+positive-reward share only warn. Every check shows its observed values as metadata.
+"""
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+
+from assets.resources import RecalignHome
+from recmodels.data.quality import reward_checks
+from recmodels.data.rewards import RewardSpec
+from recmodels.data.tables import read_parquet
+
+BLOCKING = ("schema", "reward_not_null_and_finite", "reward_in_range", "reward_std_above_floor",
+            "no_duplicate_events")
+WARNING = ("reward_histogram_drift", "positive_share_in_band")
+
+
+@dg.multi_asset_check(
+    specs=[dg.AssetCheckSpec(name, asset="interactions", blocking=True) for name in BLOCKING]
+    + [dg.AssetCheckSpec(name, asset="interactions", blocking=False) for name in WARNING],
+    compute_kind="great_expectations",
+)
+def interactions_reward_checks(context: dg.AssetCheckExecutionContext, interactions: dict, home: RecalignHome):
+    """Validate the interactions table with one Great Expectations suite and report each check."""
+    reference_file = home.dataset_dir(interactions["dataset"]) / "reference_reward_hist.json"
+    reference = json.loads(reference_file.read_text()) if reference_file.exists() else None
+    outcomes = reward_checks(read_parquet(interactions["table"]), RewardSpec(**interactions["reward_spec"]),
+                             reference_hist=reference)
+    for outcome in outcomes:
+        yield dg.AssetCheckResult(
+            check_name=outcome.name, asset_key="interactions", passed=outcome.passed,
+            severity=dg.AssetCheckSeverity.ERROR if outcome.blocking else dg.AssetCheckSeverity.WARN,
+            description=outcome.description,
+            metadata={k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
+                      for k, v in outcome.observed.items()})
+    if all(o.passed for o in outcomes if o.blocking):  # the accepted table becomes the drift reference
+        reference_file.write_text(json.dumps(interactions["reward_hist"]))

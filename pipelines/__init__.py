@@ -1,0 +1,1 @@
+"""The recalign code location: Definitions, jobs, schedules and resources."""

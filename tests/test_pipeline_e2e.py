@@ -1,0 +1,115 @@
+"""End-to-end: the whole asset chain on small synthetic logs, with a real Dagster instance, a real
+MLflow sqlite store and real Great Expectations validations."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pytest
+
+from assets import ALL_ASSETS, ALL_CHECKS
+from assets.model_runs import POLICY_MODEL, POST_TRAINED_MODEL, RANKER_MODEL
+from assets.resources import MlflowTracking, RecalignHome
+from recmodels.post_training.registry import METHODS
+from tests.synthetic import make_synthetic_logs
+
+pytestmark = pytest.mark.integration
+
+SMALL_MODELS = {
+    "pretrained_policy": {"epochs": 3, "d_model": 16, "n_heads": 1, "n_layers": 1, "max_len": 10, "batch_size": 32},
+    "ranker_reward_model": {"epochs": 2, "batch_size": 64},
+    **{f"post_trained_{m}": {"steps": 6, "eval_every": 3, "batch_size": 16} for m in METHODS},
+}
+
+
+def run_config(logs_path: Path) -> dict:
+    ops = {name: {"config": cfg} for name, cfg in SMALL_MODELS.items()}
+    ops["raw_logs"] = {"config": {"source": "file", "path": str(logs_path)}}
+    return {"ops": ops}
+
+
+def materialize(tmp_path: Path, logs_path: Path, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    resources = {
+        "home": RecalignHome(root=str(tmp_path / "home")),
+        "mlflow": MlflowTracking(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                                 artifact_root=str(tmp_path / "artifacts")),
+    }
+    return dg.materialize([*ALL_ASSETS, *ALL_CHECKS], instance=instance, resources=resources,
+                          run_config=run_config(logs_path), raise_on_error=False)
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("chain")
+    logs = tmp / "logs.parquet"
+    make_synthetic_logs(n_users=50, n_items=30, seed=1).to_parquet(logs)
+    with dg.instance_for_test(temp_dir=str(tmp / "dagster")) as instance:
+        result = materialize(tmp, logs, instance)
+        yield tmp, result, instance
+
+
+def test_whole_chain_materializes_with_checks_passing(chain):
+    _, result, _ = chain
+    assert result.success
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert materialized == {a.key.to_user_string() for a in ALL_ASSETS}
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks["reward_not_null_and_finite"] and checks["no_duplicate_events"] and checks["schema"]
+
+
+def test_report_holds_every_policy_with_intervals(chain):
+    _, result, _ = chain
+    record = result.output_for_node("evaluation_report")
+    report = json.loads(Path(record["json"]).read_text())
+    assert Path(record["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    markdown = Path(record["md"]).read_text()
+    for name in ["pretrained", *METHODS]:
+        assert name in markdown
+    text = json.dumps(report)
+    assert "ndcg@10" in text and "hr@10" in text
+
+
+def test_models_are_registered_with_lineage_tags(chain):
+    tmp, result, _ = chain
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    for name in (POLICY_MODEL, RANKER_MODEL):
+        (version,) = client.search_model_versions(f"name='{name}'")
+        run = client.get_run(version.run_id)
+        assert run.data.tags["dagster_run_id"] == result.run_id
+        assert run.data.tags["data_digest"]
+    post = client.search_model_versions(f"name='{POST_TRAINED_MODEL}'")
+    assert sorted(v.tags["method"] for v in post) == sorted(METHODS)
+    run = client.get_run(post[0].run_id)
+    assert any(k.startswith("valid_ndcg") for k in run.data.metrics)
+
+
+def test_nan_rewards_block_everything_downstream(tmp_path):
+    logs = make_synthetic_logs(n_users=20, n_items=15, seed=2)
+    logs.loc[[3, 7], "rating"] = np.nan
+    path = tmp_path / "bad.parquet"
+    logs.to_parquet(path)
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+        result = materialize(tmp_path, path, instance)
+    assert not result.success
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert materialized == {"raw_logs", "interactions"}
+    failed = {e.check_name: e.description for e in result.get_asset_check_evaluations() if not e.passed}
+    assert "reward_not_null_and_finite" in failed
+    assert "reward" in failed["reward_not_null_and_finite"]
+    assert not (tmp_path / "mlflow.db").exists() or not list((tmp_path / "artifacts").glob("**/*.pt"))
+
+
+def test_missing_column_fails_at_raw_logs_naming_it(tmp_path):
+    logs = make_synthetic_logs(n_users=10, n_items=10, seed=3).drop(columns=["timestamp"])
+    path = tmp_path / "no_ts.parquet"
+    logs.to_parquet(path)
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+        result = materialize(tmp_path, path, instance)
+    assert not result.success
+    assert not result.get_asset_materialization_events()
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "timestamp" in failure.step_failure_data.error.message
