@@ -8,7 +8,11 @@ RECALIGN_HOME ?= $(CURDIR)/.recalign
 export RECALIGN_HOME
 export DAGSTER_HOME := $(RECALIGN_HOME)/dagster
 export MLFLOW_DISABLE_TELEMETRY := true
+# SOURCE: movielens-100k, movielens-1m, or file (with LOGS=path/to/logs.parquet or .csv)
 SOURCE ?= movielens-100k
+LOGS ?=
+comma := ,
+RAW_LOGS_CONFIG = {"source": "$(SOURCE)"$(if $(LOGS),$(comma) "path": "$(abspath $(LOGS))")}
 
 .PHONY: setup run test dev mlflow-ui bench clean
 
@@ -24,9 +28,9 @@ $(DAGSTER_HOME)/dagster.yaml:
 
 setup: $(BIN)/.installed $(DAGSTER_HOME)/dagster.yaml
 
-run: setup  ## materialize raw logs -> evaluation report (SOURCE=movielens-1m or a file via scripts)
-	$(BIN)/dagster job execute -m pipelines.definitions -j full_chain \
-	  --config <(printf 'ops:\n  raw_logs:\n    config:\n      source: %s\n' "$(SOURCE)")
+run: setup  ## materialize raw logs -> evaluation report
+	$(BIN)/dagster asset materialize -m pipelines.definitions --select '*' \
+	  --config-json '{"ops": {"raw_logs": {"config": $(RAW_LOGS_CONFIG)}}}'
 
 test: setup
 	$(BIN)/python -m pytest -q

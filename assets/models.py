@@ -43,9 +43,12 @@ def pretrained_policy(context: dg.AssetExecutionContext, config: PretrainAssetCo
                                  train_cfg, callback=training.callback)
         record = save_and_register(training, home, interactions["dataset"], result.policy, result.policy_config,
                                    "pretrained_policy.pt", POLICY_MODEL, tags={"role": "pretrained_policy"})
-    record.update(best_epoch=result.best_epoch, best_valid_ndcg10=result.best_valid_ndcg10)
+    throughput = sum(row["sequences_per_s"] for row in result.history) / len(result.history)
+    record.update(best_epoch=result.best_epoch, best_valid_ndcg10=result.best_valid_ndcg10,
+                  epochs=len(result.history), sequences_per_s=round(throughput, 1))
     context.add_output_metadata({**model_record_metadata(record), "best_epoch": result.best_epoch,
                                  "best_valid_ndcg@10": result.best_valid_ndcg10,
+                                 "sequences_per_s": record["sequences_per_s"],
                                  "history": history_table(result.history)})
     return record
 
