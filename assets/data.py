@@ -1,5 +1,4 @@
 """Data assets: raw logs from the chosen source, then the reward-labeled, split interactions."""
-from __future__ import annotations
 
 from typing import Optional
 

@@ -1,5 +1,4 @@
 """The evaluation report: every policy on the same test users, with intervals and paired differences."""
-from __future__ import annotations
 
 import dagster as dg
 

@@ -1,5 +1,4 @@
 """Model assets trained on the interactions: the pretrained policy and the ranker reward model."""
-from __future__ import annotations
 
 from typing import Optional
 

@@ -3,7 +3,6 @@
 Adding a method to `recmodels.post_training.registry.METHODS` adds its asset here: every method
 starts from the pretrained weights and gets the same optimizer-step budget and batch size.
 """
-from __future__ import annotations
 
 from typing import Any, Optional
 

@@ -4,7 +4,6 @@ The first five are blocking (design.md §2): when one fails, no downstream asset
 materialized. Drift (KL of the reward histogram against the last accepted materialization) and the
 positive-reward share only warn. Every check shows its observed values as metadata.
 """
-from __future__ import annotations
 
 import json
 

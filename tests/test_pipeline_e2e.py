@@ -30,6 +30,12 @@ def run_config(logs_path: Path) -> dict:
     return {"ops": ops}
 
 
+def dagster_dir(tmp_path: Path) -> str:
+    path = tmp_path / "dagster"
+    path.mkdir(exist_ok=True)
+    return str(path)
+
+
 def materialize(tmp_path: Path, logs_path: Path, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
     resources = {
         "home": RecalignHome(root=str(tmp_path / "home")),
@@ -45,7 +51,7 @@ def chain(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("chain")
     logs = tmp / "logs.parquet"
     make_synthetic_logs(n_users=50, n_items=30, seed=1).to_parquet(logs)
-    with dg.instance_for_test(temp_dir=str(tmp / "dagster")) as instance:
+    with dg.instance_for_test(temp_dir=dagster_dir(tmp)) as instance:
         result = materialize(tmp, logs, instance)
         yield tmp, result, instance
 
@@ -92,7 +98,7 @@ def test_nan_rewards_block_everything_downstream(tmp_path):
     logs.loc[[3, 7], "rating"] = np.nan
     path = tmp_path / "bad.parquet"
     logs.to_parquet(path)
-    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+    with dg.instance_for_test(temp_dir=dagster_dir(tmp_path)) as instance:
         result = materialize(tmp_path, path, instance)
     assert not result.success
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
@@ -107,9 +113,11 @@ def test_missing_column_fails_at_raw_logs_naming_it(tmp_path):
     logs = make_synthetic_logs(n_users=10, n_items=10, seed=3).drop(columns=["timestamp"])
     path = tmp_path / "no_ts.parquet"
     logs.to_parquet(path)
-    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+    with dg.instance_for_test(temp_dir=dagster_dir(tmp_path)) as instance:
         result = materialize(tmp_path, path, instance)
     assert not result.success
     assert not result.get_asset_materialization_events()
     failure = next(e for e in result.all_events if e.is_step_failure)
-    assert "timestamp" in failure.step_failure_data.error.message
+    cause = failure.step_failure_data.error.cause
+    assert cause.cls_name == "DataContractError"
+    assert "missing required column 'timestamp'" in cause.message

@@ -1,0 +1,33 @@
+"""The code location loads and wires the chain, job and schedule the way users rely on."""
+from __future__ import annotations
+
+import dagster as dg
+
+from pipelines.definitions import defs
+from recmodels.post_training.registry import METHODS
+
+
+def test_asset_graph_runs_from_raw_logs_to_report():
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert {"raw_logs", "interactions", "pretrained_policy", "ranker_reward_model", "evaluation_report"} <= keys
+    assert {f"post_trained_{m}" for m in METHODS} <= keys
+    upstream = {k.to_user_string() for k in graph.get(dg.AssetKey("evaluation_report")).parent_keys}
+    assert {f"post_trained_{m}" for m in METHODS} | {"pretrained_policy"} <= upstream
+
+
+def test_blocking_checks_guard_interactions():
+    graph = defs.resolve_asset_graph()
+    specs = [graph.get_check_spec(k) for k in graph.asset_check_keys]
+    blocking = {s.name for s in specs if s.blocking}
+    assert blocking == {"schema", "reward_not_null_and_finite", "reward_in_range", "reward_std_above_floor",
+                        "no_duplicate_events"}
+    assert {s.asset_key.to_user_string() for s in specs} == {"interactions"}
+
+
+def test_nightly_schedule_at_two_utc_on_the_full_chain():
+    schedule = defs.resolve_schedule_def("nightly_retraining")
+    assert schedule.cron_schedule == "0 2 * * *"
+    assert schedule.execution_timezone == "UTC"
+    assert schedule.job_name == "full_chain"
+    assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
