@@ -10,18 +10,14 @@ import json
 import dagster as dg
 
 from assets.resources import RecalignHome
-from recmodels.data.quality import reward_checks
+from recmodels.data.quality import BLOCKING_CHECKS, WARNING_CHECKS, reward_checks
 from recmodels.data.rewards import RewardSpec
 from recmodels.data.tables import read_parquet
 
-BLOCKING = ("schema", "reward_not_null_and_finite", "reward_in_range", "reward_std_above_floor",
-            "no_duplicate_events")
-WARNING = ("reward_histogram_drift", "positive_share_in_band")
-
 
 @dg.multi_asset_check(
-    specs=[dg.AssetCheckSpec(name, asset="interactions", blocking=True) for name in BLOCKING]
-    + [dg.AssetCheckSpec(name, asset="interactions", blocking=False) for name in WARNING],
+    specs=[dg.AssetCheckSpec(name, asset="interactions", blocking=True) for name in BLOCKING_CHECKS]
+    + [dg.AssetCheckSpec(name, asset="interactions", blocking=False) for name in WARNING_CHECKS],
     compute_kind="great_expectations",
 )
 def interactions_reward_checks(context: dg.AssetCheckExecutionContext, interactions: dict, home: RecalignHome):

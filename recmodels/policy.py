@@ -23,23 +23,43 @@ class PolicyConfig:
     dropout: float = 0.2
 
 
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention under a boolean mask (True = may attend)."""
+
+    def __init__(self, cfg: PolicyConfig):
+        super().__init__()
+        if cfg.d_model % cfg.n_heads:
+            raise ValueError(f"d_model={cfg.d_model} is not divisible by n_heads={cfg.n_heads}")
+        self.n_heads = cfg.n_heads
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.dropout = cfg.dropout
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).split(D, dim=2)
+        q, k, v = (t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))  # [B, H, T, d]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, T, D)))
+
+
 class Block(nn.Module):
     """Pre-LN transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
 
     def __init__(self, cfg: PolicyConfig):
         super().__init__()
         self.ln1 = nn.LayerNorm(cfg.d_model)
-        self.attn = nn.MultiheadAttention(cfg.d_model, cfg.n_heads, dropout=cfg.dropout, batch_first=True)
+        self.attn = CausalSelfAttention(cfg)
         self.ln2 = nn.LayerNorm(cfg.d_model)
         self.mlp = nn.Sequential(
             nn.Linear(cfg.d_model, 4 * cfg.d_model), nn.GELU(),
             nn.Linear(4 * cfg.d_model, cfg.d_model), nn.Dropout(cfg.dropout),
         )
 
-    def forward(self, x: torch.Tensor, causal_mask: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
-        h = self.ln1(x)
-        a, _ = self.attn(h, h, h, attn_mask=causal_mask, key_padding_mask=pad_mask, need_weights=False)
-        x = x + a
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), allowed)
         return x + self.mlp(self.ln2(x))
 
 
@@ -66,12 +86,13 @@ class GenerativePolicy(nn.Module):
         B, T = items.shape
         pos = torch.arange(T, device=items.device)
         x = self.drop(self.tok_emb(items) + self.pos_emb(pos + self.cfg.max_len - T))
-        causal = torch.triu(torch.ones(T, T, dtype=torch.bool, device=items.device), diagonal=1)
-        pad = items == 0
-        # a fully padded row would make attention NaN: let padded queries see themselves
-        pad = pad & ~(pad.all(dim=1, keepdim=True) & (pos == T - 1))
+        # query t may see real keys s <= t; every query also sees itself, so that a padded
+        # position never has an empty row (which would turn attention into NaN)
+        causal = torch.tril(torch.ones(T, T, dtype=torch.bool, device=items.device))
+        allowed = causal & (items != 0)[:, None, :]  # [B, T, T]
+        allowed = (allowed | torch.eye(T, dtype=torch.bool, device=items.device))[:, None]  # [B, 1, T, T]
         for block in self.blocks:
-            x = block(x, causal, pad)
+            x = block(x, allowed)
         return self.ln_f(x)
 
     def forward(self, items: torch.Tensor, targets: torch.Tensor | None = None):

@@ -1,0 +1,1 @@
+"""Evaluation of policies: full-catalog ranking, metrics and the comparison report."""

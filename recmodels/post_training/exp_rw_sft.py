@@ -1,0 +1,111 @@
+"""`exp_rw_sft`: reward-weighted NLL with exponential weights (design.md §4).
+
+    w_i = exp(r_i / lambda)                    (or exp((r_i - b(x_i)) / lambda) with the baseline)
+    w_i <- min(w_i, w_max)                     (optional clip)
+    loss = -sum_i w_i log pi(a_i|x_i) / sum_i w_i       normalization="batch"
+    loss = -mean_i w_i log pi(a_i|x_i)                  normalization="none"
+
+i runs over the batch's real targets; r_i is the logged reward of target i and b(x_i) the mean
+train reward of the window's user. lambda -> inf recovers sft; lambda -> 0 keeps only the
+batch's best-rewarded targets.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+
+from recmodels.post_training.sft import target_nll
+from recmodels.sequences import TrainingWindows
+
+if TYPE_CHECKING:
+    from recmodels.post_training.loop import MethodContext
+
+NORMALIZATIONS = ("batch", "none")
+
+
+@dataclass
+class ExpRwSFTParams:
+    lam: float = 1.0  # temperature lambda; `method_params` may call it "lambda"
+    normalization: str = "batch"
+    baseline: bool = False  # subtract the user's mean train reward ("advantage" variant)
+    w_max: float | None = None  # clip on the weights (before batch normalization)
+
+    ALIASES: ClassVar[dict[str, str]] = {"lambda": "lam"}
+
+    def __post_init__(self):
+        if not (isinstance(self.lam, (int, float)) and self.lam > 0 and math.isfinite(self.lam)):
+            raise ValueError(f"exp_rw_sft: lambda must be a positive finite number, got {self.lam!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"exp_rw_sft: normalization must be one of {NORMALIZATIONS}, "
+                             f"got {self.normalization!r}")
+        if not isinstance(self.baseline, bool):
+            raise ValueError(f"exp_rw_sft: baseline must be true or false, got {self.baseline!r}")
+        if self.w_max is not None and not (isinstance(self.w_max, (int, float)) and self.w_max > 0):
+            raise ValueError(f"exp_rw_sft: w_max must be a positive number or None, got {self.w_max!r}")
+
+
+def user_mean_rewards(interactions: pd.DataFrame) -> torch.Tensor:
+    """[max user_idx + 1] mean `train` reward of each user (0 for a user without train events)."""
+    train = interactions[interactions["split"].astype(str) == "train"]
+    n_users = int(interactions["user_idx"].max()) + 1
+    means = train.groupby("user_idx")["reward"].mean()
+    out = np.zeros(n_users, np.float32)
+    out[means.index.to_numpy(np.int64)] = means.to_numpy(np.float32)
+    return torch.as_tensor(out)
+
+
+def prepare(params: ExpRwSFTParams, interactions: pd.DataFrame) -> dict[str, torch.Tensor]:
+    """Per-user baselines, precomputed once from the interactions table when the baseline is on."""
+    return {"user_mean_reward": user_mean_rewards(interactions)} if params.baseline else {}
+
+
+def effective_sample_size(weights: torch.Tensor) -> float:
+    """(sum w)^2 / sum w^2 as a fraction of the number of weights: 1 = uniform, 1/n = one sample."""
+    w = weights.double()
+    return float(w.sum() ** 2 / (w.pow(2).sum() * w.numel()))
+
+
+def log_weights(rewards: torch.Tensor, params: ExpRwSFTParams, baseline: torch.Tensor | None = None) -> torch.Tensor:
+    """log w_i = (r_i - b_i) / lambda, clipped at log w_max; rewards and baseline [M]."""
+    adv = rewards if baseline is None else rewards - baseline
+    logw = adv / params.lam
+    if params.w_max is not None:
+        logw = logw.clamp(max=math.log(params.w_max))
+    return logw
+
+
+def exp_rw_sft_loss(policy, batch: TrainingWindows, ctx: MethodContext) -> tuple[torch.Tensor, dict[str, float]]:
+    params: ExpRwSFTParams = ctx.params
+    nll, mask = target_nll(policy, batch)  # [B, T]
+    nll_t = nll[mask]  # [M]
+    baseline = None
+    if params.baseline:
+        b_user = ctx.state["user_mean_reward"][batch.users]  # [B]
+        baseline = b_user[:, None].expand_as(mask)[mask]  # [M]
+    logw = log_weights(batch.rewards[mask].float(), params, baseline).detach()  # [M]
+    if params.normalization == "batch":
+        w = torch.exp(logw - logw.max())  # same ratios as exp(logw), never overflows
+        loss = (w * nll_t).sum() / w.sum()
+    else:
+        w = torch.exp(logw)
+        if not torch.isfinite(w).all():
+            raise FloatingPointError(
+                f"exp_rw_sft: weights exp(r / lambda) overflow with lambda={params.lam} and "
+                f"normalization='none' (max r/lambda = {logw.max().item():.3g}); "
+                "use normalization='batch', a larger lambda or w_max")
+        loss = (w * nll_t).mean()
+    logw64 = logw.double()
+    telemetry = {
+        "nll": nll_t.mean().item(),
+        "weighted_nll": loss.item(),
+        "ess": effective_sample_size(w),
+        # raw weights exp((r - b) / lambda) after the clip, before any normalization (saturate at ~8e307)
+        "mean_weight": math.exp(min((torch.logsumexp(logw64, 0) - math.log(logw.numel())).item(), 709.0)),
+        "max_weight": math.exp(min(logw64.max().item(), 709.0)),
+    }
+    return loss, telemetry

@@ -1,0 +1,154 @@
+"""Pretraining of the generative policy: next-item NLL at every position of the train windows.
+
+Model selection follows design.md §5: after each epoch the policy ranks every user's `valid` item
+over the full catalog (history masked) and training stops when valid NDCG@10 has not improved for
+`patience` evaluations; the best weights are restored.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from recmodels.evaluation.metrics import hit_rate, ndcg
+from recmodels.evaluation.ranking import target_ranks
+from recmodels.policy import GenerativePolicy, PolicyConfig
+from recmodels.runtime import default_device, seed_everything
+from recmodels.sequences import EvalExamples, build_user_sequences, eval_examples, training_windows
+
+REQUIRED_COLUMNS = ("user_idx", "item_idx", "reward", "split")
+
+
+@dataclass
+class PretrainConfig:
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    patience: int = 20  # evaluations without a better valid NDCG@10 before stopping
+    eval_every: int = 1  # epochs between two valid evaluations
+    seed: int = 0
+    max_len: int | None = None  # window length; None = the policy's max_len (they must agree)
+    stride: int | None = None  # step between overlapping windows; None = max_len (no overlap)
+
+
+@dataclass
+class PretrainResult:
+    policy: GenerativePolicy
+    policy_config: PolicyConfig
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    best_valid_ndcg10: float = float("-inf")
+
+
+def check_interactions(interactions: pd.DataFrame, n_items: int) -> None:
+    """Raise ValueError naming the column when the table breaks the interactions contract."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in interactions.columns]
+    if missing:
+        raise ValueError(f"interactions is missing column(s) {missing}; has {list(interactions.columns)}")
+    if len(interactions) == 0:
+        raise ValueError("interactions is empty")
+    items = interactions["item_idx"].to_numpy()
+    if items.min() < 1 or items.max() > n_items:
+        bad = interactions.index[(items < 1) | (items > n_items)][0]
+        raise ValueError(f"column item_idx must lie in 1..n_items={n_items}; row {bad} has "
+                         f"{interactions.at[bad, 'item_idx']}")
+    unknown = set(interactions["split"].astype(str).unique()) - {"train", "valid", "test"}
+    if unknown:
+        raise ValueError(f"column split has unknown value(s) {sorted(unknown)}; expected train/valid/test")
+    rewards = interactions["reward"].to_numpy(dtype="float64")
+    if not pd.notna(rewards).all() or not (abs(rewards) < float("inf")).all():
+        raise ValueError("column reward holds NaN or infinite values")
+
+
+def window_nll(policy: GenerativePolicy, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-item NLL over the non-zero targets; equals `policy(inputs, targets)[1]` but only
+    projects the positions that have a target onto the catalog (windows are often mostly padding)."""
+    h = policy.hidden(inputs)[targets != 0]  # [n, d]
+    logits = h @ policy.tok_emb.weight.T  # [n, V]
+    logits[:, 0] = float("-inf")
+    return F.cross_entropy(logits, targets[targets != 0])
+
+
+def evaluate_valid(policy: GenerativePolicy, examples: EvalExamples, device: torch.device) -> dict[str, float]:
+    ranks = target_ranks(policy, examples, device=device)
+    return {"valid_hr@10": float(hit_rate(ranks, 10).mean()), "valid_ndcg@10": float(ndcg(ranks, 10).mean())}
+
+
+def _resolve_configs(n_items: int, policy_config: PolicyConfig | None,
+                     config: PretrainConfig) -> tuple[PolicyConfig, PretrainConfig]:
+    if policy_config is None:
+        policy_config = PolicyConfig(vocab_size=n_items + 1)
+        if config.max_len is not None:
+            policy_config = replace(policy_config, max_len=config.max_len)
+    if policy_config.vocab_size != n_items + 1:
+        raise ValueError(f"policy_config.vocab_size={policy_config.vocab_size} but n_items={n_items} "
+                         f"needs {n_items + 1} (token 0 is padding)")
+    if config.max_len is None:
+        config = replace(config, max_len=policy_config.max_len)
+    if config.max_len != policy_config.max_len:
+        raise ValueError(f"PretrainConfig.max_len={config.max_len} differs from "
+                         f"PolicyConfig.max_len={policy_config.max_len}")
+    for name in ("epochs", "batch_size", "patience", "eval_every"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"PretrainConfig.{name} must be >= 1, got {getattr(config, name)}")
+    return policy_config, config
+
+
+def pretrain_policy(interactions: pd.DataFrame, n_items: int, policy_config: PolicyConfig | None = None,
+                    config: PretrainConfig | None = None, callback: Callable[[dict], None] | None = None,
+                    device: torch.device | str | None = None) -> PretrainResult:
+    """Train a GenerativePolicy on the train split; early-stop on valid NDCG@10, keep the best weights."""
+    config = config or PretrainConfig()
+    check_interactions(interactions, n_items)
+    policy_config, config = _resolve_configs(n_items, policy_config, config)
+    device = torch.device(device) if device is not None else default_device()
+
+    seqs = build_user_sequences(interactions)
+    windows = training_windows(seqs, config.max_len, config.stride)
+    valid = eval_examples(seqs, "valid", config.max_len)
+
+    gen = seed_everything(config.seed)
+    policy = GenerativePolicy(policy_config).to(device)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+    result = PretrainResult(policy=policy, policy_config=policy_config)
+    best_state, stale = copy.deepcopy(policy.state_dict()), 0
+    for epoch in range(1, config.epochs + 1):
+        start = time.perf_counter()
+        policy.train()
+        total, n_batches = 0.0, 0
+        for idx in torch.randperm(len(windows), generator=gen).split(config.batch_size):
+            x, y = windows.inputs[idx].to(device), windows.targets[idx].to(device)
+            loss = window_nll(policy, x, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total, n_batches = total + loss.item(), n_batches + 1
+        train_seconds = time.perf_counter() - start
+        row = {"epoch": epoch, "train_loss": total / n_batches}
+        evaluated = epoch % config.eval_every == 0 or epoch == config.epochs
+        if evaluated:
+            row.update(evaluate_valid(policy, valid, device))
+        row["seconds"] = time.perf_counter() - start
+        row["sequences_per_s"] = len(windows) / max(train_seconds, 1e-9)
+        result.history.append(row)
+        if callback is not None:
+            callback(dict(row))
+        if not evaluated:
+            continue
+        if row["valid_ndcg@10"] > result.best_valid_ndcg10:
+            result.best_valid_ndcg10, result.best_epoch = row["valid_ndcg@10"], epoch
+            best_state, stale = copy.deepcopy(policy.state_dict()), 0
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    policy.load_state_dict(best_state)
+    policy.eval()
+    return result
