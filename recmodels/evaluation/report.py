@@ -205,12 +205,12 @@ def plot_report(report: dict, path) -> Path:
 
     for ax, metric in zip(axes[:2], ("ndcg@10", "hr@10")):
         bars(ax, [pols[n]["metrics"][metric] for n in names])
-        ax.set_title(f"{metric.upper()} (95% CI)")
+        ax.set_title(f"{metric.upper()} (95% CI)", fontsize=10)
     for i, metric in enumerate(("ndcg@10", "hr@10")):
         bars(axes[2], [pols[n]["diff_vs_baseline"][metric] for n in names], offset=(i - 0.5) * 0.38, width=0.38,
              label=metric.upper())
     axes[2].axhline(0.0, color="black", linewidth=0.8)
-    axes[2].set_title(f"paired difference vs {report['baseline']}")
+    axes[2].set_title(f"paired difference vs {report['baseline']}", fontsize=10)
     axes[2].legend(fontsize=8)
     for ax in axes:
         ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)

@@ -29,7 +29,10 @@ def target_nll(policy, batch: TrainingWindows) -> tuple[torch.Tensor, torch.Tens
     gradient is 0: the -inf padding logit never turns into inf/NaN.
     """
     logits, _ = policy(batch.inputs)  # [B, T, V]
-    nll = F.cross_entropy(logits.transpose(1, 2), batch.targets, ignore_index=0, reduction="none")  # [B, T]
+    B, T, V = logits.shape
+    # flat [B*T, V] rows: faster than cross_entropy on the transposed [B, V, T] layout
+    nll = F.cross_entropy(logits.reshape(B * T, V), batch.targets.reshape(B * T), ignore_index=0,
+                          reduction="none").view(B, T)
     return nll, batch.targets != 0
 
 
