@@ -26,11 +26,11 @@ REQUIRED_COLUMNS = ("user_idx", "item_idx", "reward", "split")
 
 @dataclass
 class PretrainConfig:
-    epochs: int = 200
+    epochs: int = 100
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.1
-    patience: int = 20  # evaluations without a better valid NDCG@10 before stopping
+    patience: int = 10  # evaluations without a better valid NDCG@10 before stopping
     eval_every: int = 1  # epochs between two valid evaluations
     seed: int = 0
     max_len: int | None = None  # window length; None = the policy's max_len (they must agree)
@@ -97,6 +97,8 @@ def _resolve_configs(n_items: int, policy_config: PolicyConfig | None,
     for name in ("epochs", "batch_size", "patience", "eval_every"):
         if getattr(config, name) < 1:
             raise ValueError(f"PretrainConfig.{name} must be >= 1, got {getattr(config, name)}")
+    if config.stride is not None and not 1 <= config.stride <= config.max_len:
+        raise ValueError(f"PretrainConfig.stride must lie in 1..max_len={config.max_len}, got {config.stride}")
     return policy_config, config
 
 

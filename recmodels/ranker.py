@@ -28,7 +28,7 @@ import torch.nn.functional as F
 class RankerConfig:
     vocab_size: int  # n_items + 1 (token 0 is padding)
     max_len: int = 50  # most recent history items read
-    d_model: int = 32
+    d_model: int = 16
     dropout: float = 0.1
     shrinkage: float = 5.0  # pseudo-count pulling short histories' user offset towards 0
     global_mean: float = 0.0  # mean train reward, set by the trainer

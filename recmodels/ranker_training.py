@@ -25,12 +25,12 @@ from recmodels.sequences import SPLIT_CODES, EvalExamples, build_user_sequences,
 class RankerTrainConfig:
     epochs: int = 30
     batch_size: int = 512
-    lr: float = 3e-3
-    weight_decay: float = 0.05
+    lr: float = 1e-3
+    weight_decay: float = 0.5
     patience: int = 4  # epochs without a lower valid RMSE before stopping
     seed: int = 0
     max_len: int = 50
-    d_model: int = 32
+    d_model: int = 16
     dropout: float = 0.1
 
 

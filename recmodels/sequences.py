@@ -2,7 +2,8 @@
 
 Everything here reads the `interactions` table (design.md §2): one row per event with
 `user_idx`, `item_idx` (1..n_items, 0 is padding), `reward` and `split`, already sorted
-chronologically within each user. Histories are left-padded with 0 to `max_len`.
+chronologically within each user, and the optional `propensity` (the logging policy's probability
+of each logged item). Histories are left-padded with 0 to `max_len`.
 """
 from __future__ import annotations
 
@@ -23,11 +24,13 @@ class UserSequences:
     items: list[np.ndarray]  # per user, int64 item_idx in time order
     rewards: list[np.ndarray]  # per user, float32
     splits: list[np.ndarray]  # per user, int8 codes of SPLIT_CODES
+    propensities: list[np.ndarray] | None = None  # per user, float32, when the table has `propensity`
 
 
 def build_user_sequences(interactions: pd.DataFrame) -> UserSequences:
     """Group the interactions table by user, keeping its (chronological) row order."""
-    df = interactions[["user_idx", "item_idx", "reward", "split"]]
+    has_propensity = "propensity" in interactions.columns
+    df = interactions[["user_idx", "item_idx", "reward", "split"] + (["propensity"] if has_propensity else [])]
     codes = df["split"].astype(str).map(SPLIT_CODES).to_numpy(np.int8)
     users, starts = np.unique(df["user_idx"].to_numpy(), return_index=True)
     order = np.argsort(starts)
@@ -37,11 +40,21 @@ def build_user_sequences(interactions: pd.DataFrame) -> UserSequences:
         raise ValueError("interactions must be grouped by user_idx (sorted within users by time)")
     items = df["item_idx"].to_numpy(np.int64)
     rewards = df["reward"].to_numpy(np.float32)
+    propensities = None
+    if has_propensity:
+        p = df["propensity"].to_numpy(np.float32)
+        bad = ~(p > 0) | ~(p <= 1)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"interactions column 'propensity' must lie in (0, 1]; row {row} "
+                             f"(user_idx {int(df['user_idx'].iloc[row])}) has {p[row]}")
+        propensities = [p[s:e] for s, e in zip(starts, ends)]
     return UserSequences(
         users=users,
         items=[items[s:e] for s, e in zip(starts, ends)],
         rewards=[rewards[s:e] for s, e in zip(starts, ends)],
         splits=[codes[s:e] for s, e in zip(starts, ends)],
+        propensities=propensities,
     )
 
 
@@ -53,6 +66,7 @@ class TrainingWindows:
     inputs: torch.Tensor  # [N, T] item_idx, left-padded with 0
     targets: torch.Tensor  # [N, T] next item_idx, 0 where there is nothing to predict
     rewards: torch.Tensor  # [N, T] observed reward of each target (0 where target is 0)
+    propensities: torch.Tensor | None = None  # [N, T] logging propensity of each target (1 where target is 0)
 
     def __len__(self) -> int:
         return self.inputs.shape[0]
@@ -63,12 +77,15 @@ def training_windows(seqs: UserSequences, max_len: int, stride: int | None = Non
 
     Every train event but the first is a prediction target exactly once: windows of length
     `max_len + 1` are taken from the end backwards with step `stride` (default `max_len`).
+    `propensities` is filled when the sequences carry them.
     """
     stride = stride or max_len
-    rows_u, rows_x, rows_y, rows_r = [], [], [], []
-    for user, items, rewards, splits in zip(seqs.users, seqs.items, seqs.rewards, seqs.splits):
+    rows_u, rows_x, rows_y, rows_r, rows_p = [], [], [], [], []
+    all_props = seqs.propensities if seqs.propensities is not None else [None] * len(seqs.users)
+    for user, items, rewards, splits, props in zip(seqs.users, seqs.items, seqs.rewards, seqs.splits, all_props):
         train = splits == SPLIT_CODES["train"]
         it, rw = items[train], rewards[train]
+        pr = props[train] if props is not None else None
         n = len(it)
         if n < 2:
             continue
@@ -88,6 +105,11 @@ def training_windows(seqs: UserSequences, max_len: int, stride: int | None = Non
             covered = np.arange(start + 1, end) >= first_target
             y[max_len - k:][covered] = 0
             r[max_len - k:][covered] = 0.0
+            if pr is not None:
+                p = np.ones(max_len, np.float32)
+                p[max_len - k:] = pr[start + 1:end]
+                p[max_len - k:][covered] = 1.0
+                rows_p.append(p)
             rows_u.append(user)
             rows_x.append(x)
             rows_y.append(y)
@@ -103,6 +125,7 @@ def training_windows(seqs: UserSequences, max_len: int, stride: int | None = Non
         inputs=torch.as_tensor(np.stack(rows_x)),
         targets=torch.as_tensor(np.stack(rows_y)),
         rewards=torch.as_tensor(np.stack(rows_r)),
+        propensities=torch.as_tensor(np.stack(rows_p)) if seqs.propensities is not None else None,
     )
 
 

@@ -211,7 +211,8 @@ def test_post_train_is_seeded(interactions):
 
 
 def test_unknown_method_and_knobs_rejected(interactions):
-    with pytest.raises(ValueError, match=r"unknown post-training method 'ppo_x'.*\['exp_rw_sft', 'sft'\]"):
+    with pytest.raises(ValueError, match=r"unknown post-training method 'ppo_x'.*\['adagrpo', 'dpo', 'exp_rw_sft', "
+                                         r"'grpo', 'ips', 'nll_grpo', 'ppo', 'sft'\]"):
         get_method("ppo_x")
     with pytest.raises(ValueError, match="unknown post-training method"):
         post_train("ppo_x", tiny_policy(), interactions, PostTrainConfig(steps=1))
@@ -226,7 +227,7 @@ def test_unknown_method_and_knobs_rejected(interactions):
     with pytest.raises(ValueError, match="given twice"):
         get_method("exp_rw_sft").parse_params({"lambda": 1.0, "lam": 2.0})
     assert get_method("exp_rw_sft").parse_params({"lambda": 0.1}).lam == 0.1
-    assert set(registry.METHODS) >= {"sft", "exp_rw_sft"}
+    assert set(registry.METHODS) >= {"sft", "exp_rw_sft", "ips", "dpo", "ppo", "grpo", "nll_grpo", "adagrpo"}
 
 
 def test_bad_config_rejected():

@@ -11,27 +11,22 @@ NEG_INF = float("-inf")
 
 
 class StubScorer:
-    """Returns fixed next-item logits per row, whatever the history (row i of `table`)."""
+    """Scores the catalog with the same fixed logits for every history."""
 
-    def __init__(self, table):
-        self.table = torch.tensor(table, dtype=torch.float32)
+    def __init__(self, logits):
+        self.logits = torch.tensor(logits, dtype=torch.float32)
 
     def next_item_logits(self, history):
-        return self.table[history[:, -1]]  # the last history token selects the row
+        return self.logits.expand(history.shape[0], -1)
 
 
 # catalog of 5 items (V = 6); column 0 is padding and gets a huge stub score that must be ignored
-TABLE = [
-    [100.0, 5.0, 3.0, 3.0, 1.0, 4.0],
-    [100.0, 5.0, 3.0, 3.0, 1.0, 4.0],
-    [100.0, 5.0, 3.0, 3.0, 1.0, 4.0],
-]
+LOGITS = [100.0, 5.0, 3.0, 3.0, 1.0, 4.0]
 
 
 def examples(targets, seen):
     n = len(targets)
-    history = torch.zeros(n, 3, dtype=torch.long)
-    history[:, -1] = torch.arange(n)  # row selector for the stub
+    history = torch.ones(n, 3, dtype=torch.long)
     return EvalExamples(users=torch.arange(n), history=history, history_rewards=torch.zeros(n, 3),
                         targets=torch.tensor(targets), target_rewards=torch.zeros(n),
                         seen=[np.array(s, dtype=np.int64) for s in seen])
@@ -39,7 +34,7 @@ def examples(targets, seen):
 
 def test_target_ranks_hand_made_case():
     ex = examples(targets=[2, 1, 4], seen=[[1], [1, 3], [5, 2]])
-    ranks = target_ranks(StubScorer(TABLE), ex, batch_size=2)
+    ranks = target_ranks(StubScorer(LOGITS), ex, batch_size=2)
     # row 0: item 1 (5.0) masked; only item 5 (4.0) beats 3.0; the tie with item 3 does not count -> 2
     # row 1: target 1 is in the history but never masked -> 1 (item 3 masked, nothing beats 5.0)
     # row 2: items 5 and 2 masked; items 1 (5.0) and 3 (3.0) beat 1.0 -> 3
@@ -48,20 +43,20 @@ def test_target_ranks_hand_made_case():
 
 def test_score_catalog_masks_history_and_padding_but_not_target():
     ex = examples(targets=[2, 1, 4], seen=[[1], [1, 3], [5, 2]])
-    scores = score_catalog(StubScorer(TABLE), ex.history, ex.seen, ex.targets)
+    scores = score_catalog(StubScorer(LOGITS), ex.history, ex.seen, ex.targets)
     expected = torch.tensor([
         [NEG_INF, NEG_INF, 3.0, 3.0, 1.0, 4.0],
         [NEG_INF, 5.0, 3.0, NEG_INF, 1.0, 4.0],
         [NEG_INF, 5.0, NEG_INF, 3.0, 1.0, NEG_INF],
     ])
     torch.testing.assert_close(scores, expected)
-    no_targets = score_catalog(StubScorer(TABLE), ex.history, ex.seen)
+    no_targets = score_catalog(StubScorer(LOGITS), ex.history, ex.seen)
     assert no_targets[1, 1] == NEG_INF  # without targets every seen item is masked
 
 
 def test_top_k_items_skips_history():
     ex = examples(targets=[2, 1, 4], seen=[[1], [1, 3], [5, 2]])
-    top = top_k_items(StubScorer(TABLE), ex, k=2)
+    top = top_k_items(StubScorer(LOGITS), ex, k=2)
     assert top.shape == (3, 2)
     np.testing.assert_array_equal(top[:, 0], [5, 1, 1])
     assert set(top[0]) == {5, 2} or set(top[0]) == {5, 3}  # 2 and 3 tie at 3.0
@@ -71,13 +66,13 @@ def test_top_k_items_skips_history():
 def test_bad_inputs_are_rejected_with_the_reason():
     ex = examples(targets=[2, 1, 4], seen=[[1], [1, 3], [5, 2]])
     with pytest.raises(ValueError, match="seen has 2 entries but history has 3 rows"):
-        score_catalog(StubScorer(TABLE), ex.history, ex.seen[:2])
+        score_catalog(StubScorer(LOGITS), ex.history, ex.seen[:2])
     with pytest.raises(ValueError, match="row 1: target 9 is outside the catalog of 5 items"):
-        target_ranks(StubScorer(TABLE), examples(targets=[2, 9, 4], seen=[[], [], []]))
+        target_ranks(StubScorer(LOGITS), examples(targets=[2, 9, 4], seen=[[], [], []]))
     with pytest.raises(ValueError, match="row 0 has target 0"):
-        target_ranks(StubScorer(TABLE), examples(targets=[0, 1, 4], seen=[[], [], []]))
+        target_ranks(StubScorer(LOGITS), examples(targets=[0, 1, 4], seen=[[], [], []]))
     with pytest.raises(ValueError, match="k=6 exceeds the catalog size 5"):
-        top_k_items(StubScorer(TABLE), ex, k=6)
+        top_k_items(StubScorer(LOGITS), ex, k=6)
 
 
 def test_real_policy_scores_are_finite_outside_masks_and_restore_train_mode():

@@ -6,10 +6,14 @@ generator). Valid NDCG@10 is measured every `eval_every` steps and the best trai
 kept (model selection on valid only). A method only supplies its loss; the loop hands it a
 `MethodContext` with the frozen reference policy, the optional ranker and whatever its
 `prepare` precomputed, so rollout-based methods plug in the same way as likelihood-based ones.
+The context also holds the one memoized cache of the reference's log-probs that every method
+needing pi_ref reads (reference_cache.py) and a scratch dict a method keeps across steps
+(PPO's rollouts for its inner epochs).
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -21,6 +25,7 @@ import torch.nn.functional as F
 
 from recmodels.evaluation.metrics import hit_rate, ndcg
 from recmodels.policy import GenerativePolicy
+from recmodels.post_training.reference_cache import ReferenceCache
 from recmodels.post_training.registry import get_method
 from recmodels.runtime import default_device, seed_everything
 from recmodels.sequences import EvalExamples, TrainingWindows, build_user_sequences, eval_examples, training_windows
@@ -60,6 +65,12 @@ class MethodContext:
     device: torch.device
     generator: torch.Generator  # seeded, on `device`: for sampling rollouts
     step: int = 0  # optimizer steps taken so far
+    memory: dict[str, Any] = field(default_factory=dict)  # a method's scratch space kept across steps
+    reference_cache: ReferenceCache | None = None  # memoized pi_ref log-probs (built from `reference` if None)
+
+    def __post_init__(self):
+        if self.reference_cache is None:
+            self.reference_cache = ReferenceCache(self.reference)
 
 
 @dataclass
@@ -79,6 +90,12 @@ def _frozen_copy(module: nn.Module, device: torch.device) -> nn.Module:
     return module
 
 
+def _map_windows(windows: TrainingWindows, fn) -> TrainingWindows:
+    """Apply `fn` to every tensor field (optional fields left None)."""
+    return TrainingWindows(**{f.name: None if getattr(windows, f.name) is None else fn(getattr(windows, f.name))
+                              for f in dataclasses.fields(windows)})
+
+
 def _batches(windows: TrainingWindows, batch_size: int, generator: torch.Generator):
     """Endless (epoch, batch) stream: each epoch is a fresh seeded permutation of the windows."""
     epoch = 0
@@ -86,14 +103,12 @@ def _batches(windows: TrainingWindows, batch_size: int, generator: torch.Generat
         order = torch.randperm(len(windows), generator=generator)
         for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
-            yield epoch, TrainingWindows(users=windows.users[idx], inputs=windows.inputs[idx],
-                                         targets=windows.targets[idx], rewards=windows.rewards[idx])
+            yield epoch, _map_windows(windows, lambda t: t[idx])
         epoch += 1
 
 
 def _to(batch: TrainingWindows, device: torch.device) -> TrainingWindows:
-    return TrainingWindows(users=batch.users.to(device), inputs=batch.inputs.to(device),
-                           targets=batch.targets.to(device), rewards=batch.rewards.to(device))
+    return _map_windows(batch, lambda t: t.to(device))
 
 
 def valid_ranks(policy: GenerativePolicy, examples: EvalExamples, device=None) -> np.ndarray:
@@ -132,6 +147,9 @@ def post_train(method: str, pretrained: GenerativePolicy, interactions: pd.DataF
     """
     spec = get_method(method)
     params = spec.parse_params(config.method_params)
+    if spec.needs_ranker and ranker is None:
+        raise ValueError(f"post-training method {method!r} takes its rewards from the ranker reward model: "
+                         "pass ranker= to post_train")
     device = torch.device(device) if device is not None else default_device()
     generator = seed_everything(config.seed)
 

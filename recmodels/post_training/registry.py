@@ -14,10 +14,14 @@ from typing import Any, Callable
 import pandas as pd
 import torch
 
-from recmodels.post_training import exp_rw_sft, sft
+from recmodels.post_training import adagrpo, dpo, exp_rw_sft, grpo, ips, nll_grpo, ppo, sft
 
 LossFn = Callable[..., tuple[torch.Tensor, dict[str, float]]]  # (policy, batch, ctx) -> (loss, telemetry)
 PrepareFn = Callable[[Any, pd.DataFrame], dict[str, torch.Tensor]]
+
+
+class MethodNotApplicable(ValueError):
+    """The method cannot run on these logs (e.g. ips without propensities); the message says why ("skipped: ...")."""
 
 
 @dataclass(frozen=True)
@@ -25,8 +29,9 @@ class PostTrainingMethod:
     name: str
     params_cls: type  # dataclass of the method's knobs (ALIASES: ClassVar maps alternative key names)
     loss: LossFn
-    prepare: PrepareFn | None = None
+    prepare: PrepareFn | None = None  # may raise MethodNotApplicable
     description: str = ""
+    needs_ranker: bool = False  # its rewards come from the ranker reward model
 
     def parse_params(self, raw: dict[str, Any] | None) -> Any:
         """Build the knob dataclass from `method_params`; unknown keys raise ValueError naming them."""
@@ -52,6 +57,18 @@ METHODS: dict[str, PostTrainingMethod] = {
     "exp_rw_sft": PostTrainingMethod("exp_rw_sft", exp_rw_sft.ExpRwSFTParams, exp_rw_sft.exp_rw_sft_loss,
                                      prepare=exp_rw_sft.prepare,
                                      description="NLL weighted by exp(reward / lambda)"),
+    "ips": PostTrainingMethod("ips", ips.IPSParams, ips.ips_loss, prepare=ips.prepare,
+                              description="self-normalized NLL weighted by clipped reward / propensity"),
+    "dpo": PostTrainingMethod("dpo", dpo.DPOParams, dpo.dpo_loss, needs_ranker=True,
+                              description="DPO on pairs sampled from the reference, ordered by the ranker"),
+    "ppo": PostTrainingMethod("ppo", ppo.PPOParams, ppo.ppo_loss, needs_ranker=True,
+                              description="clipped PPO on ranker reward minus a KL penalty to the reference"),
+    "grpo": PostTrainingMethod("grpo", grpo.GRPOParams, grpo.grpo_loss, needs_ranker=True,
+                               description="group-relative policy optimization on ranker rewards"),
+    "nll_grpo": PostTrainingMethod("nll_grpo", nll_grpo.NLLGRPOParams, nll_grpo.nll_grpo_loss, needs_ranker=True,
+                                   description="NLL + alpha * GRPO"),
+    "adagrpo": PostTrainingMethod("adagrpo", adagrpo.AdaGRPOParams, adagrpo.adagrpo_loss, needs_ranker=True,
+                                  description="NLL + alpha * GRPO gated per sample by difficulty and discriminability"),
 }
 
 

@@ -1,0 +1,106 @@
+"""`adagrpo`: NLL everywhere, GRPO only where the sample is hard AND the ranker can tell (design.md §4).
+
+    loss = L_nll + alpha * (1/B) sum_i g_i L_grpo,i,      g_i = hard_i AND disc_i
+
+over the B contexts of the batch (one per window); a context with g_i = 0 gets pure NLL. The
+diagnostics come from the same rollouts and the same ranker call as the GRPO term (the ground
+truth a_i is scored next to the rollouts), no extra model call:
+
+- hard_i, `hard="entropy"` (default): the normalized entropy of the first generated token's
+  distribution, H(pi(.|x_i)) / log V >= tau_H, with the masked next-item distribution the
+  rollouts are drawn from and V = the catalog size (for atomic tokens the first token is the item);
+  `hard="truth_not_sampled"`: a_i is not among the policy's own G rollouts.
+- disc_i, `disc="zscore"` (default): (R(x_i, a_i) - mean_j R(x_i, o_ij)) / (std_j + 1e-4) >= delta
+  (population std, as for the advantages); `disc="truth_first"`: a_i is ranked first by R among
+  {a_i} U {o_ij} (ties count as first: a_i may be one of its own rollouts).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+
+from recmodels.post_training.grpo import ADV_EPS, GRPOParams
+from recmodels.post_training.nll_grpo import NLLGRPOParams, nll_and_group_rollouts
+from recmodels.rollouts import entropy
+from recmodels.sequences import TrainingWindows
+
+if TYPE_CHECKING:
+    from recmodels.post_training.loop import MethodContext
+
+HARD_CHOICES = ("entropy", "truth_not_sampled")
+DISC_CHOICES = ("zscore", "truth_first")
+
+
+@dataclass
+class AdaGRPOParams(NLLGRPOParams):
+    tau_h: float = 0.5  # hard when the normalized entropy is at least this
+    delta: float = 1.0  # discriminable when the truth's reward z-score is at least this
+    hard: str = "entropy"
+    disc: str = "zscore"
+
+    ALIASES: ClassVar[dict[str, str]] = {**GRPOParams.ALIASES, "tau_H": "tau_h"}
+
+    def __post_init__(self):
+        super().__post_init__()
+        name = type(self).__name__
+        if self.hard not in HARD_CHOICES:
+            raise ValueError(f"{name}: hard must be one of {HARD_CHOICES}, got {self.hard!r}")
+        if self.disc not in DISC_CHOICES:
+            raise ValueError(f"{name}: disc must be one of {DISC_CHOICES}, got {self.disc!r}")
+        if not isinstance(self.tau_h, (int, float)) or math.isnan(self.tau_h):
+            raise ValueError(f"{name}: tau_h must be a number, got {self.tau_h!r}")
+        if not isinstance(self.delta, (int, float)) or math.isnan(self.delta):
+            raise ValueError(f"{name}: delta must be a number, got {self.delta!r}")
+
+
+@dataclass
+class GateDiagnostics:
+    hard: torch.Tensor  # [N] bool
+    disc: torch.Tensor  # [N] bool
+    normalized_entropy: torch.Tensor  # [N] H / log V of the first generated token
+    truth_zscore: torch.Tensor  # [N] (R(a) - mean_j R(o_j)) / (std_j + 1e-4)
+
+    @property
+    def gate(self) -> torch.Tensor:
+        return self.hard & self.disc
+
+
+@torch.no_grad()
+def gate_diagnostics(first_token_log_probs: torch.Tensor, rollout_items: torch.Tensor, rollout_rewards: torch.Tensor,
+                     truth: torch.Tensor, truth_reward: torch.Tensor, params: AdaGRPOParams) -> GateDiagnostics:
+    """hard_i and disc_i from one context's rollouts: log-probs [N, V] (V includes padding 0), items and rewards [N, G],
+    the logged item a_i and its ranker reward [N]."""
+    n_items = first_token_log_probs.shape[1] - 1
+    normalized_entropy = entropy(first_token_log_probs.float()) / math.log(n_items) if n_items > 1 \
+        else torch.zeros(first_token_log_probs.shape[0], device=first_token_log_probs.device)
+    sampled = (rollout_items == truth[:, None]).any(dim=1)
+    mean = rollout_rewards.mean(dim=1)
+    std = rollout_rewards.std(dim=1, unbiased=False)
+    zscore = (truth_reward - mean) / (std + ADV_EPS)
+    hard = normalized_entropy >= params.tau_h if params.hard == "entropy" else ~sampled
+    disc = zscore >= params.delta if params.disc == "zscore" else truth_reward >= rollout_rewards.max(dim=1).values
+    return GateDiagnostics(hard=hard, disc=disc, normalized_entropy=normalized_entropy, truth_zscore=zscore)
+
+
+def adagrpo_loss(policy, batch: TrainingWindows, ctx: MethodContext) -> tuple[torch.Tensor, dict[str, float]]:
+    params: AdaGRPOParams = ctx.params
+    nll, terms = nll_and_group_rollouts(policy, batch, ctx, params)
+    diag = gate_diagnostics(terms.rollouts.first_token_log_probs.detach(), terms.rollouts.items, terms.rewards,
+                            terms.contexts.truth, terms.truth_reward_hat, params)
+    gate = diag.gate.to(terms.per_context_loss.dtype)  # [N]
+    gated = (gate * terms.per_context_loss).mean()
+    loss = nll + params.alpha * gated
+    telemetry = {
+        "nll": nll.item(),
+        **terms.telemetry,
+        "gated_grpo": gated.item(),
+        "gate_open_rate": diag.gate.float().mean().item(),
+        "hard_rate": diag.hard.float().mean().item(),
+        "disc_rate": diag.disc.float().mean().item(),
+        "normalized_entropy": diag.normalized_entropy.mean().item(),
+        "truth_zscore": diag.truth_zscore.mean().item(),
+    }
+    return loss, telemetry

@@ -1,0 +1,135 @@
+"""RL contexts cut from training windows, and the ranker rewards of items generated for them.
+
+Which positions are contexts. Position t of a window holds the input item `inputs[t]` and the
+logged next item `targets[t]` (0 = nothing to predict). A context is a real target position t;
+its history x is the window prefix `inputs[:t+1]`, right-aligned and left-padded to the window
+length T, exactly like an evaluation history, and its ground truth a is `targets[t]`.
+- `"last"` (default): one context per window, its last real target position. With the default
+  stride that is position T-1, so x is the whole window and the policy's logits for it are the
+  last row of the window's own forward pass (methods that also compute the NLL reuse them).
+- `"random"`: one real target position per window drawn uniformly (seeded generator).
+Windows without a real target give no context.
+
+History rewards (the ranker reads them). Window rewards are aligned with targets: `rewards[t]` is
+the reward of `targets[t]`, which is the input item at t+1. So the reward of the input item at
+position j is `rewards[j-1]`; the window's first real input has no reward in the window (it
+was the target of an earlier window or is the user's first event) and gets 0, neutral on the
+(rating - 3) / 2 scale.
+
+Rollouts are generated from, and log-probs computed under, the masked next-item distribution of
+`recmodels.rollouts` (padding and the context's history items at -inf): the items older than
+the window are not in x and are not masked.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from recmodels.rollouts import masked_log_probs
+from recmodels.sequences import TrainingWindows
+
+CONTEXT_CHOICES = ("last", "random")
+
+
+@dataclass
+class RLContexts:
+    rows: torch.Tensor  # [N] window row of each context in the batch
+    positions: torch.Tensor  # [N] target position t in the window
+    history: torch.Tensor  # [N, T] inputs[:t+1], right-aligned, left-padded with 0
+    history_rewards: torch.Tensor  # [N, T] observed reward of each history item (0 for padding / unknown)
+    truth: torch.Tensor  # [N] logged next item a = targets[t]
+    truth_reward: torch.Tensor  # [N] its observed reward
+
+    def __len__(self) -> int:
+        return self.truth.shape[0]
+
+    @property
+    def at_window_end(self) -> bool:
+        """Every context is the whole window (t = T-1): its logits are the window forward's last row."""
+        return bool((self.positions == self.history.shape[1] - 1).all())
+
+
+def select_contexts(batch: TrainingWindows, how: str = "last", generator: torch.Generator | None = None) -> RLContexts:
+    """Pick one context per window (see the module docstring) and cut its history and history rewards."""
+    if how not in CONTEXT_CHOICES:
+        raise ValueError(f"contexts must be one of {CONTEXT_CHOICES}, got {how!r}")
+    real = batch.targets != 0  # [B, T]
+    B, T = real.shape
+    rows = torch.nonzero(real.any(dim=1)).squeeze(1)  # [N]
+    if len(rows) == 0:
+        raise ValueError("the batch has no window with a real target: no RL context to train on")
+    real = real[rows]
+    if how == "last":
+        positions = torch.where(real, torch.arange(T, device=real.device), -1).max(dim=1).values  # [N]
+    else:
+        u = torch.rand(real.shape, generator=generator, device=real.device)
+        positions = torch.where(real, u, -1.0).argmax(dim=1)
+    return contexts_at(batch, rows, positions)
+
+
+def contexts_at(batch: TrainingWindows, rows: torch.Tensor, positions: torch.Tensor) -> RLContexts:
+    """The contexts at window `rows` [N], target `positions` [N]: right-aligned history and its rewards."""
+    T = batch.inputs.shape[1]
+    if bool((batch.targets[rows, positions] == 0).any()):
+        raise ValueError("an RL context must sit at a real target position (targets != 0)")
+    idx = torch.arange(T, device=batch.inputs.device)
+    inputs, rewards = batch.inputs[rows], batch.rewards[rows]
+    src = idx[None, :] - (T - 1 - positions)[:, None]  # [N, T] window position shown at each history slot
+    inside = src >= 0
+    history = torch.where(inside, inputs.gather(1, src.clamp(min=0)), 0)
+    has_reward = (src >= 1) & (history != 0)
+    history_rewards = torch.where(has_reward, rewards.gather(1, (src - 1).clamp(min=0)), 0.0)
+    return RLContexts(rows=rows, positions=positions, history=history, history_rewards=history_rewards.float(),
+                      truth=batch.targets[rows, positions], truth_reward=rewards.gather(1, positions[:, None]).squeeze(1))
+
+
+def context_log_probs(policy, contexts: RLContexts, mask: torch.Tensor,
+                      window_logits: torch.Tensor | None = None) -> torch.Tensor:
+    """[N, V] masked next-item log-probs of the policy for each context (grad flows).
+
+    With `window_logits` [B, T, V] (the batch windows' own forward pass), contexts at the window
+    end read its last row instead of running the policy again; the others get their own forward.
+    """
+    T = contexts.history.shape[1]
+    if window_logits is None:
+        logits = policy.next_item_logits(contexts.history)
+    else:
+        logits = window_logits[contexts.rows, -1]  # [N, V]
+        elsewhere = torch.nonzero(contexts.positions != T - 1).squeeze(1)
+        if len(elsewhere):
+            logits = logits.index_put((elsewhere,), policy.next_item_logits(contexts.history[elsewhere]))
+    return masked_log_probs(logits, mask)
+
+
+@torch.no_grad()
+def ranker_rewards(ranker, contexts: RLContexts, items: torch.Tensor, valid: torch.Tensor | None = None,
+                   invalid_reward: float = -1.0) -> torch.Tensor:
+    """R(x, y) [N, K] of the frozen ranker for items [N, K]; items that are no real item get `invalid_reward`."""
+    if ranker is None:
+        raise ValueError("this post-training method needs the ranker reward model: pass ranker= to post_train")
+    was_training = ranker.training
+    ranker.eval()
+    try:
+        r_hat, _ = ranker(contexts.history, contexts.history_rewards, items)
+    finally:
+        ranker.train(was_training)
+    r_hat = r_hat.float()
+    if valid is not None:
+        r_hat = torch.where(valid, r_hat, torch.full_like(r_hat, invalid_reward))
+    return r_hat
+
+
+@contextlib.contextmanager
+def dropout(policy, enabled: bool):
+    """Run the policy's forward passes with dropout on (its training mode) or off (eval mode, like pi_ref).
+
+    Gradients flow either way; the module's mode is restored afterwards.
+    """
+    was_training = policy.training
+    policy.train(was_training and enabled)
+    try:
+        yield
+    finally:
+        policy.train(was_training)

@@ -1,0 +1,85 @@
+"""`dpo`: direct preference optimization on preference pairs labelled by the ranker (design.md §4).
+
+For each context x (one per window, see contexts.py) K = `samples_per_context` distinct items are
+sampled from the reference pi_ref (without replacement, from its cached next-item distribution,
+so no extra model call once a context is cached) and ordered by the ranker R. Every pair with
+R(x, y_w) > R(x, y_l) (ties give no preference) contributes
+
+    -log sigmoid(beta [(log pi(y_w|x) - log pi_ref(y_w|x)) - (log pi(y_l|x) - log pi_ref(y_l|x))])
+
+and the loss is the mean over the batch's pairs. At the start (pi = pi_ref) every margin is 0 and
+the loss is log 2. Dropout is off by default: pi's log-ratios to pi_ref are the signal.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from recmodels.post_training.contexts import (CONTEXT_CHOICES, context_log_probs, dropout, ranker_rewards,
+                                              select_contexts)
+from recmodels.rollouts import history_mask, kl_divergence, masked_log_probs, sample_from_log_probs
+from recmodels.sequences import TrainingWindows
+
+if TYPE_CHECKING:
+    from recmodels.post_training.loop import MethodContext
+
+
+@dataclass
+class DPOParams:
+    beta: float = 0.1
+    samples_per_context: int = 4  # K items from pi_ref per context -> up to K(K-1)/2 pairs
+    contexts: str = "last"
+    dropout: bool = False
+
+    def __post_init__(self):
+        if not (isinstance(self.beta, (int, float)) and self.beta > 0 and math.isfinite(self.beta)):
+            raise ValueError(f"dpo: beta must be a positive finite number, got {self.beta!r}")
+        if not (isinstance(self.samples_per_context, int) and self.samples_per_context >= 2):
+            raise ValueError(f"dpo: samples_per_context must be an integer >= 2 (a pair), "
+                             f"got {self.samples_per_context!r}")
+        if self.contexts not in CONTEXT_CHOICES:
+            raise ValueError(f"dpo: contexts must be one of {CONTEXT_CHOICES}, got {self.contexts!r}")
+        if not isinstance(self.dropout, bool):
+            raise ValueError(f"dpo: dropout must be true or false, got {self.dropout!r}")
+
+
+def preference_margins(log_ratio: torch.Tensor, rewards: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """beta * (h_w - h_l) for every pair of samples [N, K] ordered by reward, and which pairs have a preference.
+
+    log_ratio h = log pi - log pi_ref of each sample; returns margins and a bool mask, both [N, K(K-1)/2].
+    """
+    j, k = torch.triu_indices(rewards.shape[1], rewards.shape[1], offset=1, device=rewards.device)
+    sign = torch.sign(rewards[:, j] - rewards[:, k])  # +1: j preferred, -1: k preferred, 0: tie
+    margins = beta * sign * (log_ratio[:, j] - log_ratio[:, k])
+    return margins, sign != 0
+
+
+def dpo_loss(policy, batch: TrainingWindows, ctx: MethodContext) -> tuple[torch.Tensor, dict[str, float]]:
+    params: DPOParams = ctx.params
+    contexts = select_contexts(batch, params.contexts, ctx.generator)
+    mask = history_mask(contexts.history, policy.cfg.vocab_size)
+    ref_all = masked_log_probs(ctx.reference_cache.log_probs(contexts.history), mask)  # [N, V]
+    samples = sample_from_log_probs(ref_all, params.samples_per_context, ctx.generator)  # y ~ pi_ref
+    rewards = ranker_rewards(ctx.ranker, contexts, samples.items, samples.valid)  # [N, K]
+    with dropout(policy, params.dropout):
+        logp_all = context_log_probs(policy, contexts, mask)  # [N, V]
+    log_ratio = logp_all.gather(1, samples.items) - samples.logp  # [N, K]
+    margins, preferred = preference_margins(log_ratio, rewards, params.beta)
+    per_pair = -F.logsigmoid(margins)
+    n_pairs = int(preferred.sum())
+    loss = (per_pair * preferred).sum() / max(n_pairs, 1)  # no preference in the batch: zero gradient
+    j, k = torch.triu_indices(rewards.shape[1], rewards.shape[1], offset=1, device=rewards.device)
+    gap = (rewards[:, j] - rewards[:, k]).abs()
+    telemetry = {
+        "dpo": loss.item(),
+        "pair_accuracy": ((margins > 0) & preferred).sum().item() / max(n_pairs, 1),
+        "reward_gap": (gap[preferred].mean().item() if n_pairs else 0.0),
+        "kl": kl_divergence(logp_all.detach(), ref_all).mean().item(),
+        "rollout_reward": rewards.mean().item(),
+        "ref_cache_hit_rate": ctx.reference_cache.last_hit_rate,
+    }
+    return loss, telemetry

@@ -1,0 +1,138 @@
+"""`grpo`: group-relative policy optimization against the frozen ranker (design.md §4).
+
+For each context x_i (one per window, see contexts.py) G distinct items o_i1..o_iG are sampled
+from pi_old without replacement (recmodels.rollouts) and scored by the ranker R:
+
+    A_ij     = (R(x_i, o_ij) - mean_j R) / (std_j R + 1e-4)          (population std of the group)
+    rho_ij   = pi(o_ij | x_i) / pi_old(o_ij | x_i)
+    k3_ij    = pi_ref/pi - log(pi_ref/pi) - 1   at o_ij             (unbiased KL(pi || pi_ref) estimate)
+    L_grpo,i = (1/G) sum_j [ -min(rho_ij A_ij, clip(rho_ij, 1-eps, 1+eps) A_ij) + beta k3_ij ]
+    loss     = mean_i L_grpo,i
+
+With atomic tokens an item is one token, |o| = 1. Every optimizer step draws fresh rollouts and
+takes one update on them, so pi_old is the detached current policy of the same forward pass:
+rho = 1 at the sample and the gradient flows through pi (the clip only acts when rollouts are
+reused). Rollouts that are no real item (hallucinated semantic-ID tuples; none with atomic
+tokens) get `invalid_reward`, the bottom of the reward range.
+
+`grpo_terms` is the shared computation that nll_grpo and adagrpo weight in their own way.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+
+from recmodels.post_training.contexts import (CONTEXT_CHOICES, RLContexts, context_log_probs, dropout,
+                                              ranker_rewards, select_contexts)
+from recmodels.rollouts import Rollouts, history_mask, kl_divergence, masked_log_probs, sample_from_log_probs
+from recmodels.sequences import TrainingWindows
+
+if TYPE_CHECKING:
+    from recmodels.post_training.loop import MethodContext
+
+ADV_EPS = 1e-4
+
+
+@dataclass
+class GRPOParams:
+    group_size: int = 8  # G rollouts per context
+    eps: float = 0.2  # ratio clip
+    beta: float = 0.04  # weight of the k3 KL to the reference
+    contexts: str = "last"  # which window positions are contexts: "last" or "random"
+    invalid_reward: float = -1.0  # reward of a generated id that is no item
+    dropout: bool = False  # run the policy with dropout (as in its training mode) while computing log-probs
+
+    ALIASES: ClassVar[dict[str, str]] = {"G": "group_size", "epsilon": "eps"}
+
+    def __post_init__(self):
+        name = type(self).__name__
+        if not (isinstance(self.group_size, int) and self.group_size >= 2):
+            raise ValueError(f"{name}: group_size must be an integer >= 2 (advantages compare rollouts), "
+                             f"got {self.group_size!r}")
+        if not 0 < self.eps < 1:
+            raise ValueError(f"{name}: eps must lie in (0, 1), got {self.eps!r}")
+        if not (self.beta >= 0 and math.isfinite(self.beta)):
+            raise ValueError(f"{name}: beta must be a finite number >= 0, got {self.beta!r}")
+        if self.contexts not in CONTEXT_CHOICES:
+            raise ValueError(f"{name}: contexts must be one of {CONTEXT_CHOICES}, got {self.contexts!r}")
+        if not isinstance(self.dropout, bool):
+            raise ValueError(f"{name}: dropout must be true or false, got {self.dropout!r}")
+
+
+def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """A [N, G]: rewards standardized within each group (row); a group of equal rewards gets exactly 0."""
+    shifted = rewards - rewards[:, :1]  # exact zeros for a group of equal rewards (mean() would round)
+    centered = shifted - shifted.mean(dim=1, keepdim=True)
+    std = centered.pow(2).mean(dim=1, keepdim=True).sqrt()  # population std
+    return centered / (std + ADV_EPS)
+
+
+def clipped_surrogate(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor,
+                      eps: float) -> torch.Tensor:
+    """min(rho A, clip(rho, 1-eps, 1+eps) A) elementwise, rho = exp(logp - logp_old): the objective to maximize."""
+    ratio = torch.exp(logp - logp_old)
+    return torch.minimum(ratio * advantages, ratio.clamp(1 - eps, 1 + eps) * advantages)
+
+
+def kl_k3(logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
+    """k3 estimate of KL(pi || pi_ref) at samples of pi: exp(d) - d - 1 with d = logp_ref - logp (>= 0)."""
+    d = logp_ref - logp
+    return torch.exp(d) - d - 1
+
+
+@dataclass
+class GroupRollouts:
+    """One GRPO pass over a batch: what the grpo family's losses and diagnostics read."""
+
+    contexts: RLContexts
+    rollouts: Rollouts  # items [N, G], logp [N, G] with grad, first_token_log_probs [N, V] with grad
+    rewards: torch.Tensor  # [N, G] R(x, o) (invalid rollouts at invalid_reward)
+    truth_reward_hat: torch.Tensor  # [N] R(x, a) of the logged next item, from the same ranker call
+    advantages: torch.Tensor  # [N, G]
+    per_context_loss: torch.Tensor  # [N] L_grpo,i (grad flows)
+    telemetry: dict[str, float] = field(default_factory=dict)
+
+
+def grpo_terms(policy, batch: TrainingWindows, ctx: MethodContext, params: GRPOParams,
+               window_logits: torch.Tensor | None = None) -> GroupRollouts:
+    """Contexts, G rollouts each, rewards, advantages and the per-context GRPO loss of one batch.
+
+    `window_logits` [B, T, V]: the batch windows' forward pass when the caller already ran it
+    (its last row serves the contexts at the window end, see contexts.context_log_probs).
+    """
+    contexts = select_contexts(batch, params.contexts, ctx.generator)
+    mask = history_mask(contexts.history, policy.cfg.vocab_size)
+    with dropout(policy, params.dropout):
+        logp_all = context_log_probs(policy, contexts, mask, window_logits)  # [N, V]
+    rollouts = sample_from_log_probs(logp_all, params.group_size, ctx.generator)
+    G = params.group_size
+    candidates = torch.cat([rollouts.items, contexts.truth[:, None]], dim=1)  # [N, G+1]: rollouts + truth
+    valid = torch.cat([rollouts.valid, torch.ones_like(contexts.truth[:, None], dtype=torch.bool)], dim=1)
+    scores = ranker_rewards(ctx.ranker, contexts, candidates, valid, params.invalid_reward)
+    rewards, truth_reward_hat = scores[:, :G], scores[:, G]
+    advantages = group_advantages(rewards)
+
+    ref_all = masked_log_probs(ctx.reference_cache.log_probs(contexts.history), mask)  # [N, V]
+    logp = rollouts.logp  # [N, G]
+    k3 = kl_k3(logp, ref_all.gather(1, rollouts.items))
+    surrogate = clipped_surrogate(logp, logp.detach(), advantages, params.eps)
+    per_context = (-surrogate + params.beta * k3).mean(dim=1)  # [N]
+    telemetry = {
+        "grpo": per_context.mean().item(),
+        "kl": kl_divergence(logp_all.detach(), ref_all).mean().item(),
+        "kl_k3": k3.mean().item(),
+        "rollout_reward": rewards.mean().item(),
+        "group_reward_std": rewards.std(dim=1, unbiased=False).mean().item(),
+        "truth_reward_hat": truth_reward_hat.mean().item(),
+        "ref_cache_hit_rate": ctx.reference_cache.last_hit_rate,
+    }
+    return GroupRollouts(contexts=contexts, rollouts=rollouts, rewards=rewards, truth_reward_hat=truth_reward_hat,
+                         advantages=advantages, per_context_loss=per_context, telemetry=telemetry)
+
+
+def grpo_loss(policy, batch: TrainingWindows, ctx: MethodContext) -> tuple[torch.Tensor, dict[str, float]]:
+    terms = grpo_terms(policy, batch, ctx, ctx.params)
+    return terms.per_context_loss.mean(), terms.telemetry

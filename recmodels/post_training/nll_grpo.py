@@ -1,0 +1,54 @@
+"""`nll_grpo`: next-item NLL plus a fixed share of GRPO (design.md §4).
+
+    loss = L_nll + alpha * L_grpo
+
+L_nll is sft's loss (mean NLL of every real target of the batch windows) and L_grpo the grpo
+loss on the windows' contexts (grpo.py). One forward pass of the windows serves both: the
+contexts at the window end read its last row. Dropout is on by default, as for sft, so that
+alpha -> 0 is sft.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from recmodels.post_training.contexts import dropout
+from recmodels.post_training.grpo import GroupRollouts, GRPOParams, grpo_terms
+from recmodels.sequences import TrainingWindows
+
+if TYPE_CHECKING:
+    from recmodels.post_training.loop import MethodContext
+
+
+@dataclass
+class NLLGRPOParams(GRPOParams):
+    alpha: float = 0.3  # weight of the GRPO term
+    dropout: bool = True  # the window forward serves the NLL too: train it like sft
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not (isinstance(self.alpha, (int, float)) and self.alpha >= 0 and math.isfinite(self.alpha)):
+            raise ValueError(f"{type(self).__name__}: alpha must be a finite number >= 0, got {self.alpha!r}")
+
+
+def nll_and_group_rollouts(policy, batch: TrainingWindows, ctx: MethodContext,
+                           params: NLLGRPOParams) -> tuple[torch.Tensor, GroupRollouts]:
+    """Mean NLL of the batch's real targets (as sft) and the GRPO pass, sharing the windows' forward."""
+    with dropout(policy, params.dropout):
+        logits, _ = policy(batch.inputs)  # [B, T, V]
+    B, T, V = logits.shape
+    nll = F.cross_entropy(logits.reshape(B * T, V), batch.targets.reshape(B * T), ignore_index=0,
+                          reduction="none").view(B, T)
+    nll = nll[batch.targets != 0].mean()
+    return nll, grpo_terms(policy, batch, ctx, params, window_logits=logits)
+
+
+def nll_grpo_loss(policy, batch: TrainingWindows, ctx: MethodContext) -> tuple[torch.Tensor, dict[str, float]]:
+    params: NLLGRPOParams = ctx.params
+    nll, terms = nll_and_group_rollouts(policy, batch, ctx, params)
+    loss = nll + params.alpha * terms.per_context_loss.mean()
+    return loss, {"nll": nll.item(), **terms.telemetry}

@@ -1,0 +1,120 @@
+"""`ppo`: proximal policy optimization against the frozen ranker, KL-penalized reward (design.md §4).
+
+Rollouts: for each context x (one per window, see contexts.py) K = `samples_per_context` distinct
+items y ~ pi_old (the policy when they are drawn), then
+
+    reward  = R(x, y) - beta * (log pi_old(y|x) - log pi_ref(y|x))
+    A       = reward - mean of the rollout batch's rewards            (batch-mean baseline)
+    loss    = -mean min(rho A, clip(rho, 1-eps, 1+eps) A),   rho = pi(y|x) / pi_old(y|x)
+
+Step accounting: each inner epoch is ONE optimizer step of the shared budget, so ppo takes exactly
+as many optimizer steps as every other method. Every `inner_epochs` steps the method draws fresh
+rollouts on the batch the loop hands it (pi_old = the detached policy of that forward pass, rho = 1);
+the following inner_epochs - 1 steps update again on the same contexts and rollouts (kept in
+`ctx.memory`), and the batches the loop hands in meanwhile are not used. The reference's
+log-probs for those contexts come from the shared cache.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from recmodels.post_training.contexts import (CONTEXT_CHOICES, RLContexts, context_log_probs, dropout,
+                                              ranker_rewards, select_contexts)
+from recmodels.post_training.grpo import clipped_surrogate
+from recmodels.rollouts import history_mask, kl_divergence, masked_log_probs, sample_from_log_probs
+from recmodels.sequences import TrainingWindows
+
+if TYPE_CHECKING:
+    from recmodels.post_training.loop import MethodContext
+
+BUFFER_KEY = "ppo_rollouts"
+
+
+@dataclass
+class PPOParams:
+    eps: float = 0.2
+    beta: float = 0.05  # KL penalty in the reward
+    inner_epochs: int = 2  # optimizer steps per rollout batch
+    samples_per_context: int = 4
+    contexts: str = "last"
+    invalid_reward: float = -1.0
+    dropout: bool = False  # off: pi / pi_old and pi / pi_ref compare deterministic forward passes
+
+    def __post_init__(self):
+        if not 0 < self.eps < 1:
+            raise ValueError(f"ppo: eps must lie in (0, 1), got {self.eps!r}")
+        if not (self.beta >= 0 and math.isfinite(self.beta)):
+            raise ValueError(f"ppo: beta must be a finite number >= 0, got {self.beta!r}")
+        for name in ("inner_epochs", "samples_per_context"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"ppo: {name} must be an integer >= 1, got {value!r}")
+        if self.contexts not in CONTEXT_CHOICES:
+            raise ValueError(f"ppo: contexts must be one of {CONTEXT_CHOICES}, got {self.contexts!r}")
+        if not isinstance(self.dropout, bool):
+            raise ValueError(f"ppo: dropout must be true or false, got {self.dropout!r}")
+
+
+@dataclass
+class RolloutBatch:
+    """Rollouts kept for the inner epochs."""
+
+    contexts: RLContexts
+    mask: torch.Tensor  # [N, V]
+    items: torch.Tensor  # [N, K]
+    logp_old: torch.Tensor  # [N, K]
+    advantages: torch.Tensor  # [N, K]
+    telemetry: dict[str, float]
+    updates: int = 0  # optimizer steps taken on these rollouts so far
+
+
+def _fresh_rollouts(policy, batch: TrainingWindows, ctx: MethodContext,
+                    params: PPOParams) -> tuple[RolloutBatch, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw rollouts; return them, this forward's log-probs of the rollouts [N, K] (grad) and of the
+    catalog [N, V], and the reference's masked log-probs [N, V]."""
+    contexts = select_contexts(batch, params.contexts, ctx.generator)
+    mask = history_mask(contexts.history, policy.cfg.vocab_size)
+    with dropout(policy, params.dropout):
+        logp_all = context_log_probs(policy, contexts, mask)
+    rollouts = sample_from_log_probs(logp_all, params.samples_per_context, ctx.generator)
+    logp_old = rollouts.logp.detach()
+    scores = ranker_rewards(ctx.ranker, contexts, rollouts.items, rollouts.valid, params.invalid_reward)
+    ref_all = masked_log_probs(ctx.reference_cache.log_probs(contexts.history), mask)
+    penalty = params.beta * (logp_old - ref_all.gather(1, rollouts.items))  # [N, K]
+    reward = scores - penalty
+    telemetry = {"rollout_reward": scores.mean().item(), "kl_penalty": penalty.mean().item(),
+                 "shaped_reward": reward.mean().item()}
+    buffer = RolloutBatch(contexts=contexts, mask=mask, items=rollouts.items, logp_old=logp_old,
+                          advantages=reward - reward.mean(), telemetry=telemetry)
+    return buffer, rollouts.logp, logp_all, ref_all
+
+
+def ppo_loss(policy, batch: TrainingWindows, ctx: MethodContext) -> tuple[torch.Tensor, dict[str, float]]:
+    params: PPOParams = ctx.params
+    buffer: RolloutBatch | None = ctx.memory.get(BUFFER_KEY)
+    fresh = buffer is None or buffer.updates >= params.inner_epochs
+    if fresh:
+        buffer, logp, logp_all, ref_all = _fresh_rollouts(policy, batch, ctx, params)
+        ctx.memory[BUFFER_KEY] = buffer
+    else:
+        with dropout(policy, params.dropout):
+            logp_all = context_log_probs(policy, buffer.contexts, buffer.mask)
+        logp = logp_all.gather(1, buffer.items)
+        ref_all = masked_log_probs(ctx.reference_cache.log_probs(buffer.contexts.history), buffer.mask)
+    buffer.updates += 1
+    surrogate = clipped_surrogate(logp, buffer.logp_old, buffer.advantages, params.eps)
+    loss = -surrogate.mean()
+    ratio = torch.exp(logp.detach() - buffer.logp_old)
+    telemetry = {
+        "ppo": loss.item(),
+        **buffer.telemetry,
+        "kl": kl_divergence(logp_all.detach(), ref_all).mean().item(),
+        "clip_fraction": ((ratio - 1).abs() > params.eps).float().mean().item(),
+        "fresh_rollouts": float(fresh),
+        "ref_cache_hit_rate": ctx.reference_cache.last_hit_rate,
+    }
+    return loss, telemetry
