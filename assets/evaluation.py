@@ -21,12 +21,17 @@ def evaluation_report(context: dg.AssetExecutionContext, home: RecalignHome, mlf
     from recmodels.evaluation.report import build_report, comparison_table, write_report
     from recmodels.model_io import load_policy, load_ranker
 
+    trained = {r["variant"]: r for r in post_trained.values() if "skipped" not in r}
+    skipped = {r["variant"]: r["skipped"] for r in post_trained.values() if "skipped" in r}
     policies = {"pretrained": (load_policy(pretrained_policy["checkpoint"]), None)}
-    policies |= {r["method"]: (load_policy(r["checkpoint"]), r["method"]) for r in post_trained.values()}
+    policies |= {name: (load_policy(r["checkpoint"]), r["method"]) for name, r in trained.items()}
     max_len = policies["pretrained"][0].cfg.max_len
     evals = evaluate_policies(policies, read_parquet(interactions["table"]),
                               load_ranker(ranker_reward_model["checkpoint"]), max_len)
-    report = build_report(evals, baseline="pretrained")
+    for evaluation in evals[1:]:  # training telemetry of each post-trained policy, for the report's tables and plots
+        r = trained[evaluation.name]
+        evaluation.extra = {"params": r["params"], "best_step": r["best_step"], "history": r["history"]}
+    report = build_report(evals, baseline="pretrained", skipped=skipped)
     report["ranker"] = {k: ranker_reward_model[k] for k in ranker_reward_model if k.endswith("rmse")}
     files = write_report(report, home.run_dir(interactions["dataset"], context.run_id, "report"))
     with mlflow.start_run(context, interactions["dataset"], interactions["digest"], {"policies": list(policies)}):
@@ -34,5 +39,8 @@ def evaluation_report(context: dg.AssetExecutionContext, home: RecalignHome, mlf
             mlflow.log_artifact(path, artifact_path="report")
     context.add_output_metadata({"comparison": markdown_table(comparison_table(report)),
                                  "plot": image(files["png"], "NDCG@10 and HR@10 per policy"),
+                                 "lambda_sweep": image(files["lambda_png"], "exp_rw_sft: gain vs distance per λ"),
+                                 "training_curves": image(files["curves_png"], "valid NDCG@10 and KL per step"),
+                                 "skipped": dg.MetadataValue.json(skipped),
                                  "report_md": dg.MetadataValue.path(str(files["md"]))})
     return {"dataset": interactions["dataset"], **{k: str(v) for k, v in files.items()}}

@@ -1,9 +1,10 @@
-"""One asset per post-training method, `post_trained_<method>`, built from the method registry.
+"""One asset per post-trained policy, `post_trained_<variant>`, built from the method registry.
 
-Adding a method to `recmodels.post_training.registry.METHODS` adds its asset here: every method
-starts from the pretrained weights and gets the same optimizer-step budget and batch size.
+A variant is a method with fixed knobs: every method of `recmodels.post_training.registry.METHODS`
+once with its defaults, plus the λ sweep of `exp_rw_sft` and the fixed α values of `nll_grpo`.
+Every variant starts from the pretrained weights and gets the same optimizer-step budget and batch
+size; its run config may change the learning rate and the method's knobs.
 """
-
 from typing import Any, Optional
 
 import dagster as dg
@@ -13,9 +14,23 @@ from assets.model_runs import POST_TRAINED_MODEL, library_config, save_and_regis
 from assets.resources import MlflowTracking, RecalignHome
 from recmodels.post_training.registry import METHODS
 
+LAMBDA_SWEEP = (0.1, 0.3, 3.0)  # besides exp_rw_sft's default λ = 1
+NLL_GRPO_ALPHAS = (0.1, 0.3, 1.0)
+
+
+def _suffix(value: float) -> str:
+    return f"{value:g}".replace(".", "_")
+
+
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    **{m: (m, {}) for m in METHODS if m != "nll_grpo"},
+    **{f"exp_rw_sft_lambda_{_suffix(lam)}": ("exp_rw_sft", {"lam": lam}) for lam in LAMBDA_SWEEP},
+    **{f"nll_grpo_alpha_{_suffix(a)}": ("nll_grpo", {"alpha": a}) for a in NLL_GRPO_ALPHAS},
+}
+
 
 class PostTrainAssetConfig(dg.Config):
-    """The shared budget (steps, batch size) and this method's knobs; empty fields keep library defaults."""
+    """The shared budget (steps, batch size) and this variant's knobs; empty fields keep library defaults."""
 
     steps: Optional[int] = None
     batch_size: Optional[int] = None
@@ -25,34 +40,43 @@ class PostTrainAssetConfig(dg.Config):
     method_params: dict[str, Any] = {}
 
 
-def post_trained_asset(method: str) -> dg.AssetsDefinition:
-    @dg.asset(name=f"post_trained_{method}", group_name="post_training", kinds={"pytorch", "mlflow"},
-              tags={"method": method},
-              description=f"The pretrained policy post-trained with `{method}` (design.md §4).")
+def post_trained_asset(variant: str, method: str, fixed: dict[str, Any]) -> dg.AssetsDefinition:
+    @dg.asset(name=f"post_trained_{variant}", group_name="post_training", kinds={"pytorch", "mlflow"},
+              tags={"method": method}, description=f"The pretrained policy post-trained with `{method}` "
+              f"{fixed or '(default knobs)'} (design.md §4).")
     def _asset(context: dg.AssetExecutionContext, config: PostTrainAssetConfig, interactions: dict,
                pretrained_policy: dict, ranker_reward_model: dict, home: RecalignHome,
                mlflow: MlflowTracking) -> dict:
+        from recmodels.data.tables import read_parquet
         from recmodels.model_io import load_policy, load_ranker
         from recmodels.post_training.loop import PostTrainConfig, post_train
-        from recmodels.data.tables import read_parquet
+        from recmodels.post_training.registry import MethodNotApplicable
 
-        train_cfg = library_config(PostTrainConfig, config.model_dump())
+        settings = config.model_dump()
+        settings["method_params"] = {**fixed, **settings["method_params"]}
+        train_cfg = library_config(PostTrainConfig, settings)
         policy = load_policy(pretrained_policy["checkpoint"])
-        ranker = load_ranker(ranker_reward_model["checkpoint"])
+        base = {"dataset": interactions["dataset"], "variant": variant, "method": method}
         with tracked_training(context, mlflow, interactions["dataset"], interactions["digest"],
-                              {"method": method, **vars(train_cfg)}) as training:
-            result = post_train(method, policy, read_parquet(interactions["table"]), train_cfg, ranker=ranker,
-                                callback=training.callback)
+                              {**base, **vars(train_cfg)}) as training:
+            try:
+                result = post_train(method, policy, read_parquet(interactions["table"]), train_cfg,
+                                    ranker=load_ranker(ranker_reward_model["checkpoint"]), callback=training.callback)
+            except MethodNotApplicable as skip:  # e.g. ips on logs without propensities: a result, not an error
+                training.mlflow.set_tag("skipped", str(skip))
+                context.add_output_metadata({"status": dg.MetadataValue.md(f"**{skip}**")})
+                return {**base, "skipped": str(skip)}
             record = save_and_register(training, home, interactions["dataset"], result.policy, policy.cfg,
-                                       f"post_trained_{method}.pt", POST_TRAINED_MODEL,
-                                       tags={"role": "post_trained_policy", "method": method})
-        record.update(method=method, best_step=result.best_step, best_valid_ndcg10=result.best_valid_ndcg10)
-        context.add_output_metadata({**model_record_metadata(record), "method": method,
-                                     "best_valid_ndcg@10": result.best_valid_ndcg10,
+                                       f"post_trained_{variant}.pt", POST_TRAINED_MODEL,
+                                       tags={"role": "post_trained_policy", "method": method, "variant": variant})
+        record.update(base, params=result.params, best_step=result.best_step,
+                      best_valid_ndcg10=result.best_valid_ndcg10, history=result.history)
+        context.add_output_metadata({**model_record_metadata(record), "method": method, "params": result.params,
+                                     "best_step": result.best_step, "best_valid_ndcg@10": result.best_valid_ndcg10,
                                      "history": history_table(result.history)})
         return record
 
     return _asset
 
 
-post_trained_policies = [post_trained_asset(method) for method in METHODS]
+post_trained_policies = [post_trained_asset(v, m, fixed) for v, (m, fixed) in VARIANTS.items()]

@@ -86,6 +86,12 @@ class MlflowTracking(dg.ConfigurableResource):
                             if isinstance(v, (int, float)) and k not in ("epoch", "step")}, step=step)
 
     @staticmethod
+    def set_tag(key: str, value: str) -> None:
+        import mlflow
+
+        mlflow.set_tag(key, value)
+
+    @staticmethod
     def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
         import mlflow
 

@@ -95,10 +95,15 @@ class GenerativePolicy(nn.Module):
             x = block(x, allowed)
         return self.ln_f(x)
 
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [..., d] -> item logits [..., V] through the tied embedding; padding is never a next item."""
+        logits = hidden @ self.tok_emb.weight.T
+        logits[..., 0] = float("-inf")
+        return logits
+
     def forward(self, items: torch.Tensor, targets: torch.Tensor | None = None):
         """items [B, T] -> logits [B, T, V]; with targets [B, T] (0 = ignore) also the mean NLL."""
-        logits = self.hidden(items) @ self.tok_emb.weight.T  # tied output embedding
-        logits[..., 0] = float("-inf")  # padding is never a next item
+        logits = self.logits(self.hidden(items))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=0)
@@ -106,5 +111,4 @@ class GenerativePolicy(nn.Module):
 
     def next_item_logits(self, history: torch.Tensor) -> torch.Tensor:
         """history [B, T] -> logits of the next item [B, V] (read at the last position)."""
-        logits, _ = self(history[:, -self.cfg.max_len:])
-        return logits[:, -1, :]
+        return self.logits(self.hidden(history[:, -self.cfg.max_len:])[:, -1, :])

@@ -12,14 +12,6 @@ from recmodels.sequences import build_user_sequences, training_windows
 from tests.test_rl_methods import MAX_LEN, grads, item_ranker, make_ctx, make_interactions, tiny_policy
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def interactions():
     return make_interactions()

@@ -4,16 +4,16 @@ from __future__ import annotations
 import dagster as dg
 
 from pipelines.definitions import defs
-from recmodels.post_training.registry import METHODS
+from assets.post_training import VARIANTS
 
 
 def test_asset_graph_runs_from_raw_logs_to_report():
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert {"raw_logs", "interactions", "pretrained_policy", "ranker_reward_model", "evaluation_report"} <= keys
-    assert {f"post_trained_{m}" for m in METHODS} <= keys
+    assert {f"post_trained_{m}" for m in VARIANTS} <= keys
     upstream = {k.to_user_string() for k in graph.get(dg.AssetKey("evaluation_report")).parent_keys}
-    assert {f"post_trained_{m}" for m in METHODS} | {"pretrained_policy"} <= upstream
+    assert {f"post_trained_{m}" for m in VARIANTS} | {"pretrained_policy"} <= upstream
 
 
 def test_blocking_checks_guard_interactions():

@@ -12,7 +12,7 @@ import pytest
 from assets import ALL_ASSETS, ALL_CHECKS
 from assets.model_runs import POLICY_MODEL, POST_TRAINED_MODEL, RANKER_MODEL
 from assets.resources import MlflowTracking, RecalignHome
-from recmodels.post_training.registry import METHODS
+from assets.post_training import VARIANTS
 from tests.synthetic import make_synthetic_logs
 
 pytestmark = pytest.mark.integration
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 SMALL_MODELS = {
     "pretrained_policy": {"epochs": 3, "d_model": 16, "n_heads": 1, "n_layers": 1, "max_len": 10, "batch_size": 32},
     "ranker_reward_model": {"epochs": 2, "batch_size": 64},
-    **{f"post_trained_{m}": {"steps": 6, "eval_every": 3, "batch_size": 16} for m in METHODS},
+    **{f"post_trained_{v}": {"steps": 4, "eval_every": 2, "batch_size": 16} for v in VARIANTS},
 }
 
 
@@ -71,8 +71,9 @@ def test_report_holds_every_policy_with_intervals(chain):
     report = json.loads(Path(record["json"]).read_text())
     assert Path(record["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = Path(record["md"]).read_text()
-    for name in ["pretrained", *METHODS]:
+    for name in ["pretrained", *VARIANTS]:
         assert name in markdown
+    assert report["skipped"] == {"ips": "skipped: the logs carry no propensities"}
     text = json.dumps(report)
     assert "ndcg@10" in text and "hr@10" in text
 
@@ -88,7 +89,8 @@ def test_models_are_registered_with_lineage_tags(chain):
         assert run.data.tags["dagster_run_id"] == result.run_id
         assert run.data.tags["data_digest"]
     post = client.search_model_versions(f"name='{POST_TRAINED_MODEL}'")
-    assert sorted(v.tags["method"] for v in post) == sorted(METHODS)
+    assert sorted(v.tags["variant"] for v in post) == sorted(v for v in VARIANTS if v != "ips")
+    assert {v.tags["method"] for v in post} == {m for m, _ in VARIANTS.values()} - {"ips"}
     run = client.get_run(post[0].run_id)
     assert any(k.startswith("valid_ndcg") for k in run.data.metrics)
 

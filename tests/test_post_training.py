@@ -44,15 +44,6 @@ def ctx_for(params, state=None) -> MethodContext:
                          device=torch.device("cpu"), generator=torch.Generator().manual_seed(0))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is fastest and keeps shared CI cores free."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def interactions():
     return make_interactions()

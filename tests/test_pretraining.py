@@ -13,15 +13,6 @@ from recmodels.sequences import build_user_sequences, eval_examples
 N_ITEMS = 40
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models train much faster on one thread than with threads fighting over shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def cyclic_interactions(n_users=30, length=12, seed=0) -> pd.DataFrame:
     """Each user walks the 40 items in a cycle with step 1 (even users) or 3 (odd users)."""
     rng = np.random.default_rng(seed)

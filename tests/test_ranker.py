@@ -12,15 +12,6 @@ from recmodels.sequences import build_user_sequences, eval_examples
 N_ITEMS = 20
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models train much faster on one thread than with threads fighting over shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def genre_interactions(n_users=60, length=15, seed=0) -> pd.DataFrame:
     """Items have one of 4 genres (item % 4); a user rates items of their favourite genre +1, others -0.5."""
     rng = np.random.default_rng(seed)

@@ -69,14 +69,6 @@ def grads(loss_fn, policy, batch, ctx) -> tuple[torch.Tensor, dict, torch.Tensor
     return loss, tele, g
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def interactions():
     return make_interactions()

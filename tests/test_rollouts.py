@@ -13,25 +13,17 @@ from recmodels.rollouts import (entropy, history_mask, kl_divergence, masked_log
 N_ITEMS, T = 20, 6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class CountingPolicy(GenerativePolicy):
-    """The tiny policy, counting its forward passes and the rows they encode."""
+    """The tiny policy, counting its transformer passes and the rows they encode."""
 
     def __init__(self, cfg):
         super().__init__(cfg)
         self.calls, self.rows = 0, 0
 
-    def forward(self, items, targets=None):
+    def hidden(self, items):
         self.calls += 1
         self.rows += items.shape[0]
-        return super().forward(items, targets)
+        return super().hidden(items)
 
 
 def tiny_policy(seed: int = 0) -> CountingPolicy:
