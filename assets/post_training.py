@@ -69,10 +69,12 @@ def post_trained_asset(variant: str, method: str, fixed: dict[str, Any]) -> dg.A
             record = save_and_register(training, home, interactions["dataset"], result.policy, policy.cfg,
                                        f"post_trained_{variant}.pt", POST_TRAINED_MODEL,
                                        tags={"role": "post_trained_policy", "method": method, "variant": variant})
-        record.update(base, params=result.params, best_step=result.best_step,
-                      best_valid_ndcg10=result.best_valid_ndcg10, history=result.history)
+        record.update(base, params=result.params, best_step=result.best_step, steps=result.steps,
+                      steps_per_s=round(result.steps_per_s, 2), best_valid_ndcg10=result.best_valid_ndcg10,
+                      history=result.history)
         context.add_output_metadata({**model_record_metadata(record), "method": method, "params": result.params,
                                      "best_step": result.best_step, "best_valid_ndcg@10": result.best_valid_ndcg10,
+                                     "steps_per_s": record["steps_per_s"],
                                      "history": history_table(result.history)})
         return record
 

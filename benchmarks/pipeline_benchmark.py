@@ -47,6 +47,7 @@ def main() -> None:
 
     import dagster as dg
 
+    from assets.post_training import VARIANTS
     from pipelines.definitions import defs
 
     job = defs.resolve_job_def("full_chain")
@@ -57,11 +58,17 @@ def main() -> None:
         total = time.perf_counter() - start
         steps = step_wall_times(instance, result.run_id)
     pretrained = result.output_for_node("pretrained_policy") if result.success else {}
+    methods = {}
+    for variant in VARIANTS if result.success else ():
+        record = result.output_for_node(f"post_trained_{variant}")
+        methods[variant] = {"wall_s": steps.get(f"post_trained_{variant}"), "steps": record.get("steps"),
+                            "optimizer_steps_per_s": record.get("steps_per_s"), "skipped": record.get("skipped")}
     print(json.dumps({
         "source": args.source, "success": result.success, "total_wall_s": round(total, 2),
         "asset_wall_s": steps,
         "pretrain_sequences_per_s": pretrained.get("sequences_per_s"),
         "pretrain_epochs": pretrained.get("epochs"),
+        "post_training": methods,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "torch_threads": __import__("torch").get_num_threads(), "cpu_count": os.cpu_count(),
         "python": platform.python_version(),

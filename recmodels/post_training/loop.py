@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -33,11 +34,11 @@ from recmodels.sequences import EvalExamples, TrainingWindows, build_user_sequen
 
 @dataclass
 class PostTrainConfig:
-    steps: int = 300  # optimizer steps: the budget every method gets
+    steps: int = 200  # optimizer steps: the budget every method gets
     batch_size: int = 128  # training windows per step
     lr: float = 3e-4
     weight_decay: float = 0.0
-    eval_every: int = 50  # steps between valid evaluations
+    eval_every: int = 25  # steps between valid evaluations
     seed: int = 0
     max_len: int = 50  # history length; capped at the policy's own context length
     stride: int | None = None  # window stride (default max_len)
@@ -81,6 +82,12 @@ class PostTrainResult:
     best_step: int
     best_valid_ndcg10: float
     params: dict = field(default_factory=dict)  # the method's knobs as used
+    steps: int = 0  # optimizer steps taken
+    train_seconds: float = 0.0  # wall time of those steps (loss, backward, update), evaluations excluded
+
+    @property
+    def steps_per_s(self) -> float:
+        return self.steps / self.train_seconds if self.train_seconds > 0 else float("nan")
 
 
 def _frozen_copy(module: nn.Module, device: torch.device) -> nn.Module:
@@ -184,11 +191,12 @@ def post_train(method: str, pretrained: GenerativePolicy, interactions: pd.DataF
 
     evaluate(0, 0.0, {}, 1)
     sums: dict[str, float] = {}
-    n_since, step, seen = 0, 0, 0
+    n_since, step, seen, train_seconds = 0, 0, 0, 0.0
     policy.train()
     for _, batch in _batches(windows, config.batch_size, generator):
         if step >= config.steps:
             break
+        started = time.perf_counter()
         batch = _to(batch, device)
         ctx.step = step
         loss, telemetry = spec.loss(policy, batch, ctx)
@@ -199,6 +207,7 @@ def post_train(method: str, pretrained: GenerativePolicy, interactions: pd.DataF
         if config.grad_clip is not None:
             nn.utils.clip_grad_norm_(policy.parameters(), config.grad_clip)
         optimizer.step()
+        train_seconds += time.perf_counter() - started
         step += 1
         seen += len(batch)
         telemetry = {"loss": loss.item(), **telemetry}
@@ -212,4 +221,5 @@ def post_train(method: str, pretrained: GenerativePolicy, interactions: pd.DataF
 
     policy.load_state_dict(best_state)
     return PostTrainResult(policy=policy.eval(), method=method, history=history, best_step=best_step,
-                           best_valid_ndcg10=best_ndcg, params=dict(vars(params)))
+                           best_valid_ndcg10=best_ndcg, params=dict(vars(params)), steps=step,
+                           train_seconds=train_seconds)
