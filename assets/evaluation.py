@@ -18,7 +18,8 @@ def evaluation_report(context: dg.AssetExecutionContext, home: RecalignHome, mlf
     """HR/NDCG/MRR@5/10/20 with 95% bootstrap intervals, paired differences and reward alignment."""
     from recmodels.data.tables import read_parquet
     from recmodels.evaluation.evaluate import evaluate_policies
-    from recmodels.evaluation.report import build_report, comparison_table, write_report
+    from recmodels.evaluation.report import build_report
+    from recmodels.evaluation.report_output import comparison_table, write_report
     from recmodels.model_io import load_policy, load_ranker
 
     trained = {r["variant"]: r for r in post_trained.values() if "skipped" not in r}

@@ -2,17 +2,16 @@
 
 `build_report` turns per-user ranks into a JSON-serializable dict: each metric's mean with a
 95% percentile-bootstrap interval over users, the paired difference against the baseline
-policy (same users resampled for both), reward alignment and the ranker-judged top-10 score.
-`write_report` writes it as report.json, report.md and report.png.
+policy (same users resampled for both), reward alignment, the ranker-judged top-10 score, each
+post-trained policy's training record (knobs, selected step, telemetry), the λ sweep of
+exp_rw_sft, head-to-head paired differences between methods, skipped methods and a verdict.
+Rendering (Markdown, the comparison table, the files on disk) lives in report_output.py.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
+import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,6 +22,16 @@ from recmodels.evaluation.metrics import (KS, METRIC_NAMES, bootstrap_ci, paired
 ALPHA = 0.05
 REPORTED = (*METRIC_NAMES, "mrr", "reward_weighted_ndcg@10")  # every metric with an interval and a paired diff
 JUDGED = "ranker_top10_score"
+RW_NDCG = "reward_weighted_ndcg@10"
+KNOWN_METHODS = ("exp_rw_sft", "nll_grpo", "adagrpo", "grpo", "sft", "ips", "dpo", "ppo")
+RANKER_METHODS = ("dpo", "ppo", "grpo", "nll_grpo", "adagrpo")  # methods whose signal is the ranker reward model
+RIVALS_OF_EXP_RW_SFT = ("dpo", "ppo", "grpo")
+TELEMETRY = ("ess", "rollout_reward", "gate_open_rate", "hard_rate", "disc_rate")
+KEY_KNOBS = {"exp_rw_sft": ("lam", "lambda", "baseline", "w_max"), "ips": ("clip",), "dpo": ("beta",),
+             "ppo": ("eps", "beta"), "grpo": ("group_size", "eps", "beta"), "nll_grpo": ("alpha",),
+             "adagrpo": ("alpha", "tau_h", "delta")}
+KNOB_LABELS = {"lam": "λ", "lambda": "λ", "alpha": "α", "beta": "β", "eps": "ε", "tau_h": "τ_H", "delta": "δ",
+               "group_size": "G"}
 
 PROTOCOL = (
     "Each user's held-out test item is ranked against the full catalog given the whole history before it; "
@@ -32,7 +41,10 @@ PROTOCOL = (
     "({n_boot} resamples, seed {seed}); paired differences resample users jointly for both policies. "
     "Reward alignment: HR@10 on test items with reward > 0 (liked) and < 0 (disliked), and reward-weighted "
     "NDCG@10 = mean_u r_u * NDCG@10_u. ranker_top10_score = the ranker reward model's mean score of each "
-    "user's top-10 list (a judged metric a policy can hack). Post-trained policies are selected on valid only."
+    "user's top-10 list (a judged metric a policy can hack). Post-trained policies are selected on valid only; "
+    "so is the best λ of exp_rw_sft (valid NDCG@10 at its selected step). Head-to-head differences between two "
+    "policies are paired bootstraps over the same users. The reward-hacking hint compares the changes of the "
+    "ranker's top-10 score and of NDCG@10 vs the baseline, each in units of the baseline's per-user std."
 )
 
 
@@ -43,7 +55,7 @@ class PolicyEvaluation:
     target_rewards: np.ndarray  # [N] observed reward of that item
     ranker_top10_score: np.ndarray  # [N] ranker's mean score of the user's top-10 list
     method: str | None = None
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # post-trained: {"params": {...}, "best_step": int, "history": [...]}
     users: np.ndarray | None = None  # [N] user_idx, checked across policies when given
 
 
@@ -89,10 +101,119 @@ def _check_same_users(evals: list[PolicyEvaluation], baseline: str) -> int:
     return n
 
 
+def _check_skipped(skipped: dict | None, names: list[str]) -> dict[str, str]:
+    skipped = dict(skipped or {})
+    for name, reason in skipped.items():
+        if not isinstance(name, str) or not isinstance(reason, str) or not reason.strip():
+            raise ValueError(f"skipped must map a method name to a non-empty reason string, got {name!r}: {reason!r}")
+        if name in names:
+            raise ValueError(f"method {name!r} is listed as skipped ({reason!r}) but was also evaluated")
+    return skipped
+
+
+def method_family(name: str, method: str | None) -> str | None:
+    """The post-training method a policy comes from: its `method`, else its name's known prefix."""
+    for s in (method, name):
+        for m in sorted(KNOWN_METHODS, key=len, reverse=True):
+            if s and (s == m or s.startswith(m + "_")):
+                return m
+    return method
+
+
+def knob_value(name: str, params: dict, keys: tuple[str, ...], default: float | None = None) -> float | None:
+    """A numeric knob (λ, α) from the policy's params, else from its name (`..._lambda_0_3` -> 0.3)."""
+    for k in keys:
+        if params.get(k) is not None:
+            try:
+                return float(params[k])
+            except (TypeError, ValueError):
+                raise ValueError(f"policy {name!r}: params[{k!r}] must be a number, got {params[k]!r}") from None
+    m = re.search(r"_(?:lambda|lam|alpha)_(\d+(?:_\d+)?)$", name)
+    return float(m.group(1).replace("_", ".", 1)) if m else default
+
+
+def _training_section(e: PolicyEvaluation) -> dict | None:
+    """method, params, best_step, the history row at best_step and the full history (None if not post-trained)."""
+    extra = e.extra or {}
+    if not any(k in extra for k in ("params", "best_step", "history")):
+        return None
+    params = extra.get("params") or {}
+    if not isinstance(params, dict):
+        raise ValueError(f"policy {e.name!r}: extra['params'] must be a dict of method knobs, "
+                         f"got {type(params).__name__}")
+    history = extra.get("history") or []
+    if not isinstance(history, (list, tuple)) or not all(isinstance(r, dict) and "step" in r for r in history):
+        raise ValueError(f"policy {e.name!r}: extra['history'] must be a list of rows (dicts with a 'step'), "
+                         "as in PostTrainResult.history")
+    history = [_jsonable(r) for r in history]
+    best, at_best = extra.get("best_step"), None
+    if best is not None:
+        best = int(best)
+        rows = [r for r in history if r["step"] == best]
+        if history and not rows:
+            raise ValueError(f"policy {e.name!r}: best_step {best} is not a step of its history "
+                             f"(steps {[r['step'] for r in history]})")
+        at_best = rows[-1] if rows else None
+    return {"method": e.method, "params": _jsonable(params), "best_step": best, "at_best_step": at_best,
+            "history": history}
+
+
+def _lambda_sweep(policies: dict, baseline: str) -> list[dict]:
+    """One row per exp_rw_sft policy, sorted by λ: paired gains vs the baseline and the KL at the selected step."""
+    rows = []
+    for name, p in policies.items():
+        if name == baseline or method_family(name, p["method"]) != "exp_rw_sft":
+            continue
+        training = p["training"] or {}
+        at_best = training.get("at_best_step") or {}
+        rows.append({"policy": name, "lambda": knob_value(name, training.get("params") or {}, ("lam", "lambda"), 1.0),
+                     f"diff_{RW_NDCG}": p["diff_vs_baseline"][RW_NDCG],
+                     "diff_ndcg@10": p["diff_vs_baseline"]["ndcg@10"],
+                     "kl_to_reference": at_best.get("kl_to_reference"), "valid_ndcg@10": at_best.get("valid_ndcg@10")})
+    return sorted(rows, key=lambda r: (r["lambda"], r["policy"]))
+
+
+def _best_lambda(sweep: list[dict]) -> dict | None:
+    """The exp_rw_sft policy to compare with other methods: best valid NDCG@10 (test only if valid is missing)."""
+    if not sweep:
+        return None
+    if all(r["valid_ndcg@10"] is not None for r in sweep):
+        row, on = max(sweep, key=lambda r: r["valid_ndcg@10"]), "valid NDCG@10"
+    else:
+        row, on = max(sweep, key=lambda r: r[f"diff_{RW_NDCG}"]["mean"]), "test reward-weighted NDCG@10 (optimistic)"
+    return {"policy": row["policy"], "lambda": row["lambda"], "selected_on": on}
+
+
+def _judged_vs_accuracy(df: pd.DataFrame, base: pd.DataFrame) -> dict:
+    """Changes of the judged top-10 score and of NDCG@10 vs the baseline, in baseline per-user stds."""
+    def effect(col):
+        sd = float(base[col].std(ddof=0))
+        return float((df[col] - base[col]).mean()) / sd if sd > 0 else None
+
+    judged, accuracy = effect(JUDGED), effect("ndcg@10")
+    gap = judged - accuracy if judged is not None and accuracy is not None else None
+    return {"judged_sd": judged, "ndcg@10_sd": accuracy, "gap_sd": gap}
+
+
+def _head_to_head(frames: dict, families: dict, best: dict | None, n_boot: int, seed: int) -> list[dict]:
+    """Paired differences a - b: best exp_rw_sft vs dpo/ppo/grpo, adagrpo vs every nll_grpo α."""
+    pairs = []
+    if best is not None:
+        pairs += [(best["policy"], b, m) for b, f in families.items() if f in RIVALS_OF_EXP_RW_SFT
+                  for m in ("ndcg@10", RW_NDCG)]
+    pairs += [(a, b, "hr@10") for a, fa in families.items() if fa == "adagrpo"
+              for b, fb in families.items() if fb == "nll_grpo"]
+    return [{"a": a, "b": b, "metric": m,
+             "diff": _interval(*paired_bootstrap_diff(frames[a][m], frames[b][m], n_boot, ALPHA, seed))}
+            for a, b, m in pairs]
+
+
 def build_report(evals: list[PolicyEvaluation], baseline: str = "pretrained", n_boot: int = 1000,
-                 seed: int = 0) -> dict:
-    """Per policy: metric means with 95% CIs, paired differences vs `baseline`, reward alignment, judged score."""
+                 seed: int = 0, skipped: dict[str, str] | None = None) -> dict:
+    """Per policy: metric means with 95% CIs, paired differences vs `baseline`, reward alignment, judged score,
+    training record; plus skipped methods ({name: reason}), the λ sweep, head-to-head comparisons, verdict."""
     n = _check_same_users(evals, baseline)
+    skipped = _check_skipped(skipped, [e.name for e in evals])
     frames = {e.name: per_user_metrics(e.ranks, e.target_rewards) for e in evals}
     for e in evals:
         frames[e.name][JUDGED] = np.asarray(e.ranker_top10_score, dtype=np.float64)
@@ -107,13 +228,22 @@ def build_report(evals: list[PolicyEvaluation], baseline: str = "pretrained", n_
                                  for m in (*REPORTED, JUDGED)},
             "reward_alignment": reward_alignment(e.ranks, e.target_rewards, k=10),
             JUDGED: _interval(*bootstrap_ci(df[JUDGED], n_boot, ALPHA, seed)),
+            "judged_vs_accuracy": _judged_vs_accuracy(df, base),
+            "training": _training_section(e),
             "extra": _jsonable(e.extra),
         }
-    return _jsonable({
+    sweep = _lambda_sweep(policies, baseline)
+    best = _best_lambda(sweep)
+    families = {e.name: method_family(e.name, e.method) for e in evals if e.name != baseline}
+    report = _jsonable({
         "protocol": PROTOCOL.format(n_boot=n_boot, seed=seed),
         "n_users": n, "baseline": baseline, "n_boot": n_boot, "seed": seed, "alpha": ALPHA,
-        "ks": list(KS), "metrics": list(REPORTED), "policies": policies,
+        "ks": list(KS), "metrics": list(REPORTED), "policies": policies, "skipped": skipped,
+        "lambda_sweep": sweep, "exp_rw_sft_best": best,
+        "head_to_head": _head_to_head(frames, families, best, n_boot, seed),
     })
+    report["verdict"] = verdict(report)
+    return report
 
 
 def _fmt(iv: dict, signed: bool = False) -> str:
@@ -121,109 +251,75 @@ def _fmt(iv: dict, signed: bool = False) -> str:
     return f"{f.format(iv['mean'])} [{f.format(iv['low'])}, {f.format(iv['high'])}]"
 
 
-def _md_table(headers: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] * len(headers)) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+def _significance(iv: dict) -> str:
+    if iv["low"] > 0:
+        return "the 95% interval excludes 0: a significant gain"
+    if iv["high"] < 0:
+        return "the 95% interval excludes 0: a significant loss"
+    return "the 95% interval includes 0: no significant difference"
 
 
-def report_markdown(report: dict) -> str:
-    """Tables: metrics with CIs, paired differences vs the baseline, reward alignment; then the protocol."""
-    metrics, baseline, pols = report["metrics"], report["baseline"], report["policies"]
-    acc = _md_table(["policy", "method", *metrics],
-                    [[name, p["method"] or "-", *(_fmt(p["metrics"][m]) for m in metrics)] for name, p in pols.items()])
-    diff_cols = [*metrics, JUDGED]
-    diff = _md_table(["policy", *diff_cols],
-                     [[name, *(_fmt(p["diff_vs_baseline"][m], signed=True) for m in diff_cols)]
-                      for name, p in pols.items() if name != baseline])
-
-    def opt(v):
-        return "n/a" if v is None else f"{v:.3f}"
-
-    align = _md_table(
-        ["policy", "hr@10 liked", "hr@10 disliked", "n liked", "n disliked", "reward-weighted ndcg@10",
-         "ranker top-10 score"],
-        [[name, opt(p["reward_alignment"]["hr@10_liked"]), opt(p["reward_alignment"]["hr@10_disliked"]),
-          str(p["reward_alignment"]["n_liked"]), str(p["reward_alignment"]["n_disliked"]),
-          _fmt(p["metrics"]["reward_weighted_ndcg@10"]), _fmt(p[JUDGED])] for name, p in pols.items()])
-    return "\n\n".join([
-        "# Evaluation report",
-        f"{report['n_users']} test users; mean [95% bootstrap CI].",
-        "## Accuracy", acc,
-        f"## Paired difference vs `{baseline}`", diff if len(pols) > 1 else "_only the baseline was evaluated_",
-        "## Reward alignment", align,
-        "## Protocol", report["protocol"],
-    ]) + "\n"
+def _versus(a_gain: dict, b_gain: dict, h2h: dict, b: str, label: str) -> str:
+    """'beats `dpo` on NDCG@10 by +0.004 (paired-diff means ... ; 95% CI of the difference [...])'."""
+    d = a_gain["mean"] - b_gain["mean"]
+    verb = ("beats" if h2h["low"] > 0 else "trails" if h2h["high"] < 0
+            else "shows no significant difference from")
+    return (f"{verb} `{b}` on {label} ({d:+.3f}: paired-diff means {a_gain['mean']:+.3f} vs {b_gain['mean']:+.3f}; "
+            f"95% CI of the difference [{h2h['low']:+.3f}, {h2h['high']:+.3f}])")
 
 
-def comparison_table(report: dict) -> pd.DataFrame:
-    """One row per policy: metric means, the NDCG@10 difference vs the baseline with its CI, alignment."""
-    rows = []
-    for name, p in report["policies"].items():
-        d = p["diff_vs_baseline"]["ndcg@10"]
-        rows.append({
-            "policy": name, "method": p["method"] or "-",
-            **{m: p["metrics"][m]["mean"] for m in METRIC_NAMES},
-            "ndcg@10_diff": d["mean"], "ndcg@10_diff_low": d["low"], "ndcg@10_diff_high": d["high"],
-            "hr@10_liked": p["reward_alignment"]["hr@10_liked"],
-            "hr@10_disliked": p["reward_alignment"]["hr@10_disliked"],
-            "reward_weighted_ndcg@10": p["metrics"]["reward_weighted_ndcg@10"]["mean"],
-            JUDGED: p[JUDGED]["mean"],
-        })
-    return pd.DataFrame(rows)
+def verdict(report: dict) -> list[str]:
+    """Plain sentences with numbers; a sentence whose policies are missing is left out."""
+    pols, base = report["policies"], report["baseline"]
+    others = [n for n in pols if n != base]
+    if not others:
+        return []
+    families = {n: method_family(n, pols[n]["method"]) for n in others}
+    out = []
+    for metric, label in (("ndcg@10", "NDCG@10"), (RW_NDCG, "reward-weighted NDCG@10")):
+        name = max(others, key=lambda n: pols[n]["diff_vs_baseline"][metric]["mean"])
+        iv = pols[name]["diff_vs_baseline"][metric]
+        lead = (f"`{name}` has the largest paired {label} gain over `{base}`" if iv["mean"] > 0
+                else f"No policy has a higher {label} than `{base}`; the closest is `{name}`")
+        out.append(f"{lead}: {_fmt(iv, signed=True)} ({_significance(iv)}).")
 
+    h2h = {(r["a"], r["b"], r["metric"]): r["diff"] for r in report.get("head_to_head", [])}
+    best = report.get("exp_rw_sft_best")
+    for b in (n for f in RIVALS_OF_EXP_RW_SFT for n in others if families[n] == f):
+        a = (best or {}).get("policy")
+        if (a, b, RW_NDCG) not in h2h:
+            continue
+        parts = [_versus(pols[a]["diff_vs_baseline"][m], pols[b]["diff_vs_baseline"][m], h2h[(a, b, m)], b, label)
+                 for m, label in (("ndcg@10", "NDCG@10"), (RW_NDCG, "reward-weighted NDCG@10"))]
+        out.append(f"`{a}` (λ={best['lambda']:g}, best λ by {best['selected_on']}) {parts[0]} and {parts[1]}.")
 
-def _atomic_write(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    nll = [n for n in others if families[n] == "nll_grpo"]
+    for a in (n for n in others if families[n] == "adagrpo"):
+        if not nll or any((a, b, "hr@10") not in h2h for b in nll):
+            continue
+        diffs = {b: h2h[(a, b, "hr@10")] for b in nll}
+        alpha = {b: knob_value(b, (pols[b].get("training") or {}).get("params") or {}, ("alpha",)) for b in nll}
+        beats = all(iv["mean"] > 0 for iv in diffs.values())
+        unclear = [f"α={alpha[b]:g}" if alpha[b] is not None else f"`{b}`" for b, iv in diffs.items()
+                   if iv["low"] <= 0 <= iv["high"]]
+        detail = "; ".join(f"vs `{b}`{f' (α={alpha[b]:g})' if alpha[b] is not None else ''} {_fmt(iv, signed=True)}"
+                           for b, iv in diffs.items())
+        note = (f", with no significant difference against {', '.join(unclear)}" if unclear
+                else ", every interval excluding 0")
+        out.append(f"`{a}` {'beats' if beats else 'does not beat'} every nll_grpo α on HR@10{note}: {detail}.")
 
-
-def plot_report(report: dict, path) -> Path:
-    """PNG: NDCG@10 and HR@10 per policy with 95% CI bars, and both paired differences vs the baseline."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    names = list(report["policies"])
-    pols = report["policies"]
-    x = np.arange(len(names))
-    fig = Figure(figsize=(4 + 1.6 * len(names), 4.2), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 3)
-
-    def bars(ax, ivs, offset=0.0, width=0.6, label=None):
-        mean = np.array([iv["mean"] for iv in ivs])
-        err = np.array([[iv["mean"] - iv["low"] for iv in ivs], [iv["high"] - iv["mean"] for iv in ivs]])
-        ax.bar(x + offset, mean, width, yerr=err, capsize=4, label=label)
-
-    for ax, metric in zip(axes[:2], ("ndcg@10", "hr@10")):
-        bars(ax, [pols[n]["metrics"][metric] for n in names])
-        ax.set_title(f"{metric.upper()} (95% CI)", fontsize=10)
-    for i, metric in enumerate(("ndcg@10", "hr@10")):
-        bars(axes[2], [pols[n]["diff_vs_baseline"][metric] for n in names], offset=(i - 0.5) * 0.38, width=0.38,
-             label=metric.upper())
-    axes[2].axhline(0.0, color="black", linewidth=0.8)
-    axes[2].set_title(f"paired difference vs {report['baseline']}", fontsize=10)
-    axes[2].legend(fontsize=8)
-    for ax in axes:
-        ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
-    return _atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-
-
-def write_report(report: dict, out_dir) -> dict[str, Path]:
-    """report.json, report.md and report.png under `out_dir` (each written atomically)."""
-    out = Path(out_dir)
-    text = json.dumps(report, indent=2, allow_nan=False)
-    markdown = report_markdown(report)
-    return {
-        "json": _atomic_write(out / "report.json", lambda tmp: Path(tmp).write_text(text)),
-        "md": _atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(markdown)),
-        "png": plot_report(report, out / "report.png"),
-    }
+    hackable = [n for n in others if families[n] in RANKER_METHODS
+                and (pols[n].get("judged_vs_accuracy") or {}).get("gap_sd") is not None]
+    if hackable:
+        name = max(hackable, key=lambda n: pols[n]["judged_vs_accuracy"]["gap_sd"])
+        p = pols[name]
+        eff, judged = p["judged_vs_accuracy"], p["diff_vs_baseline"][JUDGED]
+        numbers = (f"ranker top-10 score {_fmt(judged, signed=True)} ({eff['judged_sd']:+.2f} sd of `{base}`) "
+                   f"vs NDCG@10 {_fmt(p['diff_vs_baseline']['ndcg@10'], signed=True)} ({eff['ndcg@10_sd']:+.2f} sd)")
+        if eff["gap_sd"] > 0 and judged["low"] > 0:
+            out.append(f"Reward-hacking hint: `{name}` has the largest ranker-judged top-10 gain relative to its "
+                       f"accuracy change: {numbers}.")
+        else:
+            out.append(f"No ranker-trained policy raises the ranker's judged top-10 score significantly beyond its "
+                       f"accuracy change; the largest gap is `{name}`: {numbers}.")
+    return out

@@ -1,0 +1,124 @@
+"""Rendering of the evaluation report: Markdown, the comparison table, and the files on disk.
+
+`write_report` writes report.json, report.md and the figures of `plots.py` (atomically).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from recmodels.evaluation.metrics import METRIC_NAMES
+from recmodels.evaluation.plots import atomic_write, plot_lambda_sweep, plot_report, plot_training_curves
+from recmodels.evaluation.report import (JUDGED, KEY_KNOBS, KNOB_LABELS, RW_NDCG, TELEMETRY, _fmt, knob_value,
+                                         method_family, verdict)
+
+
+def _md_table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] * len(headers)) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _num(v) -> str:
+    return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _knobs(name: str, method: str | None, params: dict) -> str:
+    family = method_family(name, method) or ""
+    key = {"exp_rw_sft": "lam", "nll_grpo": "alpha"}.get(family)
+    if key and not any(params.get(k) is not None for k in (key, "lambda")):  # λ / α only in the name
+        params = {key: knob_value(name, params, (key,)), **params}
+    keys = KEY_KNOBS.get(family, tuple(params))
+    return ", ".join(f"{KNOB_LABELS.get(k, k)}={_num(params[k])}" for k in keys if params.get(k) is not None) or "-"
+
+
+def _telemetry_md(pols: dict) -> str:
+    rows = []
+    for name, p in pols.items():
+        t = p.get("training")
+        if t:
+            at = t["at_best_step"] or {}
+            rows.append([name, p["method"] or "-", _knobs(name, p["method"], t["params"]), _num(t["best_step"]),
+                         *(_num(at.get(k)) for k in ("kl_to_reference", "valid_ndcg@10", *TELEMETRY))])
+    if not rows:
+        return "_no post-training record was passed to the report_"
+    return _md_table(["policy", "method", "knobs", "best step", "KL to reference", "valid ndcg@10", *TELEMETRY], rows)
+
+
+def _sweep_md(report: dict) -> str:
+    sweep = report.get("lambda_sweep") or []
+    if not sweep:
+        return "_no exp_rw_sft policy was evaluated_"
+    return _md_table(["λ", "policy", f"Δ reward-weighted ndcg@10 vs `{report['baseline']}`", "Δ ndcg@10",
+                      "KL to reference"],
+                     [[f"{r['lambda']:g}", r["policy"], _fmt(r[f"diff_{RW_NDCG}"], signed=True),
+                       _fmt(r["diff_ndcg@10"], signed=True), _num(r["kl_to_reference"])] for r in sweep])
+
+
+def report_markdown(report: dict) -> str:
+    """Verdict, tables (metrics, paired differences, reward alignment, λ sweep, telemetry), skipped, protocol."""
+    metrics, baseline, pols = report["metrics"], report["baseline"], report["policies"]
+    acc = _md_table(["policy", "method", *metrics],
+                    [[name, p["method"] or "-", *(_fmt(p["metrics"][m]) for m in metrics)] for name, p in pols.items()])
+    diff_cols = [*metrics, JUDGED]
+    diff = _md_table(["policy", *diff_cols],
+                     [[name, *(_fmt(p["diff_vs_baseline"][m], signed=True) for m in diff_cols)]
+                      for name, p in pols.items() if name != baseline])
+
+    def opt(v):
+        return "n/a" if v is None else f"{v:.3f}"
+
+    align = _md_table(
+        ["policy", "hr@10 liked", "hr@10 disliked", "n liked", "n disliked", "reward-weighted ndcg@10",
+         "ranker top-10 score"],
+        [[name, opt(p["reward_alignment"]["hr@10_liked"]), opt(p["reward_alignment"]["hr@10_disliked"]),
+          str(p["reward_alignment"]["n_liked"]), str(p["reward_alignment"]["n_disliked"]),
+          _fmt(p["metrics"][RW_NDCG]), _fmt(p[JUDGED])] for name, p in pols.items()])
+    sentences = verdict(report)
+    skipped = report.get("skipped") or {}
+    return "\n\n".join([
+        "# Evaluation report",
+        f"{report['n_users']} test users; mean [95% bootstrap CI].",
+        "## Verdict", " ".join(sentences) if sentences else "_only the baseline was evaluated_",
+        "## Accuracy", acc,
+        f"## Paired difference vs `{baseline}`", diff if len(pols) > 1 else "_only the baseline was evaluated_",
+        "## Reward alignment", align,
+        "## λ sweep of exp_rw_sft", _sweep_md(report),
+        "## Training telemetry", _telemetry_md(pols),
+        "## Skipped methods",
+        "\n".join(f"- `{name}`: {reason}" for name, reason in skipped.items()) or "_none_",
+        "## Protocol", report["protocol"],
+    ]) + "\n"
+
+
+def comparison_table(report: dict) -> pd.DataFrame:
+    """One row per policy: metric means, the NDCG@10 difference vs the baseline with its CI, alignment."""
+    rows = []
+    for name, p in report["policies"].items():
+        d = p["diff_vs_baseline"]["ndcg@10"]
+        rows.append({
+            "policy": name, "method": p["method"] or "-",
+            **{m: p["metrics"][m]["mean"] for m in METRIC_NAMES},
+            "ndcg@10_diff": d["mean"], "ndcg@10_diff_low": d["low"], "ndcg@10_diff_high": d["high"],
+            "hr@10_liked": p["reward_alignment"]["hr@10_liked"],
+            "hr@10_disliked": p["reward_alignment"]["hr@10_disliked"],
+            RW_NDCG: p["metrics"][RW_NDCG]["mean"],
+            JUDGED: p[JUDGED]["mean"],
+        })
+    return pd.DataFrame(rows)
+
+
+def write_report(report: dict, out_dir) -> dict[str, Path]:
+    """report.json, report.md, report.png, lambda_sweep.png and training_curves.png under `out_dir` (atomic)."""
+    out = Path(out_dir)
+    text = json.dumps(report, indent=2, allow_nan=False)
+    markdown = report_markdown(report)
+    return {
+        "json": atomic_write(out / "report.json", lambda tmp: Path(tmp).write_text(text)),
+        "md": atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(markdown)),
+        "png": plot_report(report, out / "report.png"),
+        "lambda_png": plot_lambda_sweep(report, out / "lambda_sweep.png"),
+        "curves_png": plot_training_curves(report, out / "training_curves.png"),
+    }
