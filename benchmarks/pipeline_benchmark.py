@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--home", default=None, help="recalign home (default: a fresh temp dir)")
     args = parser.parse_args()
     home = Path(args.home or tempfile.mkdtemp(prefix="recalign-bench-"))
+    home.mkdir(parents=True, exist_ok=True)
     os.environ["RECALIGN_HOME"] = str(home)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     cache = Path(__file__).resolve().parents[1] / ".recalign" / "cache"
@@ -52,6 +53,7 @@ def main() -> None:
 
     job = defs.resolve_job_def("full_chain")
     run_config = {"ops": {"raw_logs": {"config": {"source": args.source}}}}
+    (home / "dagster").mkdir(exist_ok=True)
     with dg.instance_for_test(temp_dir=str(home / "dagster")) as instance:
         start = time.perf_counter()
         result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)

@@ -136,10 +136,15 @@ def sample_exposures(scores: np.ndarray, n_steps: int, rng: np.random.Generator
     if not 1 <= n_steps <= m:
         raise ValueError(f"sample_exposures: n_steps must lie in [1, {m}] (the number of items), got {n_steps}")
     shifted = scores - scores.max(axis=1, keepdims=True)
-    keys = shifted + rng.gumbel(size=(n, m))
-    top = np.argpartition(-keys, n_steps - 1, axis=1)[:, :n_steps] if n_steps < m \
+    keys = rng.random(size=(n, m))  # u ~ U[0, 1); keys become -(shifted + Gumbel) = log(-log u) - shifted
+    with np.errstate(divide="ignore"):  # u == 0 gives key +inf: never drawn (probability 2^-53)
+        np.log(keys, out=keys)
+        np.negative(keys, out=keys)
+        np.log(keys, out=keys)
+    keys -= shifted  # the smallest keys are the draws, in order
+    top = np.argpartition(keys, n_steps - 1, axis=1)[:, :n_steps] if n_steps < m \
         else np.tile(np.arange(m), (n, 1))
-    order = np.argsort(-np.take_along_axis(keys, top, axis=1), axis=1, kind="stable")
+    order = np.argsort(np.take_along_axis(keys, top, axis=1), axis=1, kind="stable")
     items = np.take_along_axis(top, order, axis=1)  # [n, n_steps]
     weights = np.exp(shifted)  # [n, I]
     drawn = np.take_along_axis(weights, items, axis=1)  # [n, n_steps]
