@@ -1,26 +1,31 @@
-"""Where raw logs come from: a MovieLens variant or a parquet / CSV / TSV file of one's own."""
+"""Where raw logs come from: a MovieLens variant, a parquet / CSV / TSV file of one's own, or the simulator."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import pandas as pd
 
 from recmodels.data.movielens import WHEELS, read_movielens
 from recmodels.data.raw_logs import validate_catalog, validate_raw_logs
+from recmodels.data.simulator import SimulatorConfig, simulate_logs
 from recmodels.data.tables import frame_digest, read_parquet
 
-SOURCES = ("movielens-100k", "movielens-1m", "file")
+SOURCES = ("movielens-100k", "movielens-1m", "file", "simulator")
 
 
 @dataclass
 class RawLogs:
-    """Validated raw logs, the optional item catalog, and a sha256 digest of the logs' content."""
+    """Validated raw logs, the optional item catalog, and a sha256 digest of the logs' content.
+
+    `oracle`: for simulated logs only, the ground truth as `Oracle.to_dict()`.
+    """
 
     name: str
     logs: pd.DataFrame
     catalog: pd.DataFrame | None
     digest: str
+    oracle: dict | None = None
 
 
 def read_table_file(path: str | Path) -> pd.DataFrame:
@@ -42,14 +47,26 @@ def read_table_file(path: str | Path) -> pd.DataFrame:
 
 
 def load_raw_logs(source: str = "movielens-100k", *, path: str | None = None,
-                  catalog_path: str | None = None, cache_dir: Path) -> RawLogs:
+                  catalog_path: str | None = None, cache_dir: Path,
+                  simulator: dict | None = None) -> RawLogs:
     """Raw logs (and catalog) of `source`, validated against the raw-log contract.
 
     "movielens-100k" / "movielens-1m" read the cached wheel in `cache_dir` (downloaded once);
-    "file" reads `path` (and `catalog_path` when given).
+    "file" reads `path` (and `catalog_path` when given);
+    "simulator" generates logs with `SimulatorConfig(**simulator)` (defaults when None) and keeps the oracle.
     """
     if source not in SOURCES:
         raise ValueError(f"unknown raw-log source {source!r}; known sources: {list(SOURCES)}")
+    if source == "simulator":
+        known = {f.name for f in fields(SimulatorConfig)}
+        unknown = sorted(set(simulator or {}) - known)
+        if unknown:
+            raise ValueError(f"raw-log source 'simulator': unknown settings {unknown}; known: {sorted(known)}")
+        sim = simulate_logs(SimulatorConfig(**(simulator or {})))
+        logs = validate_raw_logs(sim.logs, where="simulator")
+        catalog = validate_catalog(sim.catalog, where="simulator catalog")
+        return RawLogs(name="simulator", logs=logs, catalog=catalog, digest=frame_digest(logs),
+                       oracle=sim.oracle.to_dict())
     if source == "file":
         if path is None:
             raise ValueError("raw-log source 'file' needs a path to a parquet, CSV or TSV file")
