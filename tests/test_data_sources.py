@@ -139,7 +139,7 @@ def test_file_source_errors(tmp_path):
     tiny_logs().drop(columns=["timestamp"]).to_csv(no_ts, index=False)
     with pytest.raises(DataContractError, match=r"raw logs file .*no_ts\.csv: missing required column 'timestamp'"):
         load_raw_logs("file", path=str(no_ts), cache_dir=tmp_path)
-    assert SOURCES == ("movielens-100k", "movielens-1m", "file")
+    assert SOURCES == ("movielens-100k", "movielens-1m", "file", "simulator")
 
 
 # --- wheel fetching, offline ----------------------------------------------------------------------

@@ -50,7 +50,7 @@ class Oracle:
         for name, ids in (("user_ids", self.user_ids), ("item_ids", self.item_ids)):
             dup = pd.Index(ids).duplicated()
             if dup.any():
-                raise ValueError(f"oracle: {name} has duplicated ids (e.g. {ids[dup][0]!r})")
+                raise ValueError(f"oracle: {name} has duplicated ids (e.g. {str(ids[dup][0])!r})")
         self.affinity_scale = float(self.affinity_scale)
         self._users, self._items = pd.Index(self.user_ids), pd.Index(self.item_ids)
 
@@ -102,7 +102,7 @@ class Oracle:
         lengths = np.array([len(items) for items in lists], dtype=np.int64)
         if len(lengths) and lengths.min() == 0:
             empty = int(np.flatnonzero(lengths == 0)[0])
-            raise ValueError(f"list_true_reward: the list of user {self.user_ids[users[empty]]!r} is empty")
+            raise ValueError(f"list_true_reward: the list of user {str(self.user_ids[users[empty]])!r} is empty")
         flat = np.concatenate(lists) if lists else np.empty(0, dtype=str)
         rewards = self.reward_from_rows(np.repeat(users, lengths), self.item_rows(flat))
         owner = np.repeat(np.arange(len(users)), lengths)
@@ -135,8 +135,8 @@ class Oracle:
             left = np.isfinite(rewards).sum(axis=1)
             if (left < k).any():
                 bad = s + int(np.flatnonzero(left < k)[0])
-                raise ValueError(f"best_lists: user {self.user_ids[users[bad]]!r} has only "
-                                 f"{int(left.min())} candidate items left, fewer than k={k}")
+                raise ValueError(f"best_lists: user {str(self.user_ids[users[bad]])!r} has only "
+                                 f"{int(left[bad - s])} candidate items left, fewer than k={k}")
             top = np.argpartition(-rewards, k - 1, axis=1)[:, :k]
             values = np.take_along_axis(rewards, top, axis=1)
             order = np.argsort(-values, axis=1, kind="stable")
@@ -195,7 +195,7 @@ def _rows(index: pd.Index, ids, kind: str) -> np.ndarray:
     rows = index.get_indexer(ids)
     if (rows < 0).any():
         bad = ids[rows < 0]
-        raise KeyError(f"oracle: unknown {kind} id {bad[0]!r} ({len(bad)} unknown of {len(ids)})")
+        raise KeyError(f"oracle: unknown {kind} id {str(bad[0])!r} ({len(bad)} unknown of {len(ids)})")
     return rows
 
 
