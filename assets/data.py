@@ -1,6 +1,6 @@
 """Data assets: raw logs from the chosen source, then the reward-labeled, split interactions."""
 
-from typing import Optional
+from typing import Any, Optional
 
 import dagster as dg
 
@@ -14,21 +14,27 @@ from recmodels.data.tables import frame_digest, read_parquet, write_parquet
 
 
 class RawLogsConfig(dg.Config):
-    """Where the logs come from: `movielens-100k` (default), `movielens-1m`, or `file` with a path."""
+    """Where the logs come from: `movielens-100k` (default), `movielens-1m`, `file` with a path, or
+    `simulator` (settings of `recmodels.data.simulator.SimulatorConfig` in `simulator`)."""
 
     source: str = "movielens-100k"
     path: Optional[str] = None
     catalog_path: Optional[str] = None
+    simulator: dict[str, Any] = {}
 
 
 @dg.asset(group_name="data", kinds={"parquet"})
 def raw_logs(context: dg.AssetExecutionContext, config: RawLogsConfig, home: RecalignHome) -> dict:
     """Raw interaction logs in the raw-log contract (user_id, item_id, timestamp, feedback signals)."""
-    raw = load_raw_logs(config.source, path=config.path, catalog_path=config.catalog_path, cache_dir=home.cache_dir)
+    from recmodels.evaluation.oracle import Oracle
+
+    raw = load_raw_logs(config.source, path=config.path, catalog_path=config.catalog_path, cache_dir=home.cache_dir,
+                        simulator=config.simulator or None)
     out = home.run_dir(raw.name, context.run_id)
     record = {"dataset": raw.name, "logs": str(write_parquet(raw.logs, out / "raw_logs.parquet")),
               "catalog": str(write_parquet(raw.catalog, out / "raw_catalog.parquet")) if raw.catalog is not None else None,
-              "digest": raw.digest}
+              "digest": raw.digest,  # the simulator's ground truth, for evaluation only
+              "oracle": str(Oracle.from_dict(raw.oracle).save(out / "oracle.npz")) if raw.oracle else None}
     context.add_output_metadata({
         "dataset": raw.name, "rows": len(raw.logs), "users": int(raw.logs["user_id"].nunique()),
         "items": int(raw.logs["item_id"].nunique()), "digest": raw.digest, "preview": markdown_table(raw.logs, 10)})
@@ -65,4 +71,5 @@ def interactions(context: dg.AssetExecutionContext, config: RewardSpecConfig, ra
     return {"dataset": raw.name, "table": str(write_parquet(table, out / "interactions.parquet")),
             "catalog": str(write_parquet(inter.catalog, out / "catalog.parquet")),
             "n_users": inter.n_users, "n_items": inter.n_items, "digest": frame_digest(table),
+            "oracle": raw_logs.get("oracle"),
             "reward_spec": spec.__dict__, "reward_hist": reward_histogram(table["reward"], spec.low, spec.high)}

@@ -17,7 +17,8 @@ def evaluation_report(context: dg.AssetExecutionContext, home: RecalignHome, mlf
                       **post_trained: dict) -> dict:
     """HR/NDCG/MRR@5/10/20 with 95% bootstrap intervals, paired differences and reward alignment."""
     from recmodels.data.tables import read_parquet
-    from recmodels.evaluation.evaluate import evaluate_policies
+    from recmodels.evaluation.evaluate import evaluate_policies, oracle_upper_bound
+    from recmodels.evaluation.oracle import Oracle
     from recmodels.evaluation.report import build_report
     from recmodels.evaluation.report_output import comparison_table, write_report
     from recmodels.model_io import load_policy, load_ranker
@@ -27,13 +28,17 @@ def evaluation_report(context: dg.AssetExecutionContext, home: RecalignHome, mlf
     policies = {"pretrained": (load_policy(pretrained_policy["checkpoint"]), None)}
     policies |= {name: (load_policy(r["checkpoint"]), r["method"]) for name, r in trained.items()}
     max_len = policies["pretrained"][0].cfg.max_len
-    evals = evaluate_policies(policies, read_parquet(interactions["table"]),
-                              load_ranker(ranker_reward_model["checkpoint"]), max_len)
+    table, catalog = read_parquet(interactions["table"]), read_parquet(interactions["catalog"])
+    oracle = Oracle.load(interactions["oracle"]) if interactions.get("oracle") else None  # simulated data only
+    evals = evaluate_policies(policies, table, load_ranker(ranker_reward_model["checkpoint"]), max_len,
+                              oracle=oracle, catalog=catalog)
     for evaluation in evals[1:]:  # training telemetry of each post-trained policy, for the report's tables and plots
         r = trained[evaluation.name]
         evaluation.extra = {"params": r["params"], "best_step": r["best_step"], "history": r["history"]}
     report = build_report(evals, baseline="pretrained", skipped=skipped)
     report["ranker"] = {k: ranker_reward_model[k] for k in ranker_reward_model if k.endswith("rmse")}
+    if oracle is not None:
+        report["oracle_best_top10_true"] = oracle_upper_bound(oracle, table, catalog, max_len)
     files = write_report(report, home.run_dir(interactions["dataset"], context.run_id, "report"))
     with mlflow.start_run(context, interactions["dataset"], interactions["digest"], {"policies": list(policies)}):
         for path in files.values():

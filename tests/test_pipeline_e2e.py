@@ -123,3 +123,24 @@ def test_missing_column_fails_at_raw_logs_naming_it(tmp_path):
     cause = failure.step_failure_data.error.cause
     assert cause.cls_name == "DataContractError"
     assert "missing required column 'timestamp'" in cause.message
+
+
+def test_simulated_logs_are_evaluated_against_the_oracle(tmp_path):
+    config = run_config(tmp_path / "unused.parquet")
+    config["ops"]["raw_logs"] = {"config": {"source": "simulator", "simulator": {
+        "n_users": 60, "n_items": 40, "events_per_user": [6, 14], "seed": 3}}}
+    resources = {"home": RecalignHome(root=str(tmp_path / "home")),
+                 "mlflow": MlflowTracking(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                                          artifact_root=str(tmp_path / "artifacts"))}
+    with dg.instance_for_test(temp_dir=dagster_dir(tmp_path)) as instance:
+        result = dg.materialize([*ALL_ASSETS, *ALL_CHECKS], instance=instance, resources=resources,
+                                run_config=config)
+    report = json.loads(Path(result.output_for_node("evaluation_report")["json"]).read_text())
+    assert report["extra_metrics"] == ["hacking_gap_top10", "true_top1", "true_top10"]
+    assert "ips" not in report["skipped"]  # the simulator logs propensities
+    best = report["oracle_best_top10_true"]
+    for name, policy in report["policies"].items():
+        true_top10 = policy["metrics"]["true_top10"]["mean"]
+        assert -1.0 <= true_top10 <= best, name
+        gap = policy["metrics"]["hacking_gap_top10"]["mean"]
+        assert gap == pytest.approx(policy["ranker_top10_score"]["mean"] - true_top10, abs=1e-9)

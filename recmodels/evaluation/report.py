@@ -57,6 +57,7 @@ class PolicyEvaluation:
     method: str | None = None
     extra: dict = field(default_factory=dict)  # post-trained: {"params": {...}, "best_step": int, "history": [...]}
     users: np.ndarray | None = None  # [N] user_idx, checked across policies when given
+    per_user: dict = field(default_factory=dict)  # more per-user metrics (e.g. oracle true reward), same keys for all
 
 
 def _interval(mean: float, low: float, high: float) -> dict[str, float]:
@@ -208,6 +209,14 @@ def _head_to_head(frames: dict, families: dict, best: dict | None, n_boot: int, 
             for a, b, m in pairs]
 
 
+def _extra_metrics(evals: list[PolicyEvaluation]) -> tuple[str, ...]:
+    """The names of `PolicyEvaluation.per_user`, which every policy must carry alike."""
+    keys = [tuple(sorted(e.per_user)) for e in evals]
+    if len(set(keys)) > 1:
+        raise ValueError(f"every policy must carry the same per-user metrics, got {dict(zip((e.name for e in evals), keys))}")
+    return keys[0] if keys else ()
+
+
 def build_report(evals: list[PolicyEvaluation], baseline: str = "pretrained", n_boot: int = 1000,
                  seed: int = 0, skipped: dict[str, str] | None = None) -> dict:
     """Per policy: metric means with 95% CIs, paired differences vs `baseline`, reward alignment, judged score,
@@ -217,15 +226,18 @@ def build_report(evals: list[PolicyEvaluation], baseline: str = "pretrained", n_
     frames = {e.name: per_user_metrics(e.ranks, e.target_rewards) for e in evals}
     for e in evals:
         frames[e.name][JUDGED] = np.asarray(e.ranker_top10_score, dtype=np.float64)
+        for key, values in e.per_user.items():
+            frames[e.name][key] = np.asarray(values, dtype=np.float64)
+    reported = (*REPORTED, *_extra_metrics(evals))
     base = frames[baseline]
     policies = {}
     for e in evals:
         df = frames[e.name]
         policies[e.name] = {
             "method": e.method,
-            "metrics": {m: _interval(*bootstrap_ci(df[m], n_boot, ALPHA, seed)) for m in REPORTED},
+            "metrics": {m: _interval(*bootstrap_ci(df[m], n_boot, ALPHA, seed)) for m in reported},
             "diff_vs_baseline": {m: _interval(*paired_bootstrap_diff(df[m], base[m], n_boot, ALPHA, seed))
-                                 for m in (*REPORTED, JUDGED)},
+                                 for m in (*reported, JUDGED)},
             "reward_alignment": reward_alignment(e.ranks, e.target_rewards, k=10),
             JUDGED: _interval(*bootstrap_ci(df[JUDGED], n_boot, ALPHA, seed)),
             "judged_vs_accuracy": _judged_vs_accuracy(df, base),
@@ -238,7 +250,8 @@ def build_report(evals: list[PolicyEvaluation], baseline: str = "pretrained", n_
     report = _jsonable({
         "protocol": PROTOCOL.format(n_boot=n_boot, seed=seed),
         "n_users": n, "baseline": baseline, "n_boot": n_boot, "seed": seed, "alpha": ALPHA,
-        "ks": list(KS), "metrics": list(REPORTED), "policies": policies, "skipped": skipped,
+        "ks": list(KS), "metrics": list(reported), "extra_metrics": list(_extra_metrics(evals)),
+        "policies": policies, "skipped": skipped,
         "lambda_sweep": sweep, "exp_rw_sft_best": best,
         "head_to_head": _head_to_head(frames, families, best, n_boot, seed),
     })
