@@ -9,6 +9,33 @@ from assets.resources import MlflowTracking, RecalignHome
 POST_TRAINED_INPUTS = {a.key.path[-1]: dg.AssetIn(a.key) for a in post_trained_policies}
 
 
+def load_policies(pretrained: dict, post_trained: dict[str, dict]) -> tuple[dict, dict, dict]:
+    """The policies to evaluate {name: (module, method)}, the skipped variants {name: reason}, and each
+    trained variant's telemetry (knobs, selected step, history) for the report."""
+    from recmodels.model_io import load_policy
+
+    trained = {r["variant"]: r for r in post_trained.values() if "skipped" not in r}
+    skipped = {r["variant"]: r["skipped"] for r in post_trained.values() if "skipped" in r}
+    policies = {"pretrained": (load_policy(pretrained["checkpoint"]), None)}
+    policies |= {name: (load_policy(r["checkpoint"]), r["method"]) for name, r in trained.items()}
+    training = {name: {"params": r["params"], "best_step": r["best_step"], "history": r["history"]}
+                for name, r in trained.items()}
+    return policies, skipped, training
+
+
+def report_metadata(report: dict, files: dict) -> dict:
+    """What the Dagster UI shows of the report: the comparison table, the plots, the verdict."""
+    from recmodels.evaluation.report_output import comparison_table
+
+    return {"comparison": markdown_table(comparison_table(report)),
+            "verdict": dg.MetadataValue.md("\n".join(f"- {s}" for s in report["verdict"])),
+            "plot": image(files["png"], "NDCG@10 and HR@10 per policy"),
+            "lambda_sweep": image(files["lambda_png"], "exp_rw_sft: gain vs distance per λ"),
+            "training_curves": image(files["curves_png"], "valid NDCG@10 and KL per step"),
+            "skipped": dg.MetadataValue.json(report["skipped"]),
+            "report_md": dg.MetadataValue.path(str(files["md"]))}
+
+
 @dg.asset(group_name="evaluation", kinds={"mlflow"},
           ins={"interactions": dg.AssetIn(), "pretrained_policy": dg.AssetIn(),
                "ranker_reward_model": dg.AssetIn(), **POST_TRAINED_INPUTS})
@@ -20,21 +47,17 @@ def evaluation_report(context: dg.AssetExecutionContext, home: RecalignHome, mlf
     from recmodels.evaluation.evaluate import evaluate_policies, oracle_upper_bound
     from recmodels.evaluation.oracle import Oracle
     from recmodels.evaluation.report import build_report
-    from recmodels.evaluation.report_output import comparison_table, write_report
-    from recmodels.model_io import load_policy, load_ranker
+    from recmodels.evaluation.report_output import write_report
+    from recmodels.model_io import load_ranker
 
-    trained = {r["variant"]: r for r in post_trained.values() if "skipped" not in r}
-    skipped = {r["variant"]: r["skipped"] for r in post_trained.values() if "skipped" in r}
-    policies = {"pretrained": (load_policy(pretrained_policy["checkpoint"]), None)}
-    policies |= {name: (load_policy(r["checkpoint"]), r["method"]) for name, r in trained.items()}
+    policies, skipped, training = load_policies(pretrained_policy, post_trained)
     max_len = policies["pretrained"][0].cfg.max_len
     table, catalog = read_parquet(interactions["table"]), read_parquet(interactions["catalog"])
     oracle = Oracle.load(interactions["oracle"]) if interactions.get("oracle") else None  # simulated data only
     evals = evaluate_policies(policies, table, load_ranker(ranker_reward_model["checkpoint"]), max_len,
                               oracle=oracle, catalog=catalog)
     for evaluation in evals[1:]:  # training telemetry of each post-trained policy, for the report's tables and plots
-        r = trained[evaluation.name]
-        evaluation.extra = {"params": r["params"], "best_step": r["best_step"], "history": r["history"]}
+        evaluation.extra = training[evaluation.name]
     report = build_report(evals, baseline="pretrained", skipped=skipped)
     report["ranker"] = {k: ranker_reward_model[k] for k in ranker_reward_model if k.endswith("rmse")}
     if oracle is not None:
@@ -43,10 +66,7 @@ def evaluation_report(context: dg.AssetExecutionContext, home: RecalignHome, mlf
     with mlflow.start_run(context, interactions["dataset"], interactions["digest"], {"policies": list(policies)}):
         for path in files.values():
             mlflow.log_artifact(path, artifact_path="report")
-    context.add_output_metadata({"comparison": markdown_table(comparison_table(report)),
-                                 "plot": image(files["png"], "NDCG@10 and HR@10 per policy"),
-                                 "lambda_sweep": image(files["lambda_png"], "exp_rw_sft: gain vs distance per λ"),
-                                 "training_curves": image(files["curves_png"], "valid NDCG@10 and KL per step"),
-                                 "skipped": dg.MetadataValue.json(skipped),
-                                 "report_md": dg.MetadataValue.path(str(files["md"]))})
+        mlflow.log_metrics({f"test_{m}/{name}": p["metrics"][m]["mean"] for name, p in report["policies"].items()
+                            for m in ("ndcg@10", "hr@10", "reward_weighted_ndcg@10")}, step=0)
+    context.add_output_metadata(report_metadata(report, files))
     return {"dataset": interactions["dataset"], **{k: str(v) for k, v in files.items()}}
