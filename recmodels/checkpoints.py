@@ -6,12 +6,12 @@ A checkpoint never pickles a module: the config is stored as a dict of primitive
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from recmodels.atomic_files import atomic_write
 
 
 class CheckpointError(RuntimeError):
@@ -20,20 +20,10 @@ class CheckpointError(RuntimeError):
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, config: Any, **extra: Any) -> Path:
     """Write `{state_dict, config, **extra}` to `path` via a temp file + rename (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
     payload = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                "config": cfg, **extra}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

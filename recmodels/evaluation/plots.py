@@ -7,28 +7,13 @@ figure says so instead of failing, so a report is always complete.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from recmodels.atomic_files import atomic_write
+
 DPI = 110
-
-
-def atomic_write(path: Path, write) -> Path:
-    """Call `write(tmp_path)` on a temporary file next to `path`, then rename it onto `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
 
 
 def _figure(width: float, height: float):

@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 
 from recmodels.evaluation.metrics import METRIC_NAMES
-from recmodels.evaluation.plots import atomic_write, plot_lambda_sweep, plot_report, plot_training_curves
+from recmodels.atomic_files import atomic_write
+from recmodels.evaluation.plots import plot_lambda_sweep, plot_report, plot_training_curves
 from recmodels.evaluation.report import (JUDGED, KEY_KNOBS, KNOB_LABELS, RW_NDCG, TELEMETRY, _fmt, knob_value,
                                          method_family, verdict)
 
