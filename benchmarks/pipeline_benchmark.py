@@ -71,6 +71,7 @@ def main() -> None:
         "pretrain_sequences_per_s": pretrained.get("sequences_per_s"),
         "pretrain_epochs": pretrained.get("epochs"),
         "post_training": methods,
+        "report_md": result.output_for_node("evaluation_report")["md"] if result.success else None,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "torch_threads": __import__("torch").get_num_threads(), "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
