@@ -16,10 +16,10 @@ RAW_LOGS_CONFIG = {"source": "$(SOURCE)"$(if $(LOGS),$(comma) "path": "$(abspath
 
 .PHONY: setup fetch-data run test dev mlflow-ui bench clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
 $(DAGSTER_HOME)/dagster.yaml:

@@ -1,0 +1,87 @@
+"""Validity and accuracy of generated code tuples (design.md §5, semantic IDs).
+
+A generated tuple that is no item is a hallucination. `hallucination_rate` is the share of the
+generated top-K tuples that are no item (meaningful for unconstrained decoding; constrained decoding
+gives 0 by construction). For ranking metrics the K beams are a recommendation list: the target's
+rank is its position among the beams, a hallucinated beam still taking its slot. A target outside
+the K beams gets rank K + 1, so HR@k, NDCG@k and MRR@k are exact for k <= K (use beam_size >= 20
+for the report's K = 20), while the untruncated MRR is not.
+
+History masking: the user's already-seen items (except the target, as in `ranking.py`) are passed
+to the decoder as excluded tuples, which it never generates (see `recmodels.beam_search`), so the
+K beams are K unseen candidates rather than K beams from which seen items are dropped afterwards.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from recmodels.beam_search import beam_search
+from recmodels.sequences import EvalExamples
+from recmodels.tokenizers.semantic_ids import SemanticIds
+from recmodels.tokenizers.trie import ItemTrie
+
+
+def beam_items(tuples, semantic_ids: SemanticIds) -> np.ndarray:
+    """[B, K] item_idx named by each generated tuple [B, K, L+1]; 0 where it is no item."""
+    t = np.asarray(tuples.detach().cpu() if isinstance(tuples, torch.Tensor) else tuples)
+    if t.ndim != 3 or t.shape[2] != len(semantic_ids.level_sizes):
+        raise ValueError(f"tuples must be [B, K, {len(semantic_ids.level_sizes)}], got shape {t.shape}")
+    return semantic_ids.lookup(t)
+
+
+def hallucination_rate(tuples, semantic_ids: SemanticIds) -> float:
+    """Share of the generated tuples [B, K, L+1] that are no item."""
+    items = beam_items(tuples, semantic_ids)
+    if items.size == 0:
+        raise ValueError("no generated tuples: cannot compute a hallucination rate")
+    return float((items == 0).mean())
+
+
+def beam_target_ranks(items: np.ndarray, targets) -> np.ndarray:
+    """[B] 1-based position of each target among its row's beam items [B, K]; K + 1 when absent."""
+    items = np.asarray(items)
+    t = np.asarray(targets.cpu() if isinstance(targets, torch.Tensor) else targets, dtype=np.int64)
+    if items.ndim != 2 or t.shape != (items.shape[0],):
+        raise ValueError(f"need items [B, K] and targets [B]; got {items.shape} and {t.shape}")
+    if t.size and t.min() < 1:
+        raise ValueError(f"targets must be item ids >= 1; row {int(np.argmin(t))} has {int(t.min())}")
+    hit = items == t[:, None]
+    return np.where(hit.any(axis=1), hit.argmax(axis=1) + 1, items.shape[1] + 1).astype(np.int64)
+
+
+@dataclass
+class BeamEvaluation:
+    ranks: np.ndarray  # [N] target rank among the beams (K + 1 = not in them)
+    items: np.ndarray  # [N, K] decoded item_idx per beam (0 = hallucinated tuple)
+    scores: np.ndarray  # [N, K] beam log-probs
+    hallucination_rate: float
+    beam_size: int
+    constrained: bool
+
+
+def evaluate_beams(policy, examples: EvalExamples, semantic_ids: SemanticIds, beam_size: int = 20,
+                   trie: ItemTrie | None = None, batch_size: int = 64, device=None,
+                   use_cache: bool = True) -> BeamEvaluation:
+    """Beam-search every example's history (constrained when `trie` is given) and rank its target."""
+    if len(examples) == 0:
+        raise ValueError("no examples to evaluate")
+    if device is not None:
+        policy.to(device)
+    dev = next(policy.parameters()).device
+    codes = semantic_ids.codes
+    items, scores = [], []
+    for start in range(0, len(examples), batch_size):
+        rows = slice(start, min(start + batch_size, len(examples)))
+        history = semantic_ids.items_to_tokens(examples.history[rows]).to(dev)
+        targets = examples.targets[rows].numpy()
+        exclude = [codes[seen[seen != target]] for seen, target in zip(examples.seen[rows], targets)]
+        tuples, s = beam_search(policy, history, beam_size, trie=trie, use_cache=use_cache, exclude=exclude)
+        items.append(beam_items(tuples, semantic_ids))
+        scores.append(s.cpu().numpy())
+    items_all = np.concatenate(items)
+    return BeamEvaluation(ranks=beam_target_ranks(items_all, examples.targets), items=items_all,
+                          scores=np.concatenate(scores), hallucination_rate=float((items_all == 0).mean()),
+                          beam_size=beam_size, constrained=trie is not None)

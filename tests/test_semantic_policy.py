@@ -1,0 +1,125 @@
+"""The semantic-ID policy: level-aware logits, the KV cache against the full forward, learning."""
+import numpy as np
+import pytest
+import torch
+
+from recmodels.beam_search import beam_search
+from recmodels.checkpoints import load_checkpoint, save_checkpoint
+from recmodels.semantic_policy import SemanticPolicy, SemanticPolicyConfig
+from recmodels.tokenizers import ItemTrie, SemanticIdConfig, SemanticIds
+
+SIZES = (3, 3, 2)  # offsets (1, 4, 7), vocab 9
+
+
+def random_policy(level_sizes=SIZES, seed=0, max_len=6, scale=0.4, **overrides):
+    """A policy with large random weights, so that its logits are far from uniform (no near ties)."""
+    torch.manual_seed(seed)
+    cfg = dict(level_sizes=level_sizes, max_len=max_len, d_model=16, n_layers=2, n_heads=2, dropout=0.0)
+    policy = SemanticPolicy(SemanticPolicyConfig(**{**cfg, **overrides}))
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.normal_(0.0, scale)
+    return policy.eval()
+
+
+def hand_ids(n_items=8, sizes=SIZES, seed=0):
+    rng = np.random.default_rng(seed)
+    space = np.array(np.meshgrid(*(np.arange(s) for s in sizes), indexing="ij")).reshape(len(sizes), -1).T
+    codes = np.vstack([np.zeros((1, len(sizes)), np.int64), space[rng.choice(len(space), n_items, replace=False)]])
+    return SemanticIds(codes=codes, level_sizes=sizes, config=SemanticIdConfig(n_levels=len(sizes) - 1))
+
+
+def test_forward_masks_every_level_but_the_next_one():
+    policy = random_policy()
+    tokens = torch.tensor([[0, 0, 0, 1, 4, 7, 2, 6], [3, 5, 8, 1, 4, 7, 2, 5]])
+    logits, loss = policy(tokens)
+    assert logits.shape == (2, 8, 9) and loss is None
+    level_of_next = {0: 0, 1: 1, 2: 1, 3: 1, 4: 2, 5: 2, 6: 2, 7: 0, 8: 0}
+    ranges = {0: range(1, 4), 1: range(4, 7), 2: range(7, 9)}
+    for b in range(2):
+        for s in range(8):
+            finite = torch.isfinite(logits[b, s]).nonzero().flatten().tolist()
+            assert finite == list(ranges[level_of_next[int(tokens[b, s])]])
+
+
+def test_kv_cache_step_logits_equal_the_full_forward():
+    policy = random_policy(max_len=4)
+    history = torch.tensor([[0, 0, 0, 1, 4, 7, 3, 6, 8], [2, 5, 7, 1, 4, 8, 3, 4, 7]])
+    generated = torch.tensor([[2, 5, 8, 1, 6], [3, 6, 7, 2, 4]])  # one item and two codes of the next
+    full, _ = policy(torch.cat([history, generated], dim=1))
+    cache = policy.prefill(history)
+    torch.testing.assert_close(cache.logits, full[:, 8], atol=1e-5, rtol=1e-5)
+    for j in range(generated.shape[1]):
+        logits, cache = policy.step(generated[:, j], cache)
+        torch.testing.assert_close(logits, full[:, 9 + j], atol=1e-5, rtol=1e-5)
+
+
+def test_kv_cache_beams_share_the_history_and_follow_reordering():
+    policy = random_policy(max_len=4)
+    history = torch.tensor([[0, 0, 0, 1, 4, 7], [2, 5, 7, 1, 4, 8]])
+    cache = policy.prefill(history).expand(3)  # rows: (history 0: beams 0..2), (history 1: beams 0..2)
+    first = torch.tensor([1, 2, 3, 3, 2, 1])
+    _, cache = policy.step(first, cache)
+    parents = torch.tensor([[2, 2, 0], [1, 0, 0]])
+    second = torch.tensor([4, 5, 6, 6, 5, 4])
+    logits, cache = policy.step(second, cache.select(parents))
+    for b in range(2):
+        for k in range(3):
+            seq = torch.cat([history[b], first[b * 3 + parents[b, k]].view(1), second[b * 3 + k].view(1)])
+            expected = policy.next_token_logits(seq[None])[0]
+            torch.testing.assert_close(logits[b * 3 + k], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_left_padding_does_not_change_the_next_token_logits():
+    policy = random_policy()
+    short = policy.next_token_logits(torch.tensor([[1, 4, 7, 3, 6, 8]]))
+    padded = policy.next_token_logits(torch.tensor([[0, 0, 0, 0, 0, 0, 1, 4, 7, 3, 6, 8]]))
+    torch.testing.assert_close(short, padded)
+
+
+def test_loss_falls_on_a_learnable_pattern_and_beam_search_then_finds_the_next_item():
+    torch.manual_seed(0)
+    ids = hand_ids(n_items=8)
+    policy = SemanticPolicy(SemanticPolicyConfig(ids.level_sizes, max_len=5, d_model=32, n_layers=2,
+                                                 n_heads=2, dropout=0.0))
+    starts = torch.arange(40) % 8
+    seq = (starts[:, None] + torch.arange(6)) % 8 + 1  # item i is always followed by item i % 8 + 1
+    tokens, targets = ids.window_tokens(seq[:, :5], seq[:, 1:])
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(60):
+        _, loss = policy(tokens, targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.2 * losses[0]
+    history = ids.items_to_tokens(torch.tensor([[2, 3, 4], [6, 7, 8]]))
+    tuples, _ = beam_search(policy, history, beam_size=3, trie=ItemTrie.from_semantic_ids(ids))
+    assert ids.lookup(tuples[:, 0]).tolist() == [5, 1]
+
+
+def test_bad_input_is_rejected_with_a_clear_message():
+    policy = random_policy(max_len=2)
+    with pytest.raises(ValueError, match="target token 4 at row 0, position 1 is not of the level"):
+        policy(torch.tensor([[1, 4, 7]]), torch.tensor([[4, 4, 0]]))
+    with pytest.raises(ValueError, match="tokens hold ids outside 0..8"):
+        policy(torch.tensor([[1, 9]]))
+    with pytest.raises(ValueError, match="more than the 9 positions"):
+        policy(torch.tensor([[1, 4, 7] * 4]))
+    cache = policy.prefill(torch.tensor([[1, 4, 7]]))
+    with pytest.raises(ValueError, match=r"last_tokens must be \[1\]"):
+        policy.step(torch.tensor([1, 2]), cache)
+    with pytest.raises(ValueError, match="multiple of 3 tokens"):
+        policy.prefill(torch.tensor([[1, 4]]))
+
+
+def test_checkpoint_round_trip_gives_the_same_outputs(tmp_path):
+    policy = random_policy(seed=3)
+    path = save_checkpoint(tmp_path / "semantic.pt", policy, policy.cfg)
+    payload = load_checkpoint(path)
+    fresh = SemanticPolicy(SemanticPolicyConfig(**payload["config"])).eval()
+    fresh.load_state_dict(payload["state_dict"])
+    tokens = torch.tensor([[0, 0, 0, 1, 4, 7, 2, 6]])
+    torch.testing.assert_close(fresh(tokens)[0], policy(tokens)[0])
+    assert fresh.cfg.level_sizes == SIZES
