@@ -14,7 +14,12 @@ LOGS ?=
 comma := ,
 RAW_LOGS_CONFIG = {"source": "$(SOURCE)"$(if $(LOGS),$(comma) "path": "$(abspath $(LOGS))")}
 
-.PHONY: setup fetch-data run test dev mlflow-ui bench clean
+SERVE_PORT ?= 5001
+POST_TRAINED_MODEL := recalign-post-trained-policy
+TRACKING_URI = $${MLFLOW_TRACKING_URI:-sqlite:///$(RECALIGN_HOME)/mlflow/mlflow.db}
+SUDO = $$([ "$$(id -u)" -eq 0 ] || echo sudo)
+
+.PHONY: setup fetch-data run test dev mlflow-ui serve champion rollback chromium ui-check bench clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +50,22 @@ dev: setup  ## Dagster UI on http://127.0.0.1:3000
 mlflow-ui: setup  ## MLflow UI on http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(RECALIGN_HOME)/mlflow/mlflow.db \
 	  --default-artifact-root $(RECALIGN_HOME)/mlflow/artifacts -h 127.0.0.1 -p 5000
+
+serve: setup  ## serve the champion on http://127.0.0.1:$(SERVE_PORT) (POST /invocations, see README)
+	PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_TRACKING_URI=$(TRACKING_URI) $(BIN)/mlflow models serve \
+	  -m models:/$(POST_TRAINED_MODEL)@champion --env-manager local -h 127.0.0.1 -p $(SERVE_PORT)
+
+champion: setup  ## which versions are champion and challenger, and the champion history
+	$(BIN)/python -m pipelines.registry_cli status
+
+rollback: setup  ## move the champion alias back to the previous champion
+	$(BIN)/python -m pipelines.registry_cli rollback
+
+chromium:  ## Debian's chromium for the UI check (installed once)
+	command -v chromium >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
+
+ui-check: setup chromium  ## Dagster and MLflow UIs in headless Chromium after a small run; PNGs in .recalign/ui-check
+	$(BIN)/python -m scripts.ui_check --out $(RECALIGN_HOME)/ui-check
 
 bench: setup
 	$(BIN)/python benchmarks/pipeline_benchmark.py

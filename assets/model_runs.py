@@ -3,6 +3,9 @@
 Every model asset (pretrained policy, ranker, each post-trained policy) trains inside
 `tracked_training`, which yields a callback for the training loop and, on success, saves the
 checkpoint under the Dagster run's folder, logs it to MLflow and registers a model version.
+Post-trained policies register a servable pyfunc model (`assets/servable_policy.py`) that bundles
+the checkpoint, the item catalog and the decoding settings; every such version starts as a
+challenger (`status=challenger`) until the `champion` asset judges it.
 """
 from __future__ import annotations
 
@@ -19,6 +22,9 @@ from recmodels.checkpoints import save_checkpoint
 POLICY_MODEL = "recalign-pretrained-policy"
 RANKER_MODEL = "recalign-ranker"
 POST_TRAINED_MODEL = "recalign-post-trained-policy"
+SERVABLE_CODE = Path(__file__).with_name("servable_policy.py")  # the pyfunc's code file
+LIBRARY_DIR = Path(__file__).resolve().parents[1] / "recmodels"  # shipped inside the model as code
+SERVING_PACKAGES = ("mlflow", "torch", "pandas", "numpy", "pyarrow")
 
 
 def library_config(cls: type, overrides: dict[str, Any], **fixed: Any) -> Any:
@@ -59,3 +65,45 @@ def save_and_register(training: TrainingRun, home: RecalignHome, dataset: str, m
                                        tags={"dataset": dataset, **tags}, aliases=aliases)
     return {"dataset": dataset, "checkpoint": str(ckpt), "mlflow_run_id": training.run.info.run_id,
             "registered_model": model_name, "model_version": version}
+
+
+def servable_policy_model(checkpoint: Path, catalog: Path, decoding: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The arguments of `mlflow.pyfunc.log_model` / `save_model` for the servable pyfunc of a policy checkpoint."""
+    from importlib.metadata import version
+
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import AnyType, Array, ColSpec, Schema
+
+    from assets.servable_policy import DEFAULT_DECODING, HISTORY_COLUMN
+
+    signature = ModelSignature(
+        inputs=Schema([ColSpec(Array(AnyType()), HISTORY_COLUMN), ColSpec(AnyType(), "k", required=False)]),
+        outputs=Schema([ColSpec(Array("string"), "item_ids"), ColSpec(Array("double"), "scores"),
+                        ColSpec(Array("string"), "unknown_item_ids")]))
+    first_ids = pd.read_parquet(catalog, columns=["item_id"])["item_id"].astype(str).head(3).tolist()
+    return dict(python_model=str(SERVABLE_CODE), code_paths=[str(LIBRARY_DIR)],
+                artifacts={"checkpoint": str(checkpoint), "catalog": str(catalog)},
+                model_config={**DEFAULT_DECODING, **(decoding or {})}, signature=signature,
+                input_example=pd.DataFrame({HISTORY_COLUMN: [first_ids], "k": [5]}),
+                pip_requirements=[f"{name}=={version(name)}" for name in SERVING_PACKAGES])
+
+
+def log_servable_policy(checkpoint: Path, catalog: Path, decoding: dict[str, Any] | None = None) -> Any:
+    """Log the servable pyfunc model of a policy checkpoint to the active MLflow run; return its ModelInfo."""
+    import mlflow.pyfunc
+
+    return mlflow.pyfunc.log_model(name="policy", **servable_policy_model(checkpoint, catalog, decoding))
+
+
+def save_and_register_servable(training: TrainingRun, home: RecalignHome, dataset: str, model: Any, config: Any,
+                               filename: str, catalog: str | Path, model_name: str,
+                               tags: dict[str, str]) -> dict[str, Any]:
+    """Checkpoint a policy, log it as a servable pyfunc model, register it as a challenger; return the record."""
+    ckpt = save_checkpoint(Path(home.run_dir(dataset, training.context.run_id)) / filename, model, config)
+    info = log_servable_policy(ckpt, Path(catalog))
+    version = training.mlflow.register_logged_model(
+        training.run, info, model_name,
+        tags={"dataset": dataset, "status": "challenger", "dagster_run_id": training.context.run_id, **tags})
+    return {"dataset": dataset, "checkpoint": str(ckpt), "mlflow_run_id": training.run.info.run_id,
+            "registered_model": model_name, "model_version": version, "model_uri": info.model_uri}

@@ -10,7 +10,7 @@ from typing import Any, Optional
 import dagster as dg
 
 from assets.metadata import history_table, model_record_metadata
-from assets.model_runs import POST_TRAINED_MODEL, library_config, save_and_register, tracked_training
+from assets.model_runs import POST_TRAINED_MODEL, library_config, save_and_register_servable, tracked_training
 from assets.resources import MlflowTracking, RecalignHome
 from recmodels.post_training.registry import METHODS
 
@@ -66,9 +66,10 @@ def post_trained_asset(variant: str, method: str, fixed: dict[str, Any]) -> dg.A
                 training.mlflow.set_tag("skipped", str(skip))
                 context.add_output_metadata({"status": dg.MetadataValue.md(f"**{skip}**")})
                 return {**base, "skipped": str(skip)}
-            record = save_and_register(training, home, interactions["dataset"], result.policy, policy.cfg,
-                                       f"post_trained_{variant}.pt", POST_TRAINED_MODEL,
-                                       tags={"role": "post_trained_policy", "method": method, "variant": variant})
+            record = save_and_register_servable(
+                training, home, interactions["dataset"], result.policy, policy.cfg, f"post_trained_{variant}.pt",
+                interactions["catalog"], POST_TRAINED_MODEL,
+                tags={"role": "post_trained_policy", "method": method, "variant": variant})
         record.update(base, params=result.params, best_step=result.best_step, steps=result.steps,
                       steps_per_s=round(result.steps_per_s, 2), best_valid_ndcg10=result.best_valid_ndcg10,
                       history=result.history)

@@ -49,8 +49,11 @@ class MlflowTracking(dg.ConfigurableResource):
     experiment_prefix: str = "recalign"
 
     def _client(self):
+        import os
+
         import mlflow
 
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in the run logs
         mlflow.set_tracking_uri(self.tracking_uri)
         return mlflow.MlflowClient(self.tracking_uri)
 
@@ -97,20 +100,35 @@ class MlflowTracking(dg.ConfigurableResource):
 
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
-    def register(self, run: Any, artifact_path: str, model_name: str, tags: dict[str, str],
-                 aliases: tuple[str, ...] = ()) -> str:
-        """Register `<run artifacts>/<artifact_path>` as a new version of `model_name`; return it."""
+    def client(self):
+        """An `MlflowClient` on this store (registry aliases, version tags)."""
+        return self._client()
+
+    def _ensure_registered_model(self, client, model_name: str) -> None:
         from mlflow.exceptions import MlflowException
 
-        client = self._client()
         try:
             client.create_registered_model(model_name)
         except MlflowException as exc:
             if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
                 raise
+
+    def register(self, run: Any, artifact_path: str, model_name: str, tags: dict[str, str],
+                 aliases: tuple[str, ...] = ()) -> str:
+        """Register `<run artifacts>/<artifact_path>` as a new version of `model_name`; return it."""
+        client = self._client()
+        self._ensure_registered_model(client, model_name)
         version = client.create_model_version(
             model_name, source=f"{run.info.artifact_uri}/{artifact_path}", run_id=run.info.run_id, tags=tags)
         for alias in aliases:
             client.set_registered_model_alias(model_name, alias, version.version)
+        return str(version.version)
+
+    def register_logged_model(self, run: Any, model_info: Any, model_name: str, tags: dict[str, str]) -> str:
+        """Register a model logged with `mlflow.<flavor>.log_model` (its `models:/m-...` URI); return the version."""
+        client = self._client()
+        self._ensure_registered_model(client, model_name)
+        version = client.create_model_version(model_name, source=model_info.model_uri, run_id=run.info.run_id,
+                                              tags=tags, model_id=model_info.model_id)
         return str(version.version)
 

@@ -1,27 +1,33 @@
-"""The code location that `dagster dev -w workspace.yaml` and `dg` load."""
+"""The code location that `dagster dev -w workspace.yaml` and `dg` load: assets, the full_chain job,
+the nightly schedule and the new-raw-logs sensor."""
 from __future__ import annotations
 
 import os
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import dagster as dg  # noqa: E402
 
 from assets import ALL_ASSETS, ALL_CHECKS  # noqa: E402
 from pipelines.resources import build_resources  # noqa: E402
+from pipelines.sensors import build_new_raw_logs_sensor  # noqa: E402
 
-# The whole chain, raw logs to the evaluation report. Steps run in one process: each step of the
+# The whole chain, raw logs to the champion. Steps run in one process: each step of the
 # multiprocess executor re-imports torch, mlflow and GX (seconds each) and the models train one at
 # a time on the CPU anyway.
 full_chain_job = dg.define_asset_job(
     "full_chain", selection=dg.AssetSelection.all(), executor_def=dg.in_process_executor,
-    description="Materialize every asset from raw logs to the evaluation report.")
+    description="Materialize every asset from raw logs to the evaluation report and the champion.")
 
 nightly_retraining = dg.ScheduleDefinition(
     name="nightly_retraining", job=full_chain_job, cron_schedule="0 2 * * *", execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.STOPPED,
     description="Retrain and re-evaluate the whole chain at 02:00 UTC every night (turn it on in the UI).")
 
+new_raw_logs = build_new_raw_logs_sensor(full_chain_job)
+
 defs = dg.Definitions(
     assets=ALL_ASSETS, asset_checks=ALL_CHECKS, jobs=[full_chain_job], schedules=[nightly_retraining],
+    sensors=[new_raw_logs],
     resources=build_resources(), executor=dg.in_process_executor)

@@ -16,6 +16,14 @@ def test_asset_graph_runs_from_raw_logs_to_report():
     assert {f"post_trained_{m}" for m in VARIANTS} | {"pretrained_policy"} <= upstream
 
 
+def test_champion_comes_after_the_report_and_sees_every_challenger():
+    graph = defs.resolve_asset_graph()
+    upstream = {k.to_user_string() for k in graph.get(dg.AssetKey("champion")).parent_keys}
+    assert {"evaluation_report", "interactions"} | {f"post_trained_{m}" for m in VARIANTS} <= upstream
+    assert not graph.get(dg.AssetKey("champion")).child_keys
+    assert "champion" in {node.name for node in defs.resolve_job_def("full_chain").nodes}
+
+
 def test_blocking_checks_guard_interactions():
     graph = defs.resolve_asset_graph()
     specs = [graph.get_check_spec(k) for k in graph.asset_check_keys]

@@ -91,8 +91,74 @@ def test_models_are_registered_with_lineage_tags(chain):
     post = client.search_model_versions(f"name='{POST_TRAINED_MODEL}'")
     assert sorted(v.tags["variant"] for v in post) == sorted(v for v in VARIANTS if v != "ips")
     assert {v.tags["method"] for v in post} == {m for m, _ in VARIANTS.values()} - {"ips"}
+    assert all(v.source.startswith("models:/m-") for v in post)  # a logged (pyfunc) model, not a bare file
     run = client.get_run(post[0].run_id)
     assert any(k.startswith("valid_ndcg") for k in run.data.metrics)
+
+
+def test_first_run_promotes_the_best_challenger_on_valid(chain):
+    tmp, result, _ = chain
+    from mlflow import MlflowClient
+
+    record = result.output_for_node("champion")
+    assert record["decision"] == "promoted" and record["previous_champion"] is None
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    champion = client.get_model_version_by_alias(POST_TRAINED_MODEL, "champion")
+    assert str(champion.version) == record["champion_version"] == record["challenger_version"]
+    assert client.get_model_version_by_alias(POST_TRAINED_MODEL, "challenger").version == champion.version
+    assert champion.tags["status"] == "champion" and champion.tags["variant"] == record["challenger_variant"]
+    post = client.search_model_versions(f"name='{POST_TRAINED_MODEL}'")
+    best = max(float(v.tags["valid_ndcg_at_10"]) for v in post)
+    assert float(champion.tags["valid_ndcg_at_10"]) == best
+    assert sorted(v.tags["status"] for v in post).count("not_selected") == len(post) - 1
+    (materialization,) = result.asset_materializations_for_node("champion")
+    gates = materialization.metadata["gates"].value
+    assert "blocking_data_checks | True" in gates and "5 blocking checks passed" in gates
+    assert materialization.metadata["decision"].value.startswith("**promoted**")
+
+
+def test_the_champion_loads_as_pyfunc_and_recommends_original_item_ids(chain):
+    tmp, _, _ = chain
+    import mlflow.pyfunc
+    import pandas as pd
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model(f"models:/{POST_TRAINED_MODEL}@champion")
+    logs = pd.read_parquet(tmp / "logs.parquet")
+    history = logs[logs["user_id"] == logs["user_id"].iloc[0]]["item_id"].astype(str).tolist()[:5]
+    out = model.predict(pd.DataFrame({"recent_item_ids": [history + ["no-such-item"]], "k": [5]}))
+    catalog = set(logs["item_id"].astype(str))
+    assert len(out["item_ids"][0]) == 5 and set(out["item_ids"][0]) <= catalog - set(history)
+    assert list(out["unknown_item_ids"][0]) == ["no-such-item"]
+
+
+def test_a_challenger_that_fails_a_gate_leaves_the_champion_and_says_why(chain):
+    tmp, first, instance = chain
+    from mlflow import MlflowClient
+
+    from assets.registry import alias_version, promote, rollback
+
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    best = first.output_for_node("champion")["champion_version"]
+    other = next(str(v.version) for v in client.search_model_versions(f"name='{POST_TRAINED_MODEL}'")
+                 if str(v.version) != best)
+    promote(client, POST_TRAINED_MODEL, other)  # an older champion the best challenger must now beat
+    resources = {"home": RecalignHome(root=str(tmp / "home")),
+                 "mlflow": MlflowTracking(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}",
+                                          artifact_root=str(tmp / "artifacts"))}
+    impossible = {"alignment_tolerance": -1.0}  # reward alignment would have to rise by a full point
+    result = dg.materialize([*ALL_ASSETS, *ALL_CHECKS], selection=["champion"], instance=instance, resources=resources,
+                            run_config={"ops": {"champion": {"config": impossible}}})
+    record = result.output_for_node("champion")
+    assert record["decision"] == "kept" and record["challenger_version"] == best
+    assert alias_version(client, POST_TRAINED_MODEL, "champion") == other
+    loser = client.get_model_version(POST_TRAINED_MODEL, best).tags
+    assert loser["status"] == "rejected" and loser["compared_with_champion"] == other
+    assert "reward_alignment: reward_weighted_ndcg@10 challenger - champion" in loser["promotion_reasons"]
+    (materialization,) = result.asset_materializations_for_node("champion")
+    assert materialization.metadata["decision"].value.startswith(f"**kept** champion v{other}")
+    assert "5 blocking checks passed" in materialization.metadata["gates"].value  # upstream checks, not re-run
+    assert rollback(client, POST_TRAINED_MODEL) == (other, best)
 
 
 def test_nan_rewards_block_everything_downstream(tmp_path):

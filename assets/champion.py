@@ -1,0 +1,150 @@
+"""The `champion` asset: promote this run's best post-trained policy when every gate passes.
+
+After the evaluation report, it ranks this run's registered post-trained policies on the valid
+split, points the registry alias `challenger` at the best one and compares it with the version
+under `champion` (recmodels/evaluation/promotion.py has the gates). It moves `champion` only when
+every gate passes; otherwise the champion stays and the asset's metadata and the losing version's
+registry tags say why. The registry conventions live in assets/registry.py.
+"""
+
+from typing import Sequence
+
+import dagster as dg
+import pandas as pd
+
+from assets.metadata import markdown_table
+from assets.model_runs import POST_TRAINED_MODEL
+from assets.post_training import post_trained_policies
+from assets.registry import CHALLENGER, CHAMPION, alias_version, download_policy, promote, reject, tag_version
+from assets.resources import MlflowTracking, RecalignHome
+
+POST_TRAINED_INPUTS = {a.key.path[-1]: dg.AssetIn(a.key) for a in post_trained_policies}
+
+
+class ChampionConfig(dg.Config):
+    """Promotion gates: main metric and margin, reward alignment, hallucination ceiling (valid split)."""
+
+    metric: str = "ndcg@10"
+    alignment_metric: str = "reward_weighted_ndcg@10"
+    alignment_tolerance: float = 0.0
+    hallucination_ceiling: float = 0.05
+    n_boot: int = 1000
+    seed: int = 0
+
+
+def blocking_check_results(context: dg.AssetExecutionContext,
+                           known: Sequence[dg.AssetCheckSpec] = ()) -> dict[str, bool]:
+    """`asset:check` -> passed, for every blocking check on an upstream asset, judged on its latest data.
+
+    The checks are the blocking ones of `known` (the code location's definitions) and of the run's
+    asset graph (a run that materializes only `champion` leaves upstream checks out of its graph).
+    A check that never ran, or last ran on an older materialization than the asset's latest one,
+    counts as not passed.
+    """
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+    graph = context.job_def.asset_layer.asset_graph
+    upstream = graph.get_ancestor_asset_keys(context.asset_key)
+    keys = {spec.key for spec in known if spec.blocking}
+    keys |= {key for key in graph.asset_check_keys if graph.get_check_spec(key).blocking}
+    results = {}
+    for key in sorted(keys, key=lambda k: (k.asset_key.to_user_string(), k.name)):
+        if key.asset_key not in upstream:
+            continue
+        record = context.instance.get_latest_asset_check_evaluation_record(key)
+        passed = record is not None and record.status == AssetCheckExecutionRecordStatus.SUCCEEDED
+        if passed and record.event is not None and record.event.dagster_event is not None:
+            target = record.event.dagster_event.event_specific_data.target_materialization_data
+            latest = context.instance.fetch_materializations(key.asset_key, limit=1).records
+            passed = target is None or not latest or target.storage_id == latest[0].storage_id
+        results[f"{key.asset_key.to_user_string()}:{key.name}"] = passed
+    return results
+
+
+def valid_metrics_of_challengers(trained: dict[str, dict], table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per-user valid metrics of each post-trained policy of this run (trained on this table's tokens)."""
+    from recmodels.evaluation.promotion import split_metrics
+    from recmodels.model_io import load_policy
+
+    frames = {}
+    for variant, record in trained.items():
+        policy = load_policy(record["checkpoint"])
+        frames[variant] = split_metrics(policy, table, policy.cfg.max_len)
+    return frames
+
+
+def valid_metrics_of_version(version: str, table: pd.DataFrame, folder) -> pd.DataFrame:
+    """Per-user valid metrics of a registered policy, read through the catalog it was trained with."""
+    from recmodels.data.tables import read_parquet
+    from recmodels.evaluation.promotion import split_metrics
+    from recmodels.model_io import load_policy
+
+    checkpoint, catalog = download_policy(POST_TRAINED_MODEL, version, folder)
+    policy, items = load_policy(checkpoint), read_parquet(catalog)
+    token_of = dict(zip(items["item_id"].astype(str), items["item_idx"].astype(int)))
+    return split_metrics(policy, table, policy.cfg.max_len, token_of=token_of)
+
+
+def build_champion_asset(upstream: Sequence[dg.AssetsDefinition | dg.AssetChecksDefinition]) -> dg.AssetsDefinition:
+    """The `champion` asset, guarded by the blocking checks defined on (or beside) the `upstream` assets."""
+    known_checks = [spec for definition in upstream for spec in definition.check_specs]
+
+    @dg.asset(name="champion", group_name="promotion", kinds={"mlflow"},
+              ins={"interactions": dg.AssetIn(), "evaluation_report": dg.AssetIn(), **POST_TRAINED_INPUTS})
+    def champion(context: dg.AssetExecutionContext, config: ChampionConfig, home: RecalignHome,
+                 mlflow: MlflowTracking, interactions: dict, evaluation_report: dict, **post_trained: dict) -> dict:
+        """Moves the registry alias `champion` to this run's best post-trained policy when every gate passes."""
+        from recmodels.data.tables import read_parquet
+        from recmodels.evaluation.promotion import GateConfig, best_challenger, decide_promotion
+
+        trained = {r["variant"]: r for r in post_trained.values() if "model_version" in r}
+        if not trained:
+            raise dg.Failure("no post-trained policy was registered in this run: nothing to promote")
+        name, table = POST_TRAINED_MODEL, read_parquet(interactions["table"])
+        frames = valid_metrics_of_challengers(trained, table)
+        best = best_challenger(frames, config.metric)
+        version = trained[best]["model_version"]
+        client = mlflow.client()
+        client.set_registered_model_alias(name, CHALLENGER, version)
+        metric_tag = "valid_" + config.metric.replace("@", "_at_")
+        for variant, record in trained.items():
+            tag_version(client, name, record["model_version"], promotion_run=context.run_id,
+                        **{metric_tag: f"{frames[variant][config.metric].mean():.6f}"},
+                        **({} if variant == best else {"status": "not_selected"}))
+
+        current = alias_version(client, name, CHAMPION)
+        champion_frame = None
+        if current is not None and current != version:
+            folder = home.run_dir(interactions["dataset"], context.run_id, "champion", f"v{current}")
+            champion_frame = valid_metrics_of_version(current, table, folder)
+        decision = decide_promotion(frames[best], champion_frame, GateConfig(**config.model_dump()),
+                                    hallucination_rate=trained[best].get("hallucination_rate"),
+                                    blocking_checks=blocking_check_results(context, known_checks))
+        who = f"v{version} ({best})"
+        if current == version:
+            outcome, summary = "kept", f"**kept**: challenger {who} is already the champion"
+        elif decision.promote:
+            promote(client, name, version, promotion_run=context.run_id)
+            outcome = "promoted"
+            summary = f"**promoted** {who} to `{CHAMPION}`" + (f" (was v{current})" if current else " (first champion)")
+        else:
+            reject(client, name, version, decision.reasons, compared_with_champion=current or "none",
+                   promotion_run=context.run_id)
+            outcome = "kept"
+            summary = f"**kept** champion v{current}; challenger {who} rejected: " + "; ".join(decision.reasons)
+        champion_version = alias_version(client, name, CHAMPION)
+        gates = pd.DataFrame([{"gate": g.name, "passed": g.passed, "detail": g.detail} for g in decision.gates])
+        ranking = pd.DataFrame([{"variant": v, "version": trained[v]["model_version"],
+                                 config.metric: f[config.metric].mean()} for v, f in frames.items()])
+        ranking = ranking.sort_values(config.metric, ascending=False)
+        context.add_output_metadata({
+            "decision": dg.MetadataValue.md(summary), "gates": markdown_table(gates),
+            f"valid_{config.metric}": markdown_table(ranking), "champion_version": champion_version or "none",
+            "challenger_version": version, "model_uri": f"models:/{name}@{CHAMPION}"})
+        context.log.info(summary)
+        return {"dataset": interactions["dataset"], "registered_model": name, "decision": outcome,
+                "champion_version": champion_version, "challenger_version": version, "challenger_variant": best,
+                "previous_champion": current, "reasons": decision.reasons, "evidence": decision.evidence,
+                "report": evaluation_report.get("json")}
+
+    return champion
