@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from recmodels.policy import Block as PolicyBlock
+from recmodels.policy import CausalSelfAttention
 from recmodels.tokenizers.semantic_ids import TokenLayout
 
 
@@ -92,16 +94,8 @@ class KVCache:
                        [pick(t) for t in self.beam_values], logits.reshape(-1, logits.shape[-1]))
 
 
-class CachedSelfAttention(nn.Module):
-    def __init__(self, cfg: SemanticPolicyConfig):
-        super().__init__()
-        if cfg.d_model % cfg.n_heads:
-            raise ValueError(f"d_model={cfg.d_model} is not divisible by n_heads={cfg.n_heads}")
-        self.n_heads = cfg.n_heads
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
-        self.dropout = cfg.dropout
-        self.resid_drop = nn.Dropout(cfg.dropout)
+class CachedSelfAttention(CausalSelfAttention):
+    """The policy's self-attention, also returning keys/values and stepping one token per beam."""
 
     def heads(self, x: torch.Tensor):
         """x [B, T, D] -> q, k, v [B, H, T, dh]."""
@@ -132,18 +126,11 @@ class CachedSelfAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, K, D)), beam_keys, beam_values
 
 
-class Block(nn.Module):
-    """Pre-LN transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+class Block(PolicyBlock):
+    """The policy's pre-LN block with cached attention: forward also returns keys/values."""
 
     def __init__(self, cfg: SemanticPolicyConfig):
-        super().__init__()
-        self.ln1 = nn.LayerNorm(cfg.d_model)
-        self.attn = CachedSelfAttention(cfg)
-        self.ln2 = nn.LayerNorm(cfg.d_model)
-        self.mlp = nn.Sequential(
-            nn.Linear(cfg.d_model, 4 * cfg.d_model), nn.GELU(),
-            nn.Linear(4 * cfg.d_model, cfg.d_model), nn.Dropout(cfg.dropout),
-        )
+        super().__init__(cfg, attention=CachedSelfAttention(cfg))
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor):
         a, k, v = self.attn(self.ln1(x), allowed)
