@@ -6,7 +6,6 @@ over the full catalog (history masked) and training stops when valid NDCG@10 has
 """
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
@@ -15,6 +14,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from recmodels.early_stopping import BestWeights
 from recmodels.evaluation.metrics import hit_rate, ndcg
 from recmodels.evaluation.ranking import target_ranks
 from recmodels.policy import GenerativePolicy, PolicyConfig
@@ -120,7 +120,7 @@ def pretrain_policy(interactions: pd.DataFrame, n_items: int, policy_config: Pol
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
     result = PretrainResult(policy=policy, policy_config=policy_config)
-    best_state, stale = copy.deepcopy(policy.state_dict()), 0
+    best = BestWeights(policy, config.patience)
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
         policy.train()
@@ -144,13 +144,9 @@ def pretrain_policy(interactions: pd.DataFrame, n_items: int, policy_config: Pol
             callback(dict(row))
         if not evaluated:
             continue
-        if row["valid_ndcg@10"] > result.best_valid_ndcg10:
+        if best.improved(row["valid_ndcg@10"], result.best_valid_ndcg10):
             result.best_valid_ndcg10, result.best_epoch = row["valid_ndcg@10"], epoch
-            best_state, stale = copy.deepcopy(policy.state_dict()), 0
-        else:
-            stale += 1
-            if stale >= config.patience:
-                break
-    policy.load_state_dict(best_state)
-    policy.eval()
+        elif best.should_stop:
+            break
+    best.restore()
     return result

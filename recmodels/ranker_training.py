@@ -7,7 +7,6 @@ user-mean reward, fitted on train rewards) are reported next to the model's RMSE
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -15,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from recmodels.early_stopping import BestWeights
 from recmodels.pretraining import check_interactions
 from recmodels.ranker import RankerConfig, RewardRanker
 from recmodels.runtime import default_device, seed_everything
@@ -126,7 +126,7 @@ def train_ranker(interactions: pd.DataFrame, n_items: int, config: RankerTrainCo
     ranker = RewardRanker(model_cfg).to(device)
     optimizer = torch.optim.AdamW(ranker.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     result = RankerResult(ranker=ranker, config=model_cfg, baselines=baseline_rmses(interactions, valid))
-    best_state, stale = copy.deepcopy(ranker.state_dict()), 0
+    best = BestWeights(ranker, config.patience, minimize=True)
     for epoch in range(1, config.epochs + 1):
         ranker.train()
         total, count = 0.0, 0
@@ -142,12 +142,9 @@ def train_ranker(interactions: pd.DataFrame, n_items: int, config: RankerTrainCo
         result.history.append(row)
         if callback is not None:
             callback(dict(row))
-        if rmse < result.valid_rmse:
-            result.valid_rmse, best_state, stale = rmse, copy.deepcopy(ranker.state_dict()), 0
-        else:
-            stale += 1
-            if stale >= config.patience:
-                break
-    ranker.load_state_dict(best_state)
-    ranker.eval()
+        if best.improved(rmse, result.valid_rmse):
+            result.valid_rmse = rmse
+        elif best.should_stop:
+            break
+    best.restore()
     return result

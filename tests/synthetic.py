@@ -64,3 +64,20 @@ def write_synthetic_dataset(directory: str | Path, n_users: int = 60, n_items: i
     make_synthetic_logs(n_users, n_items, events_per_user, seed).to_parquet(logs_path, index=False)
     make_synthetic_catalog(n_items, seed).to_parquet(catalog_path, index=False)
     return logs_path, catalog_path
+
+
+def cyclic_interactions(n_users: int, n_items: int, events: int, rewards: tuple[float, ...], seed: int = 0,
+                        propensity: bool = False) -> pd.DataFrame:
+    """An interactions table where each user walks the catalog in cyclic order from a random start
+    (the next item is learnable), with rewards drawn from `rewards` and, optionally, propensities."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        start = int(rng.integers(n_items))
+        for j in range(events):
+            split = "test" if j == events - 1 else "valid" if j == events - 2 else "train"
+            row = (u, (start + j) % n_items + 1, 1000 * u + j, float(rng.choice(rewards)), split)
+            rows.append(row + ((float(rng.uniform(0.05, 1.0)),) if propensity else ()))
+    columns = ["user_idx", "item_idx", "timestamp", "reward", "split"] + (["propensity"] if propensity else [])
+    df = pd.DataFrame(rows, columns=columns)
+    return df.astype({"user_idx": np.int32, "item_idx": np.int32, "timestamp": np.int64, "reward": np.float32})

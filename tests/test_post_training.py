@@ -2,7 +2,6 @@
 import copy
 import math
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -16,21 +15,14 @@ from recmodels.post_training.loop import MethodContext, PostTrainConfig, post_tr
 from recmodels.post_training.registry import METHODS, PostTrainingMethod, get_method
 from recmodels.post_training.sft import SFTParams, sft_loss, target_nll
 from recmodels.sequences import TrainingWindows, build_user_sequences, eval_examples, training_windows
+from tests.synthetic import cyclic_interactions
 
 N_USERS, N_ITEMS, EVENTS = 20, 12, 8
 
 
 def make_interactions(seed: int = 0) -> pd.DataFrame:
     """Each user walks the catalog in cyclic order from a random start: the next item is learnable."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for u in range(N_USERS):
-        start = int(rng.integers(N_ITEMS))
-        for j in range(EVENTS):
-            split = "test" if j == EVENTS - 1 else "valid" if j == EVENTS - 2 else "train"
-            rows.append((u, (start + j) % N_ITEMS + 1, 1000 * u + j, float(rng.choice([-1, -0.5, 0, 0.5, 1])), split))
-    df = pd.DataFrame(rows, columns=["user_idx", "item_idx", "timestamp", "reward", "split"])
-    return df.astype({"user_idx": np.int32, "item_idx": np.int32, "timestamp": np.int64, "reward": np.float32})
+    return cyclic_interactions(N_USERS, N_ITEMS, EVENTS, (-1, -0.5, 0, 0.5, 1), seed)
 
 
 def tiny_policy(seed: int = 0) -> GenerativePolicy:

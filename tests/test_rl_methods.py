@@ -18,22 +18,14 @@ from recmodels.post_training.registry import MethodNotApplicable, get_method
 from recmodels.ranker import RankerConfig, RewardRanker
 from recmodels.rollouts import history_mask
 from recmodels.sequences import TrainingWindows, build_user_sequences, training_windows
+from tests.synthetic import cyclic_interactions
 
 N_USERS, N_ITEMS, EVENTS, MAX_LEN = 40, 30, 10, 8
 
 
 def make_interactions(seed: int = 0, propensity: bool = True) -> pd.DataFrame:
     """Users walk the catalog in cyclic order from a random start (learnable next item); random rewards."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for u in range(N_USERS):
-        start = int(rng.integers(N_ITEMS))
-        for j in range(EVENTS):
-            split = "test" if j == EVENTS - 1 else "valid" if j == EVENTS - 2 else "train"
-            rows.append((u, (start + j) % N_ITEMS + 1, 1000 * u + j, float(rng.choice([-1.0, 0.0, 1.0])), split,
-                         float(rng.uniform(0.05, 1.0))))
-    df = pd.DataFrame(rows, columns=["user_idx", "item_idx", "timestamp", "reward", "split", "propensity"])
-    df = df.astype({"user_idx": np.int32, "item_idx": np.int32, "timestamp": np.int64, "reward": np.float32})
+    df = cyclic_interactions(N_USERS, N_ITEMS, EVENTS, (-1.0, 0.0, 1.0), seed, propensity=True)
     return df if propensity else df.drop(columns="propensity")
 
 
