@@ -56,13 +56,12 @@ def tracked_training(context: dg.AssetExecutionContext, mlflow: MlflowTracking, 
 
 
 def save_and_register(training: TrainingRun, home: RecalignHome, dataset: str, model: Any, config: Any,
-                      filename: str, model_name: str, tags: dict[str, str],
-                      aliases: tuple[str, ...] = ()) -> dict[str, Any]:
+                      filename: str, model_name: str, tags: dict[str, str]) -> dict[str, Any]:
     """Checkpoint `model`, log it to the open MLflow run, register it; return the asset's record."""
     ckpt = save_checkpoint(Path(home.run_dir(dataset, training.context.run_id)) / filename, model, config)
     training.mlflow.log_artifact(ckpt, artifact_path="checkpoint")
     version = training.mlflow.register(training.run, f"checkpoint/{ckpt.name}", model_name,
-                                       tags={"dataset": dataset, **tags}, aliases=aliases)
+                                       tags={"dataset": dataset, **tags})
     return {"dataset": dataset, "checkpoint": str(ckpt), "mlflow_run_id": training.run.info.run_id,
             "registered_model": model_name, "model_version": version}
 

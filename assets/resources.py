@@ -113,15 +113,12 @@ class MlflowTracking(dg.ConfigurableResource):
             if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
                 raise
 
-    def register(self, run: Any, artifact_path: str, model_name: str, tags: dict[str, str],
-                 aliases: tuple[str, ...] = ()) -> str:
+    def register(self, run: Any, artifact_path: str, model_name: str, tags: dict[str, str]) -> str:
         """Register `<run artifacts>/<artifact_path>` as a new version of `model_name`; return it."""
         client = self._client()
         self._ensure_registered_model(client, model_name)
         version = client.create_model_version(
             model_name, source=f"{run.info.artifact_uri}/{artifact_path}", run_id=run.info.run_id, tags=tags)
-        for alias in aliases:
-            client.set_registered_model_alias(model_name, alias, version.version)
         return str(version.version)
 
     def register_logged_model(self, run: Any, model_info: Any, model_name: str, tags: dict[str, str]) -> str:
