@@ -7,8 +7,9 @@ diagnostics come from the same rollouts and the same ranker call as the GRPO ter
 truth a_i is scored next to the rollouts), no extra model call:
 
 - hard_i, `hard="entropy"` (default): the normalized entropy of the first generated token's
-  distribution, H(pi(.|x_i)) / log V >= tau_H, with the masked next-item distribution the
-  rollouts are drawn from and V = the catalog size (for atomic tokens the first token is the item);
+  distribution, H(pi(.|x_i)) / log V >= tau_H, with the masked distribution the rollouts are
+  drawn from: for atomic tokens the first token is the item and V the catalog size; for semantic
+  IDs it is the level-0 code and V = V0, the level-0 codebook size;
   `hard="truth_not_sampled"`: a_i is not among the policy's own G rollouts.
 - disc_i, `disc="zscore"` (default): (R(x_i, a_i) - mean_j R(x_i, o_ij)) / (std_j + 1e-4) >= delta
   (population std, as for the advantages); `disc="truth_first"`: a_i is ranked first by R among
@@ -70,10 +71,12 @@ class GateDiagnostics:
 
 @torch.no_grad()
 def gate_diagnostics(first_token_log_probs: torch.Tensor, rollout_items: torch.Tensor, rollout_rewards: torch.Tensor,
-                     truth: torch.Tensor, truth_reward: torch.Tensor, params: AdaGRPOParams) -> GateDiagnostics:
-    """hard_i and disc_i from one context's rollouts: log-probs [N, V] (V includes padding 0), items and rewards [N, G],
-    the logged item a_i and its ranker reward [N]."""
-    n_items = first_token_log_probs.shape[1] - 1
+                     truth: torch.Tensor, truth_reward: torch.Tensor, params: AdaGRPOParams,
+                     n_choices: int | None = None) -> GateDiagnostics:
+    """hard_i and disc_i from one context's rollouts: first-token log-probs [N, V], items and rewards [N, G],
+    the logged item a_i and its ranker reward [N]. `n_choices`: the V of log V (default: the columns
+    minus padding 0, the atomic catalog)."""
+    n_items = first_token_log_probs.shape[1] - 1 if n_choices is None else n_choices
     normalized_entropy = entropy(first_token_log_probs.float()) / math.log(n_items) if n_items > 1 \
         else torch.zeros(first_token_log_probs.shape[0], device=first_token_log_probs.device)
     sampled = (rollout_items == truth[:, None]).any(dim=1)
@@ -89,7 +92,8 @@ def adagrpo_loss(policy, batch: TrainingWindows, ctx: MethodContext) -> tuple[to
     params: AdaGRPOParams = ctx.params
     nll, terms = nll_and_group_rollouts(policy, batch, ctx, params)
     diag = gate_diagnostics(terms.rollouts.first_token_log_probs.detach(), terms.rollouts.items, terms.rewards,
-                            terms.contexts.truth, terms.truth_reward_hat, params)
+                            terms.contexts.truth, terms.truth_reward_hat, params,
+                            n_choices=ctx.tokenization.first_token_choices(policy))
     gate = diag.gate.to(terms.per_context_loss.dtype)  # [N]
     gated = (gate * terms.per_context_loss).mean()
     loss = nll + params.alpha * gated

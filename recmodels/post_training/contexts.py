@@ -17,13 +17,15 @@ was the target of an earlier window or is the user's first event) and gets 0, ne
 (rating - 3) / 2 scale.
 
 Rollouts are generated from, and log-probs computed under, the masked next-item distribution of
-`recmodels.rollouts` (padding and the context's history items at -inf): the items older than
-the window are not in x and are not masked.
+`recmodels.rollouts` (padding and the context's history items at -inf; with semantic IDs the
+history items' code tuples are excluded): the items older than the window are not in x and are
+not masked. How x becomes tokens is the tokenization's business (tokenization.py); it may memoize
+that encoding in `RLContexts.encodings`.
 """
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -41,6 +43,7 @@ class RLContexts:
     history_rewards: torch.Tensor  # [N, T] observed reward of each history item (0 for padding / unknown)
     truth: torch.Tensor  # [N] logged next item a = targets[t]
     truth_reward: torch.Tensor  # [N] its observed reward
+    encodings: dict = field(default_factory=dict, repr=False, compare=False)  # a tokenization's memo of x
 
     def __len__(self) -> int:
         return self.truth.shape[0]

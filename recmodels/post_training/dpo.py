@@ -1,9 +1,11 @@
 """`dpo`: direct preference optimization on preference pairs labelled by the ranker (design.md §4).
 
 For each context x (one per window, see contexts.py) K = `samples_per_context` distinct items are
-sampled from the reference pi_ref (without replacement, from its cached next-item distribution,
-so no extra model call once a context is cached) and ordered by the ranker R. Every pair with
-R(x, y_w) > R(x, y_l) (ties give no preference) contributes
+sampled from the reference pi_ref without replacement (atomic tokens: from its cached next-item
+distribution, so no extra model call once a context is cached; semantic IDs: K distinct code
+tuples, unconstrained, so a sample may be no item and then gets `invalid_reward`, the minimum)
+and ordered by the ranker R. log pi(y|x) is the sum of y's token log-probs (its L+1 codes with
+semantic IDs). Every pair with R(x, y_w) > R(x, y_l) (ties give no preference) contributes
 
     -log sigmoid(beta [(log pi(y_w|x) - log pi_ref(y_w|x)) - (log pi(y_l|x) - log pi_ref(y_l|x))])
 
@@ -19,9 +21,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from recmodels.post_training.contexts import (CONTEXT_CHOICES, context_log_probs, dropout, ranker_rewards,
-                                              select_contexts)
-from recmodels.rollouts import history_mask, kl_divergence, masked_log_probs, sample_from_log_probs
+from recmodels.post_training.contexts import CONTEXT_CHOICES, dropout, ranker_rewards, select_contexts
+from recmodels.rollouts import kl_divergence
 from recmodels.sequences import TrainingWindows
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ class DPOParams:
     samples_per_context: int = 4  # K items from pi_ref per context -> up to K(K-1)/2 pairs
     contexts: str = "last"
     dropout: bool = False
+    invalid_reward: float = -1.0  # reward of a sampled code tuple that is no item (semantic IDs)
 
     def __post_init__(self):
         if not (isinstance(self.beta, (int, float)) and self.beta > 0 and math.isfinite(self.beta)):
@@ -60,14 +62,13 @@ def preference_margins(log_ratio: torch.Tensor, rewards: torch.Tensor, beta: flo
 
 def dpo_loss(policy, batch: TrainingWindows, ctx: MethodContext) -> tuple[torch.Tensor, dict[str, float]]:
     params: DPOParams = ctx.params
+    tokenization = ctx.tokenization
     contexts = select_contexts(batch, params.contexts, ctx.generator)
-    mask = history_mask(contexts.history, policy.cfg.vocab_size)
-    ref_all = masked_log_probs(ctx.reference_cache.log_probs(contexts.history), mask)  # [N, V]
-    samples = sample_from_log_probs(ref_all, params.samples_per_context, ctx.generator)  # y ~ pi_ref
-    rewards = ranker_rewards(ctx.ranker, contexts, samples.items, samples.valid)  # [N, K]
+    samples = tokenization.sample_reference(ctx, contexts, params.samples_per_context, ctx.generator)  # y ~ pi_ref
+    rewards = ranker_rewards(ctx.ranker, contexts, samples.items, samples.valid, params.invalid_reward)  # [N, K]
     with dropout(policy, params.dropout):
-        logp_all = context_log_probs(policy, contexts, mask)  # [N, V]
-    log_ratio = logp_all.gather(1, samples.items) - samples.logp  # [N, K]
+        scored = tokenization.score(policy, contexts, samples)
+    log_ratio = scored.tokens.sum(dim=2) - samples.token_logp.sum(dim=2)  # [N, K] log pi - log pi_ref
     margins, preferred = preference_margins(log_ratio, rewards, params.beta)
     per_pair = -F.logsigmoid(margins)
     n_pairs = int(preferred.sum())
@@ -78,8 +79,9 @@ def dpo_loss(policy, batch: TrainingWindows, ctx: MethodContext) -> tuple[torch.
         "dpo": loss.item(),
         "pair_accuracy": ((margins > 0) & preferred).sum().item() / max(n_pairs, 1),
         "reward_gap": (gap[preferred].mean().item() if n_pairs else 0.0),
-        "kl": kl_divergence(logp_all.detach(), ref_all).mean().item(),
+        "kl": kl_divergence(scored.first_token.detach(), samples.first_token_log_probs).mean().item(),
         "rollout_reward": rewards.mean().item(),
-        "ref_cache_hit_rate": ctx.reference_cache.last_hit_rate,
+        **tokenization.reference_telemetry(ctx),
+        "rollout_invalid_rate": (~samples.valid).float().mean().item(),
     }
     return loss, telemetry

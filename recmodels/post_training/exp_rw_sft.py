@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from recmodels.post_training.sft import target_nll
+from recmodels.post_training.tokenization import tokenization_of
 from recmodels.sequences import TrainingWindows
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ def log_weights(rewards: torch.Tensor, params: ExpRwSFTParams, baseline: torch.T
 
 def exp_rw_sft_loss(policy, batch: TrainingWindows, ctx: MethodContext) -> tuple[torch.Tensor, dict[str, float]]:
     params: ExpRwSFTParams = ctx.params
-    nll, mask = target_nll(policy, batch)  # [B, T]
+    nll, mask = target_nll(policy, batch, tokenization_of(ctx))  # [B, T]
     nll_t = nll[mask]  # [M]
     baseline = None
     if params.baseline:

@@ -1,21 +1,23 @@
 """`grpo`: group-relative policy optimization against the frozen ranker (design.md §4).
 
 For each context x_i (one per window, see contexts.py) G distinct items o_i1..o_iG are sampled
-from pi_old without replacement (recmodels.rollouts) and scored by the ranker R:
+from pi_old without replacement (recmodels.rollouts) and scored by the ranker R. An item o is
+|o| tokens (1 atomic token, or L+1 semantic-ID codes); t runs over them:
 
     A_ij     = (R(x_i, o_ij) - mean_j R) / (std_j R + 1e-4)          (population std of the group)
-    rho_ij   = pi(o_ij | x_i) / pi_old(o_ij | x_i)
-    k3_ij    = pi_ref/pi - log(pi_ref/pi) - 1   at o_ij             (unbiased KL(pi || pi_ref) estimate)
-    L_grpo,i = (1/G) sum_j [ -min(rho_ij A_ij, clip(rho_ij, 1-eps, 1+eps) A_ij) + beta k3_ij ]
+    rho_ijt  = pi(o_ijt | x_i, o_ij<t) / pi_old(o_ijt | x_i, o_ij<t)  (token-level ratio)
+    k3_ijt   = pi_ref/pi - log(pi_ref/pi) - 1   at token o_ijt        (unbiased KL(pi || pi_ref) estimate)
+    L_grpo,i = (1/G) sum_j (1/|o|) sum_t [ -min(rho_ijt A_ij, clip(rho_ijt, 1-eps, 1+eps) A_ij) + beta k3_ijt ]
     loss     = mean_i L_grpo,i
 
-With atomic tokens an item is one token, |o| = 1. Every optimizer step draws fresh rollouts and
-takes one update on them, so pi_old is the detached current policy of the same forward pass:
-rho = 1 at the sample and the gradient flows through pi (the clip only acts when rollouts are
-reused). Rollouts that are no real item (hallucinated semantic-ID tuples; none with atomic
-tokens) get `invalid_reward`, the bottom of the reward range.
+Every optimizer step draws fresh rollouts and takes one update on them, so pi_old is the detached
+current policy of the same forward pass: rho = 1 at the sample and the gradient flows through pi
+(the clip only acts when rollouts are reused). Rollouts that are no real item (code tuples that
+name no item, possible with semantic IDs since sampling is unconstrained) are not scored by the
+ranker: they get `invalid_reward`, the bottom of the reward range.
 
-`grpo_terms` is the shared computation that nll_grpo and adagrpo weight in their own way.
+`grpo_terms` is the shared computation that nll_grpo and adagrpo weight in their own way; the
+tokenization (tokenization.py) does the sampling and the per-token log-probs.
 """
 from __future__ import annotations
 
@@ -25,9 +27,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from recmodels.post_training.contexts import (CONTEXT_CHOICES, RLContexts, context_log_probs, dropout,
-                                              ranker_rewards, select_contexts)
-from recmodels.rollouts import Rollouts, history_mask, kl_divergence, masked_log_probs, sample_from_log_probs
+from recmodels.post_training.contexts import CONTEXT_CHOICES, RLContexts, dropout, ranker_rewards, select_contexts
+from recmodels.rollouts import Rollouts, kl_divergence
 from recmodels.sequences import TrainingWindows
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ class GroupRollouts:
     """One GRPO pass over a batch: what the grpo family's losses and diagnostics read."""
 
     contexts: RLContexts
-    rollouts: Rollouts  # items [N, G], logp [N, G] with grad, first_token_log_probs [N, V] with grad
+    rollouts: Rollouts  # items [N, G] (0 = no item), token_logp [N, G, n_tokens] with grad, first_token_log_probs
     rewards: torch.Tensor  # [N, G] R(x, o) (invalid rollouts at invalid_reward)
     truth_reward_hat: torch.Tensor  # [N] R(x, a) of the logged next item, from the same ranker call
     advantages: torch.Tensor  # [N, G]
@@ -101,13 +102,13 @@ def grpo_terms(policy, batch: TrainingWindows, ctx: MethodContext, params: GRPOP
     """Contexts, G rollouts each, rewards, advantages and the per-context GRPO loss of one batch.
 
     `window_logits` [B, T, V]: the batch windows' forward pass when the caller already ran it
-    (its last row serves the contexts at the window end, see contexts.context_log_probs).
+    (atomic tokens: its last row serves the contexts at the window end, see
+    contexts.context_log_probs; semantic IDs have none and score their tuples themselves).
     """
+    tokenization = ctx.tokenization
     contexts = select_contexts(batch, params.contexts, ctx.generator)
-    mask = history_mask(contexts.history, policy.cfg.vocab_size)
     with dropout(policy, params.dropout):
-        logp_all = context_log_probs(policy, contexts, mask, window_logits)  # [N, V]
-    rollouts = sample_from_log_probs(logp_all, params.group_size, ctx.generator)
+        rollouts = tokenization.sample(policy, contexts, params.group_size, ctx.generator, window_logits)
     G = params.group_size
     candidates = torch.cat([rollouts.items, contexts.truth[:, None]], dim=1)  # [N, G+1]: rollouts + truth
     valid = torch.cat([rollouts.valid, torch.ones_like(contexts.truth[:, None], dtype=torch.bool)], dim=1)
@@ -115,19 +116,20 @@ def grpo_terms(policy, batch: TrainingWindows, ctx: MethodContext, params: GRPOP
     rewards, truth_reward_hat = scores[:, :G], scores[:, G]
     advantages = group_advantages(rewards)
 
-    ref_all = masked_log_probs(ctx.reference_cache.log_probs(contexts.history), mask)  # [N, V]
-    logp = rollouts.logp  # [N, G]
-    k3 = kl_k3(logp, ref_all.gather(1, rollouts.items))
-    surrogate = clipped_surrogate(logp, logp.detach(), advantages, params.eps)
+    ref = tokenization.reference(ctx, contexts, rollouts)
+    logp = rollouts.token_logp  # [N, G, n_tokens]
+    k3 = kl_k3(logp, ref.tokens).mean(dim=2)  # [N, G]: mean over the item's tokens
+    surrogate = clipped_surrogate(logp, logp.detach(), advantages[..., None], params.eps).mean(dim=2)  # (1/|o|) sum_t
     per_context = (-surrogate + params.beta * k3).mean(dim=1)  # [N]
     telemetry = {
         "grpo": per_context.mean().item(),
-        "kl": kl_divergence(logp_all.detach(), ref_all).mean().item(),
+        "kl": kl_divergence(rollouts.first_token_log_probs.detach(), ref.first_token).mean().item(),
         "kl_k3": k3.mean().item(),
         "rollout_reward": rewards.mean().item(),
         "group_reward_std": rewards.std(dim=1, unbiased=False).mean().item(),
         "truth_reward_hat": truth_reward_hat.mean().item(),
-        "ref_cache_hit_rate": ctx.reference_cache.last_hit_rate,
+        **tokenization.reference_telemetry(ctx),
+        "rollout_invalid_rate": (~rollouts.valid).float().mean().item(),
     }
     return GroupRollouts(contexts=contexts, rollouts=rollouts, rewards=rewards, truth_reward_hat=truth_reward_hat,
                          advantages=advantages, per_context_loss=per_context, telemetry=telemetry)

@@ -20,6 +20,7 @@ import torch
 
 from recmodels.post_training.exp_rw_sft import effective_sample_size
 from recmodels.post_training.sft import target_nll
+from recmodels.post_training.tokenization import tokenization_of
 from recmodels.sequences import TrainingWindows
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ def ips_loss(policy, batch: TrainingWindows, ctx: MethodContext) -> tuple[torch.
         from recmodels.post_training.registry import MethodNotApplicable
 
         raise MethodNotApplicable(NO_PROPENSITIES)
-    nll, mask = target_nll(policy, batch)  # [B, T]
+    nll, mask = target_nll(policy, batch, tokenization_of(ctx))  # [B, T]
     nll_t = nll[mask]
     w = ips_weights(batch.rewards[mask].float(), batch.propensities[mask].float(), params.clip).detach()  # [M]
     total = w.sum()

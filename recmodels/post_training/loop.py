@@ -7,8 +7,9 @@ kept (model selection on valid only). A method only supplies its loss; the loop 
 `MethodContext` with the frozen reference policy, the optional ranker and whatever its
 `prepare` precomputed, so rollout-based methods plug in the same way as likelihood-based ones.
 The context also holds the one memoized cache of the reference's log-probs that every method
-needing pi_ref reads (reference_cache.py) and a scratch dict a method keeps across steps
-(PPO's rollouts for its inner epochs).
+needing pi_ref reads (reference_cache.py), a scratch dict a method keeps across steps (PPO's
+rollouts for its inner epochs) and the tokenization (tokenization.py): atomic item tokens for a
+`GenerativePolicy`, semantic-ID code tuples for a `SemanticPolicy`, so every method runs on both.
 """
 from __future__ import annotations
 
@@ -22,14 +23,17 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from recmodels.evaluation.metrics import hit_rate, ndcg
 from recmodels.policy import GenerativePolicy
 from recmodels.post_training.reference_cache import ReferenceCache
 from recmodels.post_training.registry import get_method
+from recmodels.post_training.tokenization import AtomicItems, SemanticItems, kl_to_reference, tokenization_for
 from recmodels.runtime import default_device, seed_everything
+from recmodels.semantic_policy import SemanticPolicy
 from recmodels.sequences import EvalExamples, TrainingWindows, build_user_sequences, eval_examples, training_windows
+from recmodels.tokenizers.semantic_ids import SemanticIds
+
+__all__ = ["MethodContext", "PostTrainConfig", "PostTrainResult", "kl_to_reference", "post_train", "valid_ranks"]
 
 
 @dataclass
@@ -60,7 +64,7 @@ class MethodContext:
     """What a method's loss may use besides the policy and the batch."""
 
     params: Any  # the method's knob dataclass
-    reference: GenerativePolicy  # frozen copy of the pretrained policy (eval mode, no grad)
+    reference: GenerativePolicy | SemanticPolicy  # frozen copy of the pretrained policy (eval mode, no grad)
     ranker: nn.Module | None  # frozen copy of the ranker reward model, if one was given
     state: dict[str, torch.Tensor]  # what the method's `prepare` precomputed, on `device`
     device: torch.device
@@ -68,6 +72,7 @@ class MethodContext:
     step: int = 0  # optimizer steps taken so far
     memory: dict[str, Any] = field(default_factory=dict)  # a method's scratch space kept across steps
     reference_cache: ReferenceCache | None = None  # memoized pi_ref log-probs (built from `reference` if None)
+    tokenization: AtomicItems | SemanticItems = field(default_factory=AtomicItems)  # how items become tokens
 
     def __post_init__(self):
         if self.reference_cache is None:
@@ -76,7 +81,7 @@ class MethodContext:
 
 @dataclass
 class PostTrainResult:
-    policy: GenerativePolicy  # the best weights on valid, eval mode
+    policy: GenerativePolicy | SemanticPolicy  # the best weights on valid, eval mode
     method: str
     history: list[dict]  # one row per evaluation (step 0 = the pretrained start)
     best_step: int
@@ -125,25 +130,10 @@ def valid_ranks(policy: GenerativePolicy, examples: EvalExamples, device=None) -
     return target_ranks(policy, examples, device=device)
 
 
-@torch.no_grad()
-def kl_to_reference(policy: GenerativePolicy, reference: GenerativePolicy, history: torch.Tensor,
-                    device: torch.device, batch_size: int = 256) -> float:
-    """Mean KL(pi || pi_ref) of the next-item distributions over the catalog (padding excluded)."""
-    was_training = policy.training
-    policy.eval()
-    total = 0.0
-    for s in range(0, history.shape[0], batch_size):
-        h = history[s:s + batch_size].to(device)
-        logp = F.log_softmax(policy.next_item_logits(h)[:, 1:].float(), dim=-1)  # [b, V-1]
-        logq = F.log_softmax(reference.next_item_logits(h)[:, 1:].float(), dim=-1)
-        total += (logp.exp() * (logp - logq)).sum().item()
-    policy.train(was_training)
-    return total / history.shape[0]
-
-
-def post_train(method: str, pretrained: GenerativePolicy, interactions: pd.DataFrame, config: PostTrainConfig,
-               ranker: nn.Module | None = None, callback: Callable[[dict], None] | None = None,
-               device=None) -> PostTrainResult:
+def post_train(method: str, pretrained: GenerativePolicy | SemanticPolicy, interactions: pd.DataFrame,
+               config: PostTrainConfig, ranker: nn.Module | None = None,
+               callback: Callable[[dict], None] | None = None, device=None,
+               semantic_ids: SemanticIds | None = None) -> PostTrainResult:
     """Post-train a copy of `pretrained` with `method` for `config.steps` steps; keep the best valid weights.
 
     The pretrained policy (and the ranker) are never modified. Evaluation rows go to `callback`
@@ -151,7 +141,16 @@ def post_train(method: str, pretrained: GenerativePolicy, interactions: pd.DataF
     averaged over the steps since the previous row, kl_to_reference, valid_ndcg@10, valid_hr@10.
     The step-0 row measures the pretrained start; the returned weights are the best of the
     evaluations after training began (every `eval_every` steps and the last step).
+
+    A `SemanticPolicy` needs `semantic_ids` (the code tuple of every item): its training windows
+    become code tokens, rollouts are whole code tuples, and valid NDCG@10 / HR@10 come from a
+    constrained beam search (beam 10, the trie of real items); each row also carries
+    `valid_hallucination_rate`, the share of no-item tuples in an unconstrained beam search
+    (beam 10) on ALL the valid examples, and `kl_to_reference` is the KL of the level-0 code
+    distributions (see tokenization.SemanticItems).
     """
+    tokenization = tokenization_for(pretrained, semantic_ids)
+    tokenization.check(pretrained, interactions)
     spec = get_method(method)
     params = spec.parse_params(config.method_params)
     if spec.needs_ranker and ranker is None:
@@ -170,7 +169,8 @@ def post_train(method: str, pretrained: GenerativePolicy, interactions: pd.DataF
     rollout_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
     ctx = MethodContext(params=params, reference=reference,
                         ranker=_frozen_copy(ranker, device) if ranker is not None else None,
-                        state={k: v.to(device) for k, v in state.items()}, device=device, generator=rollout_gen)
+                        state={k: v.to(device) for k, v in state.items()}, device=device, generator=rollout_gen,
+                        tokenization=tokenization)
 
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     history: list[dict] = []
@@ -178,10 +178,9 @@ def post_train(method: str, pretrained: GenerativePolicy, interactions: pd.DataF
 
     def evaluate(step: int, epoch: float, sums: dict[str, float], n: int) -> None:
         nonlocal best_step, best_ndcg, best_state
-        ranks = valid_ranks(policy, valid, device=device)
         row = {"step": step, "epoch": round(epoch, 4), **{k: v / n for k, v in sums.items()},
-               "kl_to_reference": kl_to_reference(policy, reference, valid.history, device),
-               "valid_ndcg@10": float(ndcg(ranks, 10).mean()), "valid_hr@10": float(hit_rate(ranks, 10).mean())}
+               "kl_to_reference": tokenization.kl_to_reference(policy, reference, valid.history, device),
+               **tokenization.evaluate(policy, valid, device)}
         history.append(row)
         if callback is not None:
             callback(row)

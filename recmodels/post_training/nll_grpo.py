@@ -2,10 +2,10 @@
 
     loss = L_nll + alpha * L_grpo
 
-L_nll is sft's loss (mean NLL of every real target of the batch windows) and L_grpo the grpo
-loss on the windows' contexts (grpo.py). One forward pass of the windows serves both: the
-contexts at the window end read its last row. Dropout is on by default, as for sft, so that
-alpha -> 0 is sft.
+L_nll is sft's loss (mean NLL of every real target of the batch windows; with semantic IDs an
+item's NLL is the sum of its code NLLs) and L_grpo the grpo loss on the windows' contexts
+(grpo.py). With atomic tokens one forward pass of the windows serves both: the contexts at the
+window end read its last row. Dropout is on by default, as for sft, so that alpha -> 0 is sft.
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 
 from recmodels.post_training.contexts import dropout
 from recmodels.post_training.grpo import GroupRollouts, GRPOParams, grpo_terms
@@ -39,12 +38,8 @@ def nll_and_group_rollouts(policy, batch: TrainingWindows, ctx: MethodContext,
                            params: NLLGRPOParams) -> tuple[torch.Tensor, GroupRollouts]:
     """Mean NLL of the batch's real targets (as sft) and the GRPO pass, sharing the windows' forward."""
     with dropout(policy, params.dropout):
-        logits, _ = policy(batch.inputs)  # [B, T, V]
-    B, T, V = logits.shape
-    nll = F.cross_entropy(logits.reshape(B * T, V), batch.targets.reshape(B * T), ignore_index=0,
-                          reduction="none").view(B, T)
-    nll = nll[batch.targets != 0].mean()
-    return nll, grpo_terms(policy, batch, ctx, params, window_logits=logits)
+        nll, mask, logits = ctx.tokenization.window_nll(policy, batch)  # [B, T], [B, T], [B, T, V] or None
+    return nll[mask].mean(), grpo_terms(policy, batch, ctx, params, window_logits=logits)
 
 
 def nll_grpo_loss(policy, batch: TrainingWindows, ctx: MethodContext) -> tuple[torch.Tensor, dict[str, float]]:

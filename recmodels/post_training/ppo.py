@@ -7,6 +7,12 @@ items y ~ pi_old (the policy when they are drawn), then
     A       = reward - mean of the rollout batch's rewards            (batch-mean baseline)
     loss    = -mean min(rho A, clip(rho, 1-eps, 1+eps) A),   rho = pi(y|x) / pi_old(y|x)
 
+Semantic IDs: y is a code tuple sampled unconstrained (a tuple that is no item gets R =
+`invalid_reward`, the minimum) and log pi(y|x) is the sum of its L+1 code log-probs. The ratio is
+the SEQUENCE ratio rho = pi(y|x) / pi_old(y|x) = exp(sum_t log-ratio of code t): the clip acts on
+the item's own probability, the quantity the KL-shaped reward is defined on (GRPO is the
+method with token-level ratios). With atomic tokens both are the same.
+
 Step accounting: each inner epoch is ONE optimizer step of the shared budget, so ppo takes exactly
 as many optimizer steps as every other method. Every `inner_epochs` steps the method draws fresh
 rollouts on the batch the loop hands it (pi_old = the detached policy of that forward pass, rho = 1);
@@ -22,10 +28,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from recmodels.post_training.contexts import (CONTEXT_CHOICES, RLContexts, context_log_probs, dropout,
-                                              ranker_rewards, select_contexts)
+from recmodels.post_training.contexts import CONTEXT_CHOICES, RLContexts, dropout, ranker_rewards, select_contexts
 from recmodels.post_training.grpo import clipped_surrogate
-from recmodels.rollouts import history_mask, kl_divergence, masked_log_probs, sample_from_log_probs
+from recmodels.rollouts import Rollouts, kl_divergence
 from recmodels.sequences import TrainingWindows
 
 if TYPE_CHECKING:
@@ -64,9 +69,8 @@ class RolloutBatch:
     """Rollouts kept for the inner epochs."""
 
     contexts: RLContexts
-    mask: torch.Tensor  # [N, V]
-    items: torch.Tensor  # [N, K]
-    logp_old: torch.Tensor  # [N, K]
+    rollouts: Rollouts  # items [N, K] (and code tuples), detached
+    logp_old: torch.Tensor  # [N, K] log pi_old(y|x)
     advantages: torch.Tensor  # [N, K]
     telemetry: dict[str, float]
     updates: int = 0  # optimizer steps taken on these rollouts so far
@@ -74,23 +78,25 @@ class RolloutBatch:
 
 def _fresh_rollouts(policy, batch: TrainingWindows, ctx: MethodContext,
                     params: PPOParams) -> tuple[RolloutBatch, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Draw rollouts; return them, this forward's log-probs of the rollouts [N, K] (grad) and of the
-    catalog [N, V], and the reference's masked log-probs [N, V]."""
+    """Draw rollouts; return them, this forward's log-probs of the rollouts [N, K] (grad) and its
+    first-token distribution, and the reference's first-token distribution."""
+    tokenization = ctx.tokenization
     contexts = select_contexts(batch, params.contexts, ctx.generator)
-    mask = history_mask(contexts.history, policy.cfg.vocab_size)
     with dropout(policy, params.dropout):
-        logp_all = context_log_probs(policy, contexts, mask)
-    rollouts = sample_from_log_probs(logp_all, params.samples_per_context, ctx.generator)
+        rollouts = tokenization.sample(policy, contexts, params.samples_per_context, ctx.generator)
     logp_old = rollouts.logp.detach()
     scores = ranker_rewards(ctx.ranker, contexts, rollouts.items, rollouts.valid, params.invalid_reward)
-    ref_all = masked_log_probs(ctx.reference_cache.log_probs(contexts.history), mask)
-    penalty = params.beta * (logp_old - ref_all.gather(1, rollouts.items))  # [N, K]
+    ref = tokenization.reference(ctx, contexts, rollouts)
+    penalty = params.beta * (logp_old - ref.tokens.sum(dim=2))  # [N, K]
     reward = scores - penalty
     telemetry = {"rollout_reward": scores.mean().item(), "kl_penalty": penalty.mean().item(),
-                 "shaped_reward": reward.mean().item()}
-    buffer = RolloutBatch(contexts=contexts, mask=mask, items=rollouts.items, logp_old=logp_old,
+                 "shaped_reward": reward.mean().item(),
+                 "rollout_invalid_rate": (~rollouts.valid).float().mean().item()}
+    kept = Rollouts(items=rollouts.items, logp=logp_old, valid=rollouts.valid,
+                    first_token_log_probs=rollouts.first_token_log_probs.detach(), tuples=rollouts.tuples)
+    buffer = RolloutBatch(contexts=contexts, rollouts=kept, logp_old=logp_old,
                           advantages=reward - reward.mean(), telemetry=telemetry)
-    return buffer, rollouts.logp, logp_all, ref_all
+    return buffer, rollouts.logp, rollouts.first_token_log_probs, ref.first_token
 
 
 def ppo_loss(policy, batch: TrainingWindows, ctx: MethodContext) -> tuple[torch.Tensor, dict[str, float]]:
@@ -98,13 +104,13 @@ def ppo_loss(policy, batch: TrainingWindows, ctx: MethodContext) -> tuple[torch.
     buffer: RolloutBatch | None = ctx.memory.get(BUFFER_KEY)
     fresh = buffer is None or buffer.updates >= params.inner_epochs
     if fresh:
-        buffer, logp, logp_all, ref_all = _fresh_rollouts(policy, batch, ctx, params)
+        buffer, logp, first_token, ref_first_token = _fresh_rollouts(policy, batch, ctx, params)
         ctx.memory[BUFFER_KEY] = buffer
     else:
         with dropout(policy, params.dropout):
-            logp_all = context_log_probs(policy, buffer.contexts, buffer.mask)
-        logp = logp_all.gather(1, buffer.items)
-        ref_all = masked_log_probs(ctx.reference_cache.log_probs(buffer.contexts.history), buffer.mask)
+            scored = ctx.tokenization.score(policy, buffer.contexts, buffer.rollouts)
+        logp, first_token = scored.tokens.sum(dim=2), scored.first_token  # sequence log-prob [N, K]
+        ref_first_token = ctx.tokenization.reference(ctx, buffer.contexts).first_token
     buffer.updates += 1
     surrogate = clipped_surrogate(logp, buffer.logp_old, buffer.advantages, params.eps)
     loss = -surrogate.mean()
@@ -112,9 +118,9 @@ def ppo_loss(policy, batch: TrainingWindows, ctx: MethodContext) -> tuple[torch.
     telemetry = {
         "ppo": loss.item(),
         **buffer.telemetry,
-        "kl": kl_divergence(logp_all.detach(), ref_all).mean().item(),
+        "kl": kl_divergence(first_token.detach(), ref_first_token).mean().item(),
         "clip_fraction": ((ratio - 1).abs() > params.eps).float().mean().item(),
         "fresh_rollouts": float(fresh),
-        "ref_cache_hit_rate": ctx.reference_cache.last_hit_rate,
+        **ctx.tokenization.reference_telemetry(ctx),
     }
     return loss, telemetry

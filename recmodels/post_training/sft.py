@@ -1,7 +1,8 @@
 """`sft`: more next-item NLL on the same logged data, the control for "just more training" (design.md §4).
 
 Also home of `target_nll`, the per-position NLL of the logged targets that every
-likelihood-based method (sft, exp_rw_sft, ...) weights in its own way.
+likelihood-based method (sft, exp_rw_sft, ips) weights in its own way. With semantic IDs the NLL
+of an item is the sum of its L+1 code NLLs (tokenization.py).
 """
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 
+from recmodels.post_training.tokenization import AtomicItems, tokenization_of
 from recmodels.sequences import TrainingWindows
 
 if TYPE_CHECKING:
@@ -22,22 +23,19 @@ class SFTParams:
     """sft has no knobs: any key in `method_params` is rejected."""
 
 
-def target_nll(policy, batch: TrainingWindows) -> tuple[torch.Tensor, torch.Tensor]:
+def target_nll(policy, batch: TrainingWindows, tokenization=None) -> tuple[torch.Tensor, torch.Tensor]:
     """-log pi(a_t | x_<=t) at every position [B, T] and the mask of real targets [B, T].
 
     Padding targets (0) are ignored by cross_entropy, so their NLL is exactly 0 and their
-    gradient is 0: the -inf padding logit never turns into inf/NaN.
+    gradient is 0: the -inf padding logit never turns into inf/NaN. `tokenization` defaults to
+    atomic item tokens.
     """
-    logits, _ = policy(batch.inputs)  # [B, T, V]
-    B, T, V = logits.shape
-    # flat [B*T, V] rows: faster than cross_entropy on the transposed [B, V, T] layout
-    nll = F.cross_entropy(logits.reshape(B * T, V), batch.targets.reshape(B * T), ignore_index=0,
-                          reduction="none").view(B, T)
-    return nll, batch.targets != 0
+    nll, mask, _ = (tokenization or AtomicItems()).window_nll(policy, batch)
+    return nll, mask
 
 
 def sft_loss(policy, batch: TrainingWindows, ctx: MethodContext) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean NLL over the batch's real targets."""
-    nll, mask = target_nll(policy, batch)
+    nll, mask = target_nll(policy, batch, tokenization_of(ctx))
     loss = nll[mask].mean()
     return loss, {"nll": loss.item()}
