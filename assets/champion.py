@@ -4,7 +4,9 @@ After the evaluation report, it ranks this run's registered post-trained policie
 split, points the registry alias `challenger` at the best one and compares it with the version
 under `champion` (recmodels/evaluation/promotion.py has the gates). It moves `champion` only when
 every gate passes; otherwise the champion stays and the asset's metadata and the losing version's
-registry tags say why. The registry conventions live in assets/registry.py.
+registry tags say why. The registry conventions live in assets/registry.py. Semantic-ID policies are
+ranked with constrained beam search and their hallucination rate (unconstrained top-10 tuples on
+valid) feeds the `hallucination_rate` gate; atomic policies have rate 0.
 """
 
 from typing import Sequence
@@ -15,7 +17,8 @@ import pandas as pd
 from assets.metadata import markdown_table
 from assets.model_runs import POST_TRAINED_MODEL
 from assets.post_training import post_trained_policies
-from assets.registry import CHALLENGER, CHAMPION, alias_version, download_policy, promote, reject, tag_version
+from assets.registry import (CHALLENGER, CHAMPION, alias_version, download_policy_artifacts, promote, reject,
+                             tag_version)
 from assets.resources import MlflowTracking, RecalignHome
 
 POST_TRAINED_INPUTS = {a.key.path[-1]: dg.AssetIn(a.key) for a in post_trained_policies}
@@ -45,11 +48,11 @@ def blocking_check_results(context: dg.AssetExecutionContext,
 
     graph = context.job_def.asset_layer.asset_graph
     upstream = graph.get_ancestor_asset_keys(context.asset_key)
-    keys = {spec.key for spec in known if spec.blocking}
-    keys |= {key for key in graph.asset_check_keys if graph.get_check_spec(key).blocking}
+    known_keys = {spec.key for spec in known if spec.blocking}  # upstream by construction of the champion
+    keys = known_keys | {key for key in graph.asset_check_keys if graph.get_check_spec(key).blocking}
     results = {}
     for key in sorted(keys, key=lambda k: (k.asset_key.to_user_string(), k.name)):
-        if key.asset_key not in upstream:
+        if key not in known_keys and key.asset_key not in upstream:  # a subset run's graph may stop at the parents
             continue
         record = context.instance.get_latest_asset_check_evaluation_record(key)
         passed = record is not None and record.status == AssetCheckExecutionRecordStatus.SUCCEEDED
@@ -61,15 +64,23 @@ def blocking_check_results(context: dg.AssetExecutionContext,
     return results
 
 
+def _semantic_ids(path):
+    from recmodels.tokenizers.semantic_ids import SemanticIds
+
+    return SemanticIds.load(path) if path else None
+
+
 def valid_metrics_of_challengers(trained: dict[str, dict], table: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Per-user valid metrics of each post-trained policy of this run (trained on this table's tokens)."""
+    """Per-user valid metrics of each post-trained policy of this run (trained on this table's tokens);
+    each frame's `attrs["hallucination_rate"]` is the policy's valid hallucination rate."""
     from recmodels.evaluation.promotion import split_metrics
     from recmodels.model_io import load_policy
 
     frames = {}
     for variant, record in trained.items():
         policy = load_policy(record["checkpoint"])
-        frames[variant] = split_metrics(policy, table, policy.cfg.max_len)
+        frames[variant] = split_metrics(policy, table, policy.cfg.max_len,
+                                        semantic_ids=_semantic_ids(record.get("semantic_ids")))
     return frames
 
 
@@ -79,10 +90,11 @@ def valid_metrics_of_version(version: str, table: pd.DataFrame, folder) -> pd.Da
     from recmodels.evaluation.promotion import split_metrics
     from recmodels.model_io import load_policy
 
-    checkpoint, catalog = download_policy(POST_TRAINED_MODEL, version, folder)
-    policy, items = load_policy(checkpoint), read_parquet(catalog)
+    artifacts = download_policy_artifacts(POST_TRAINED_MODEL, version, folder)
+    policy, items = load_policy(artifacts["checkpoint"]), read_parquet(artifacts["catalog"])
     token_of = dict(zip(items["item_id"].astype(str), items["item_idx"].astype(int)))
-    return split_metrics(policy, table, policy.cfg.max_len, token_of=token_of)
+    return split_metrics(policy, table, policy.cfg.max_len, token_of=token_of,
+                         semantic_ids=_semantic_ids(artifacts.get("semantic_ids")))
 
 
 def build_champion_asset(upstream: Sequence[dg.AssetsDefinition | dg.AssetChecksDefinition]) -> dg.AssetsDefinition:
@@ -118,7 +130,7 @@ def build_champion_asset(upstream: Sequence[dg.AssetsDefinition | dg.AssetChecks
             folder = home.run_dir(interactions["dataset"], context.run_id, "champion", f"v{current}")
             champion_frame = valid_metrics_of_version(current, table, folder)
         decision = decide_promotion(frames[best], champion_frame, GateConfig(**config.model_dump()),
-                                    hallucination_rate=trained[best].get("hallucination_rate"),
+                                    hallucination_rate=frames[best].attrs.get("hallucination_rate"),
                                     blocking_checks=blocking_check_results(context, known_checks))
         who = f"v{version} ({best})"
         if current == version:
@@ -135,7 +147,9 @@ def build_champion_asset(upstream: Sequence[dg.AssetsDefinition | dg.AssetChecks
         champion_version = alias_version(client, name, CHAMPION)
         gates = pd.DataFrame([{"gate": g.name, "passed": g.passed, "detail": g.detail} for g in decision.gates])
         ranking = pd.DataFrame([{"variant": v, "version": trained[v]["model_version"],
-                                 config.metric: f[config.metric].mean()} for v, f in frames.items()])
+                                 config.metric: f[config.metric].mean(),
+                                 "hallucination_rate": f.attrs.get("hallucination_rate", 0.0)}
+                                for v, f in frames.items()])
         ranking = ranking.sort_values(config.metric, ascending=False)
         context.add_output_metadata({
             "decision": dg.MetadataValue.md(summary), "gates": markdown_table(gates),

@@ -1,12 +1,14 @@
-"""The evaluation report: every policy on the same test users, with intervals and paired differences."""
+"""The evaluation report: every policy on the same test users, with intervals and paired differences.
+
+Semantic-ID policies (the pretrained record says `tokenization: semantic`) are evaluated with beam
+search over their semantic IDs: constrained accuracy, unconstrained hallucination rate.
+"""
 
 import dagster as dg
 
 from assets.metadata import image, markdown_table
 from assets.post_training import post_trained_policies
 from assets.resources import MlflowTracking, RecalignHome
-
-POST_TRAINED_INPUTS = {a.key.path[-1]: dg.AssetIn(a.key) for a in post_trained_policies}
 
 
 def load_policies(pretrained: dict, post_trained: dict[str, dict]) -> tuple[dict, dict, dict]:
@@ -32,17 +34,33 @@ def report_metadata(report: dict, files: dict) -> dict:
             "plot": image(files["png"], "NDCG@10 and HR@10 per policy"),
             "lambda_sweep": image(files["lambda_png"], "exp_rw_sft: gain vs distance per λ"),
             "training_curves": image(files["curves_png"], "valid NDCG@10 and KL per step"),
+            "hr10_vs_hallucination": image(files["frontier_png"], "HR@10 vs hallucination rate"),
             "skipped": dg.MetadataValue.json(report["skipped"]),
             "report_md": dg.MetadataValue.path(str(files["md"]))}
 
 
-@dg.asset(group_name="evaluation", kinds={"mlflow"},
-          ins={"interactions": dg.AssetIn(), "pretrained_policy": dg.AssetIn(),
-               "ranker_reward_model": dg.AssetIn(), **POST_TRAINED_INPUTS})
-def evaluation_report(context: dg.AssetExecutionContext, home: RecalignHome, mlflow: MlflowTracking,
-                      interactions: dict, pretrained_policy: dict, ranker_reward_model: dict,
-                      **post_trained: dict) -> dict:
-    """HR/NDCG/MRR@5/10/20 with 95% bootstrap intervals, paired differences and reward alignment."""
+def build_evaluation_report_asset(post_trained_assets) -> dg.AssetsDefinition:
+    """The `evaluation_report` asset over the pretrained policy and the given post-trained policy assets."""
+    post_trained_inputs = {a.key.path[-1]: dg.AssetIn(a.key) for a in post_trained_assets}
+
+    @dg.asset(name="evaluation_report", group_name="evaluation", kinds={"mlflow"},
+              ins={"interactions": dg.AssetIn(), "pretrained_policy": dg.AssetIn(),
+                   "ranker_reward_model": dg.AssetIn(), **post_trained_inputs})
+    def _evaluation_report(context: dg.AssetExecutionContext, home: RecalignHome, mlflow: MlflowTracking,
+                           interactions: dict, pretrained_policy: dict, ranker_reward_model: dict,
+                           **post_trained: dict) -> dict:
+        """HR/NDCG/MRR@5/10/20 with 95% bootstrap intervals, paired differences, reward alignment and, for
+        semantic-ID policies, constrained vs unconstrained decoding with the hallucination rate."""
+        return evaluate_and_report(context, home, mlflow, interactions, pretrained_policy, ranker_reward_model,
+                                   post_trained)
+
+    return _evaluation_report
+
+
+def evaluate_and_report(context: dg.AssetExecutionContext, home: RecalignHome, mlflow: MlflowTracking,
+                        interactions: dict, pretrained_policy: dict, ranker_reward_model: dict,
+                        post_trained: dict[str, dict]) -> dict:
+    """Evaluate every policy on the test users, write the report files, log them to MLflow; return the record."""
     from recmodels.data.tables import read_parquet
     from recmodels.evaluation.evaluate import evaluate_policies, oracle_upper_bound
     from recmodels.evaluation.oracle import Oracle
@@ -52,10 +70,15 @@ def evaluation_report(context: dg.AssetExecutionContext, home: RecalignHome, mlf
 
     policies, skipped, training = load_policies(pretrained_policy, post_trained)
     max_len = policies["pretrained"][0].cfg.max_len
+    semantic_ids = None
+    if pretrained_policy.get("tokenization") == "semantic":
+        from recmodels.tokenizers.semantic_ids import SemanticIds
+
+        semantic_ids = SemanticIds.load(pretrained_policy["semantic_ids"])
     table, catalog = read_parquet(interactions["table"]), read_parquet(interactions["catalog"])
     oracle = Oracle.load(interactions["oracle"]) if interactions.get("oracle") else None  # simulated data only
     evals = evaluate_policies(policies, table, load_ranker(ranker_reward_model["checkpoint"]), max_len,
-                              oracle=oracle, catalog=catalog)
+                              oracle=oracle, catalog=catalog, semantic_ids=semantic_ids)
     for evaluation in evals[1:]:  # training telemetry of each post-trained policy, for the report's tables and plots
         evaluation.extra = training[evaluation.name]
     report = build_report(evals, baseline="pretrained", skipped=skipped)
@@ -68,5 +91,12 @@ def evaluation_report(context: dg.AssetExecutionContext, home: RecalignHome, mlf
             mlflow.log_artifact(path, artifact_path="report")
         mlflow.log_metrics({f"test_{m}/{name}": p["metrics"][m]["mean"] for name, p in report["policies"].items()
                             for m in ("ndcg@10", "hr@10", "reward_weighted_ndcg@10")}, step=0)
+        mlflow.log_metrics({f"test_hallucination_rate/{name}": p["hallucination_rate"]
+                            for name, p in report["policies"].items()}, step=0)
     context.add_output_metadata(report_metadata(report, files))
-    return {"dataset": interactions["dataset"], **{k: str(v) for k, v in files.items()}}
+    return {"dataset": interactions["dataset"], "tokenization": pretrained_policy.get("tokenization", "atomic"),
+            "hallucination_rate": {name: p["hallucination_rate"] for name, p in report["policies"].items()},
+            **{k: str(v) for k, v in files.items()}}
+
+
+evaluation_report = build_evaluation_report_asset(post_trained_policies)

@@ -66,8 +66,10 @@ def save_and_register(training: TrainingRun, home: RecalignHome, dataset: str, m
             "registered_model": model_name, "model_version": version}
 
 
-def servable_policy_model(checkpoint: Path, catalog: Path, decoding: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The arguments of `mlflow.pyfunc.log_model` / `save_model` for the servable pyfunc of a policy checkpoint."""
+def servable_policy_model(checkpoint: Path, catalog: Path, decoding: dict[str, Any] | None = None,
+                          semantic_ids: Path | None = None) -> dict[str, Any]:
+    """The arguments of `mlflow.pyfunc.log_model` / `save_model` for the servable pyfunc of a policy checkpoint
+    (with the semantic IDs file of a semantic-ID policy)."""
     from importlib.metadata import version
 
     import pandas as pd
@@ -82,25 +84,28 @@ def servable_policy_model(checkpoint: Path, catalog: Path, decoding: dict[str, A
                         ColSpec(Array("string"), "unknown_item_ids")]))
     first_ids = pd.read_parquet(catalog, columns=["item_id"])["item_id"].astype(str).head(3).tolist()
     return dict(python_model=str(SERVABLE_CODE), code_paths=[str(LIBRARY_DIR)],
-                artifacts={"checkpoint": str(checkpoint), "catalog": str(catalog)},
+                artifacts={"checkpoint": str(checkpoint), "catalog": str(catalog),
+                           **({"semantic_ids": str(semantic_ids)} if semantic_ids else {})},
                 model_config={**DEFAULT_DECODING, **(decoding or {})}, signature=signature,
                 input_example=pd.DataFrame({HISTORY_COLUMN: [first_ids], "k": [5]}),
                 pip_requirements=[f"{name}=={version(name)}" for name in SERVING_PACKAGES])
 
 
-def log_servable_policy(checkpoint: Path, catalog: Path, decoding: dict[str, Any] | None = None) -> Any:
+def log_servable_policy(checkpoint: Path, catalog: Path, decoding: dict[str, Any] | None = None,
+                        semantic_ids: Path | None = None) -> Any:
     """Log the servable pyfunc model of a policy checkpoint to the active MLflow run; return its ModelInfo."""
     import mlflow.pyfunc
 
-    return mlflow.pyfunc.log_model(name="policy", **servable_policy_model(checkpoint, catalog, decoding))
+    return mlflow.pyfunc.log_model(name="policy", **servable_policy_model(checkpoint, catalog, decoding,
+                                                                          semantic_ids))
 
 
 def save_and_register_servable(training: TrainingRun, home: RecalignHome, dataset: str, model: Any, config: Any,
                                filename: str, catalog: str | Path, model_name: str,
-                               tags: dict[str, str]) -> dict[str, Any]:
+                               tags: dict[str, str], semantic_ids: str | Path | None = None) -> dict[str, Any]:
     """Checkpoint a policy, log it as a servable pyfunc model, register it as a challenger; return the record."""
     ckpt = save_checkpoint(Path(home.run_dir(dataset, training.context.run_id)) / filename, model, config)
-    info = log_servable_policy(ckpt, Path(catalog))
+    info = log_servable_policy(ckpt, Path(catalog), semantic_ids=Path(semantic_ids) if semantic_ids else None)
     version = training.mlflow.register_logged_model(
         training.run, info, model_name,
         tags={"dataset": dataset, "status": "challenger", "dagster_run_id": training.context.run_id, **tags})

@@ -1,4 +1,10 @@
-"""Model assets trained on the interactions: the pretrained policy and the ranker reward model."""
+"""Model assets trained on the interactions: the pretrained policy and the ranker reward model.
+
+The pretrained policy's run config picks its tokenization: `atomic` (default, one token per item)
+or `semantic` (the `item_tokens` semantic IDs, L+1 code tokens per item). Everything downstream
+follows the checkpoint: its config says which policy it is, and the record carries the
+tokenization and the semantic IDs file.
+"""
 
 from typing import Optional
 
@@ -11,9 +17,14 @@ from assets.resources import MlflowTracking, RecalignHome
 from recmodels.data.tables import read_parquet
 
 
-class PretrainAssetConfig(dg.Config):
-    """Knobs of the pretrained policy; a field left empty keeps the library default."""
+TOKENIZATIONS = ("atomic", "semantic")
 
+
+class PretrainAssetConfig(dg.Config):
+    """Knobs of the pretrained policy; a field left empty keeps the library default. `tokenization`:
+    "atomic" (one token per item) or "semantic" (the item_tokens semantic IDs)."""
+
+    tokenization: str = "atomic"
     epochs: Optional[int] = None
     batch_size: Optional[int] = None
     lr: Optional[float] = None
@@ -26,27 +37,58 @@ class PretrainAssetConfig(dg.Config):
     dropout: Optional[float] = None
 
 
+def _train_policy(settings: dict, interactions: dict, item_tokens: dict, callback):
+    """(result, tokenization-specific record fields, MLflow params) of the chosen tokenization."""
+    from recmodels.data.tables import read_parquet
+    from recmodels.pretraining import PretrainConfig
+
+    table = read_parquet(interactions["table"])
+    train_cfg = library_config(PretrainConfig, settings)
+    if settings["tokenization"] == "semantic":
+        from recmodels.semantic_policy import SemanticPolicyConfig
+        from recmodels.semantic_pretraining import pretrain_semantic_policy
+        from recmodels.tokenizers.semantic_ids import SemanticIds
+
+        ids = SemanticIds.load(item_tokens["path"])
+        if ids.n_items != interactions["n_items"]:
+            raise ValueError(f"item_tokens {item_tokens['path']} covers {ids.n_items} items but the interactions "
+                             f"have {interactions['n_items']}")
+        policy_cfg = library_config(SemanticPolicyConfig, settings, level_sizes=ids.level_sizes)
+        result = pretrain_semantic_policy(table, ids, policy_cfg, train_cfg, callback=callback)
+        return result, {"semantic_ids": item_tokens["path"]}, {**vars(train_cfg), **vars(policy_cfg)}
+    from recmodels.policy import PolicyConfig
+    from recmodels.pretraining import pretrain_policy
+
+    policy_cfg = library_config(PolicyConfig, settings, vocab_size=interactions["n_items"] + 1)
+    result = pretrain_policy(table, interactions["n_items"], policy_cfg, train_cfg, callback=callback)
+    return result, {}, {**vars(train_cfg), **vars(policy_cfg)}
+
+
 @dg.asset(group_name="models", kinds={"pytorch", "mlflow"})
 def pretrained_policy(context: dg.AssetExecutionContext, config: PretrainAssetConfig, interactions: dict,
-                      home: RecalignHome, mlflow: MlflowTracking) -> dict:
-    """Causal transformer trained with next-item NLL, early-stopped on valid NDCG@10."""
-    from recmodels.policy import PolicyConfig
-    from recmodels.pretraining import PretrainConfig, pretrain_policy
-
+                      item_tokens: dict, home: RecalignHome, mlflow: MlflowTracking) -> dict:
+    """Causal transformer trained with next-item NLL (atomic) or next-code NLL (semantic IDs), early-stopped
+    on valid NDCG@10."""
     settings = config.model_dump()
-    train_cfg = library_config(PretrainConfig, settings)
-    policy_cfg = library_config(PolicyConfig, settings, vocab_size=interactions["n_items"] + 1)
+    if settings["tokenization"] not in TOKENIZATIONS:
+        raise dg.Failure(f"pretrained_policy config 'tokenization' must be one of {list(TOKENIZATIONS)}, "
+                         f"got {settings['tokenization']!r}")
+    tokenization = settings["tokenization"]
     with tracked_training(context, mlflow, interactions["dataset"], interactions["digest"],
-                          {**vars(train_cfg), **vars(policy_cfg)}) as training:
-        result = pretrain_policy(read_parquet(interactions["table"]), interactions["n_items"], policy_cfg,
-                                 train_cfg, callback=training.callback)
+                          {"tokenization": tokenization}) as training:
+        result, fields, params = _train_policy(settings, interactions, item_tokens, training.callback)
+        training.mlflow.log_params(params)
+        if tokenization == "semantic":
+            training.mlflow.log_artifact(item_tokens["path"], artifact_path="semantic_ids")
         record = save_and_register(training, home, interactions["dataset"], result.policy, result.policy_config,
-                                   "pretrained_policy.pt", POLICY_MODEL, tags={"role": "pretrained_policy"})
+                                   "pretrained_policy.pt", POLICY_MODEL,
+                                   tags={"role": "pretrained_policy", "tokenization": tokenization})
     throughput = sum(row["sequences_per_s"] for row in result.history) / len(result.history)
-    record.update(best_epoch=result.best_epoch, best_valid_ndcg10=result.best_valid_ndcg10,
-                  epochs=len(result.history), sequences_per_s=round(throughput, 1))
-    context.add_output_metadata({**model_record_metadata(record), "best_epoch": result.best_epoch,
-                                 "best_valid_ndcg@10": result.best_valid_ndcg10,
+    record.update(tokenization=tokenization, **fields, best_epoch=result.best_epoch,
+                  best_valid_ndcg10=result.best_valid_ndcg10, epochs=len(result.history),
+                  sequences_per_s=round(throughput, 1))
+    context.add_output_metadata({**model_record_metadata(record), "tokenization": tokenization,
+                                 "best_epoch": result.best_epoch, "best_valid_ndcg@10": result.best_valid_ndcg10,
                                  "sequences_per_s": record["sequences_per_s"],
                                  "history": history_table(result.history)})
     return record

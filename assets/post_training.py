@@ -3,7 +3,9 @@
 A variant is a method with fixed knobs: every method of `recmodels.post_training.registry.METHODS`
 once with its defaults, plus the λ sweep of `exp_rw_sft` and the fixed α values of `nll_grpo`.
 Every variant starts from the pretrained weights and gets the same optimizer-step budget and batch
-size; its run config may change the learning rate and the method's knobs.
+size; its run config may change the learning rate and the method's knobs. A semantic-ID pretrained
+policy (record `tokenization: semantic`) is post-trained with its semantic IDs, and the servable
+model bundles them.
 """
 from typing import Any, Optional
 
@@ -56,12 +58,22 @@ def post_trained_asset(variant: str, method: str, fixed: dict[str, Any]) -> dg.A
         settings["method_params"] = {**fixed, **settings["method_params"]}
         train_cfg = library_config(PostTrainConfig, settings)
         policy = load_policy(pretrained_policy["checkpoint"])
-        base = {"dataset": interactions["dataset"], "variant": variant, "method": method}
+        semantic_path = pretrained_policy.get("semantic_ids") if pretrained_policy.get("tokenization") == "semantic" \
+            else None
+        semantic = {}
+        if semantic_path:
+            from recmodels.tokenizers.semantic_ids import SemanticIds
+
+            semantic = {"semantic_ids": SemanticIds.load(semantic_path)}
+        base = {"dataset": interactions["dataset"], "variant": variant, "method": method,
+                "tokenization": pretrained_policy.get("tokenization", "atomic"),
+                **({"semantic_ids": semantic_path} if semantic_path else {})}
         with tracked_training(context, mlflow, interactions["dataset"], interactions["digest"],
                               {**base, **vars(train_cfg)}) as training:
             try:
                 result = post_train(method, policy, read_parquet(interactions["table"]), train_cfg,
-                                    ranker=load_ranker(ranker_reward_model["checkpoint"]), callback=training.callback)
+                                    ranker=load_ranker(ranker_reward_model["checkpoint"]), callback=training.callback,
+                                    **semantic)
             except MethodNotApplicable as skip:  # e.g. ips on logs without propensities: a result, not an error
                 training.mlflow.set_tag("skipped", str(skip))
                 context.add_output_metadata({"status": dg.MetadataValue.md(f"**{skip}**")})
@@ -69,7 +81,8 @@ def post_trained_asset(variant: str, method: str, fixed: dict[str, Any]) -> dg.A
             record = save_and_register_servable(
                 training, home, interactions["dataset"], result.policy, policy.cfg, f"post_trained_{variant}.pt",
                 interactions["catalog"], POST_TRAINED_MODEL,
-                tags={"role": "post_trained_policy", "method": method, "variant": variant})
+                tags={"role": "post_trained_policy", "method": method, "variant": variant,
+                      "tokenization": base["tokenization"]}, semantic_ids=semantic_path)
         record.update(base, params=result.params, best_step=result.best_step, steps=result.steps,
                       steps_per_s=round(result.steps_per_s, 2), best_valid_ndcg10=result.best_valid_ndcg10,
                       history=result.history)

@@ -90,8 +90,9 @@ def rollback(client, name: str) -> tuple[str, str]:
     return dropped, restored
 
 
-def download_policy(name: str, version: str, dst: str | Path) -> tuple[Path, Path]:
-    """Download a registered servable policy; return the local (checkpoint, catalog) paths inside it."""
+def download_policy_artifacts(name: str, version: str, dst: str | Path) -> dict[str, Path]:
+    """Download a registered servable policy; return its local artifacts: checkpoint, catalog and, for a
+    semantic-ID policy, semantic_ids."""
     import mlflow
     from mlflow.models import Model
 
@@ -101,4 +102,10 @@ def download_policy(name: str, version: str, dst: str | Path) -> tuple[Path, Pat
     if missing:
         raise RegistryError(f"{name} v{version} is not a servable policy: its model lacks the artifacts "
                             f"{sorted(missing)}")
-    return local / artifacts["checkpoint"]["path"], local / artifacts["catalog"]["path"]
+    return {key: local / value["path"] for key, value in artifacts.items()}
+
+
+def download_policy(name: str, version: str, dst: str | Path) -> tuple[Path, Path]:
+    """Download a registered servable policy; return the local (checkpoint, catalog) paths inside it."""
+    artifacts = download_policy_artifacts(name, version, dst)
+    return artifacts["checkpoint"], artifacts["catalog"]

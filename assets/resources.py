@@ -89,6 +89,12 @@ class MlflowTracking(dg.ConfigurableResource):
                             if isinstance(v, (int, float)) and k not in ("epoch", "step")}, step=step)
 
     @staticmethod
+    def log_params(params: dict[str, Any]) -> None:
+        import mlflow
+
+        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+
+    @staticmethod
     def set_tag(key: str, value: str) -> None:
         import mlflow
 

@@ -1,6 +1,6 @@
 """Run the default pipeline once and print JSON: wall time per asset, pretraining throughput, peak memory.
 
-    python benchmarks/pipeline_benchmark.py [--source movielens-100k] [--home DIR]
+    python benchmarks/pipeline_benchmark.py [--source movielens-100k] [--home DIR] [--tokenization semantic]
 
 Uses a real Dagster instance and MLflow store under a fresh temporary home (or --home), with the
 library's default model settings, so the numbers are those of `make run`.
@@ -37,6 +37,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", default="movielens-100k")
     parser.add_argument("--home", default=None, help="recalign home (default: a fresh temp dir)")
+    parser.add_argument("--tokenization", default="atomic", choices=("atomic", "semantic"),
+                        help="the pretrained policy's tokenization (everything downstream follows it)")
     args = parser.parse_args()
     home = Path(args.home or tempfile.mkdtemp(prefix="recalign-bench-"))
     home.mkdir(parents=True, exist_ok=True)
@@ -52,7 +54,8 @@ def main() -> None:
     from pipelines.definitions import defs
 
     job = defs.resolve_job_def("full_chain")
-    run_config = {"ops": {"raw_logs": {"config": {"source": args.source}}}}
+    run_config = {"ops": {"raw_logs": {"config": {"source": args.source}},
+                          "pretrained_policy": {"config": {"tokenization": args.tokenization}}}}
     (home / "dagster").mkdir(exist_ok=True)
     with dg.instance_for_test(temp_dir=str(home / "dagster")) as instance:
         start = time.perf_counter()
@@ -66,12 +69,15 @@ def main() -> None:
         methods[variant] = {"wall_s": steps.get(f"post_trained_{variant}"), "steps": record.get("steps"),
                             "optimizer_steps_per_s": record.get("steps_per_s"), "skipped": record.get("skipped")}
     print(json.dumps({
-        "source": args.source, "success": result.success, "total_wall_s": round(total, 2),
+        "source": args.source, "tokenization": args.tokenization, "success": result.success,
+        "total_wall_s": round(total, 2),
         "asset_wall_s": steps,
         "pretrain_sequences_per_s": pretrained.get("sequences_per_s"),
         "pretrain_epochs": pretrained.get("epochs"),
         "post_training": methods,
         "report_md": result.output_for_node("evaluation_report")["md"] if result.success else None,
+        "hallucination_rate": result.output_for_node("evaluation_report")["hallucination_rate"]
+        if result.success else None,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "torch_threads": __import__("torch").get_num_threads(), "cpu_count": os.cpu_count(),
         "python": platform.python_version(),

@@ -63,6 +63,7 @@ def test_whole_chain_materializes_with_checks_passing(chain):
     assert materialized == {a.key.to_user_string() for a in ALL_ASSETS}
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks["reward_not_null_and_finite"] and checks["no_duplicate_events"] and checks["schema"]
+    assert checks["item_tokens_bijection"]
 
 
 def test_report_holds_every_policy_with_intervals(chain):
@@ -113,7 +114,7 @@ def test_first_run_promotes_the_best_challenger_on_valid(chain):
     assert sorted(v.tags["status"] for v in post).count("not_selected") == len(post) - 1
     (materialization,) = result.asset_materializations_for_node("champion")
     gates = materialization.metadata["gates"].value
-    assert "blocking_data_checks | True" in gates and "5 blocking checks passed" in gates
+    assert "blocking_data_checks | True" in gates and "6 blocking checks passed" in gates  # interactions + item_tokens
     assert materialization.metadata["decision"].value.startswith("**promoted**")
 
 
@@ -157,7 +158,7 @@ def test_a_challenger_that_fails_a_gate_leaves_the_champion_and_says_why(chain):
     assert "reward_alignment: reward_weighted_ndcg@10 challenger - champion" in loser["promotion_reasons"]
     (materialization,) = result.asset_materializations_for_node("champion")
     assert materialization.metadata["decision"].value.startswith(f"**kept** champion v{other}")
-    assert "5 blocking checks passed" in materialization.metadata["gates"].value  # upstream checks, not re-run
+    assert "6 blocking checks passed" in materialization.metadata["gates"].value  # upstream checks, not re-run
     assert rollback(client, POST_TRAINED_MODEL) == (other, best)
 
 
@@ -170,7 +171,7 @@ def test_nan_rewards_block_everything_downstream(tmp_path):
         result = materialize(tmp_path, path, instance)
     assert not result.success
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert materialized == {"raw_logs", "interactions"}
+    assert materialized == {"raw_logs", "interactions"}  # item_tokens waits on the blocking checks too
     failed = {e.check_name: e.description for e in result.get_asset_check_evaluations() if not e.passed}
     assert "reward_not_null_and_finite" in failed
     assert "reward" in failed["reward_not_null_and_finite"]

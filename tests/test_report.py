@@ -54,6 +54,13 @@ def test_report_metric_means_match_direct_computation(report):
     assert report["policies"]["sft"]["ranker_top10_score"]["mean"] == pytest.approx(ev.ranker_top10_score.mean())
 
 
+def test_atomic_policies_get_a_zero_hallucination_rate_and_the_frontier_its_points(report):
+    for p in report["policies"].values():
+        assert p["hallucination_rate"] == 0.0 and p["decoding"]["tokenization"] == "atomic"
+        assert p["decoding"]["constrained"]["hr@10"] == pytest.approx(p["metrics"]["hr@10"]["mean"])
+    assert [r["policy"] for r in report["hallucination_frontier"]] == ["pretrained"]  # no nll_grpo / adagrpo here
+
+
 def test_report_json_round_trips(report):
     text = json.dumps(report, allow_nan=False)
     assert json.loads(text) == report
@@ -103,7 +110,8 @@ def test_plot_and_write_report(report, tmp_path):
     png = plot_report(report, tmp_path / "plot.png")
     assert png.read_bytes()[:8] == PNG_MAGIC
     files = write_report(report, tmp_path / "out")
-    assert set(files) == {"json", "md", "png", "lambda_png", "curves_png"}
+    assert set(files) == {"json", "md", "png", "lambda_png", "curves_png", "frontier_png"}
+    assert files["frontier_png"].name == "hr10_vs_hallucination.png"
     assert json.loads(files["json"].read_text()) == report
     assert files["png"].read_bytes()[:8] == PNG_MAGIC
     assert "exp_rw_sft" in files["md"].read_text()

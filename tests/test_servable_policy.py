@@ -85,3 +85,38 @@ def test_bad_requests_name_the_problem(served):
         model.predict(pd.DataFrame({"items": [["101"]]}))
     with pytest.raises(MlflowException, match="row 1: column 'k' must be a positive integer, got 0"):
         model.predict(request(["101"], ["102"], k=[2, 0]))
+
+
+@pytest.fixture(scope="module")
+def served_semantic(tmp_path_factory):
+    import mlflow.pyfunc
+
+    from assets.model_runs import servable_policy_model
+    from tests.test_semantic_policy import hand_ids, random_policy
+
+    tmp = tmp_path_factory.mktemp("servable_semantic")
+    ids = hand_ids(n_items=len(ITEM_IDS), sizes=(3, 2, 2), seed=5)  # 7 items among 12 tuples
+    policy = random_policy((3, 2, 2), seed=6, max_len=4)
+    checkpoint = save_checkpoint(tmp / "policy.pt", policy, policy.cfg)
+    catalog = tmp / "catalog.parquet"
+    pd.DataFrame({"item_idx": np.arange(1, 8, dtype=np.int32), "item_id": ITEM_IDS}).to_parquet(catalog)
+    semantic = ids.save(tmp / "item_tokens.npz")
+    mlflow.pyfunc.save_model(str(tmp / "model"), **servable_policy_model(checkpoint, catalog, {"k": 3}, semantic))
+    return mlflow.pyfunc.load_model(str(tmp / "model")), policy, ids
+
+
+def test_a_semantic_policy_serves_its_constrained_beams_as_original_item_ids(served_semantic):
+    from recmodels.beam_search import beam_search
+    from recmodels.tokenizers import ItemTrie
+
+    model, policy, ids = served_semantic
+    history = ["103", "101"]
+    out = model.predict(request(history, [], k=[10, 2]))
+    ranked = list(out["item_ids"][0])
+    assert sorted(ranked) == sorted(set(ITEM_IDS) - set(history))  # k capped at the 5 unseen real items
+    assert sum(out["scores"][0]) == pytest.approx(1.0, abs=1e-5)  # probabilities over the unseen catalog
+    assert list(out["scores"][0]) == sorted(out["scores"][0], reverse=True)
+    tuples, _ = beam_search(policy, ids.items_to_tokens(torch.tensor([[0, 0, 3, 1]])), 5,
+                            trie=ItemTrie.from_semantic_ids(ids), exclude=[ids.codes[[1, 3]]])
+    assert ranked == [ITEM_IDS[i - 1] for i in ids.lookup(tuples[0])]
+    assert len(out["item_ids"][1]) == 2 and set(out["item_ids"][1]) <= set(ITEM_IDS)

@@ -56,32 +56,71 @@ def beam_target_ranks(items: np.ndarray, targets) -> np.ndarray:
 class BeamEvaluation:
     ranks: np.ndarray  # [N] target rank among the beams (K + 1 = not in them)
     items: np.ndarray  # [N, K] decoded item_idx per beam (0 = hallucinated tuple)
-    scores: np.ndarray  # [N, K] beam log-probs
+    scores: np.ndarray  # [N, K] beam log-probs (-inf on filler slots, see `n_beams`)
     hallucination_rate: float
     beam_size: int
     constrained: bool
+    n_beams: np.ndarray | None = None  # [N] real beams per row (< K only when constrained decoding ran out of items)
+
+    def top(self, k: int) -> "BeamEvaluation":
+        """The first k beams of every row, with ranks and hallucination rate over them."""
+        if not 1 <= k <= self.beam_size:
+            raise ValueError(f"k must lie in 1..beam_size={self.beam_size}, got {k}")
+        n_beams = np.minimum(self.real_beams(), k)
+        items = self.items[:, :k]
+        real = np.arange(k)[None, :] < n_beams[:, None]
+        return BeamEvaluation(ranks=np.where(self.ranks <= k, self.ranks, k + 1), items=items,
+                              scores=self.scores[:, :k], hallucination_rate=float((items[real] == 0).mean()),
+                              beam_size=k, constrained=self.constrained, n_beams=n_beams)
+
+    def real_beams(self) -> np.ndarray:
+        return self.n_beams if self.n_beams is not None else np.full(len(self.ranks), self.beam_size)
+
+
+def _admissible_items(semantic_ids: SemanticIds, exclude: list[np.ndarray]) -> np.ndarray:
+    """[B] items left to constrained decoding per row once its excluded tuples are removed."""
+    return np.array([semantic_ids.n_items - len(np.unique(semantic_ids.lookup(t))) for t in exclude])
 
 
 def evaluate_beams(policy, examples: EvalExamples, semantic_ids: SemanticIds, beam_size: int = 20,
                    trie: ItemTrie | None = None, batch_size: int = 64, device=None,
                    use_cache: bool = True) -> BeamEvaluation:
-    """Beam-search every example's history (constrained when `trie` is given) and rank its target."""
+    """Beam-search every example's history (constrained when `trie` is given) and rank its target.
+
+    Under constrained decoding a user whose history leaves fewer than `beam_size` unseen items gets
+    as many beams as there are such items; the remaining slots repeat the row's last beam (score
+    -inf, left out of the hallucination rate; `n_beams` says how many beams are real).
+    """
     if len(examples) == 0:
         raise ValueError("no examples to evaluate")
     if device is not None:
         policy.to(device)
     dev = next(policy.parameters()).device
     codes = semantic_ids.codes
-    items, scores = [], []
+    items, scores, n_beams = [], [], []
     for start in range(0, len(examples), batch_size):
         rows = slice(start, min(start + batch_size, len(examples)))
         history = semantic_ids.items_to_tokens(examples.history[rows]).to(dev)
         targets = examples.targets[rows].numpy()
         exclude = [codes[seen[seen != target]] for seen, target in zip(examples.seen[rows], targets)]
-        tuples, s = beam_search(policy, history, beam_size, trie=trie, use_cache=use_cache, exclude=exclude)
-        items.append(beam_items(tuples, semantic_ids))
-        scores.append(s.cpu().numpy())
-    items_all = np.concatenate(items)
+        width = np.full(len(exclude), beam_size)
+        if trie is not None:
+            width = np.minimum(width, _admissible_items(semantic_ids, exclude))
+        batch_items = np.zeros((len(exclude), beam_size), np.int64)
+        batch_scores = np.full((len(exclude), beam_size), float("-inf"), np.float32)
+        for k in np.unique(width):  # rows of one beam width decode together (almost always one group)
+            group = np.flatnonzero(width == k)
+            tuples, s = beam_search(policy, history[torch.as_tensor(group, device=dev)], int(k), trie=trie,
+                                    use_cache=use_cache, exclude=[exclude[i] for i in group])
+            found = beam_items(tuples, semantic_ids)
+            batch_items[group, :k] = found
+            batch_items[group, k:] = found[:, -1:]  # filler slots repeat the last real beam
+            batch_scores[group, :k] = s.cpu().numpy()
+        items.append(batch_items)
+        scores.append(batch_scores)
+        n_beams.append(width)
+    items_all, n_all = np.concatenate(items), np.concatenate(n_beams)
+    real = np.arange(beam_size)[None, :] < n_all[:, None]
     return BeamEvaluation(ranks=beam_target_ranks(items_all, examples.targets), items=items_all,
-                          scores=np.concatenate(scores), hallucination_rate=float((items_all == 0).mean()),
-                          beam_size=beam_size, constrained=trie is not None)
+                          scores=np.concatenate(scores), hallucination_rate=float((items_all[real] == 0).mean()),
+                          beam_size=beam_size, constrained=trie is not None, n_beams=n_all)

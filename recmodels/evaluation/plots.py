@@ -1,4 +1,5 @@
-"""Figures of the evaluation report (design.md §5): policy comparison, λ sweep, training curves.
+"""Figures of the evaluation report (design.md §5): policy comparison, λ sweep, training curves,
+HR@10 vs hallucination frontier.
 
 Every function reads the JSON-serializable dict of `report.build_report`, draws on its own
 matplotlib Figure with an Agg canvas (no pyplot global state, safe in worker threads) and writes
@@ -126,4 +127,31 @@ def plot_training_curves(report: dict, path) -> Path:
         ax.set_title(label, fontsize=10)
     fig.suptitle(f"{title} (★ = selected step)", fontsize=11)
     fig.legend(loc="outside right upper", fontsize=7)
+    return _save(fig, path)
+
+
+def plot_hallucination_frontier(report: dict, path) -> Path:
+    """HR@10 (95% CI) against the hallucination rate: the baseline, every nll_grpo α and adagrpo, one labelled point
+    each (the report's `hallucination_frontier`). Atomic policies sit at rate 0."""
+    title = "HR@10 vs hallucination rate (unconstrained top-10 tuples that are no item)"
+    points = report.get("hallucination_frontier") or []
+    if not points:
+        return _message(path, title, "No pretrained, nll_grpo or adagrpo policy was evaluated.")
+    fig = _figure(7, 4.6)
+    ax = fig.subplots()
+    markers = {"nll_grpo": "o", "adagrpo": "*"}
+    for r in points:
+        iv = {"mean": r["hr@10"], "low": r["hr@10_low"], "high": r["hr@10_high"]}
+        ax.errorbar([r["hallucination_rate"]], [r["hr@10"]], yerr=_yerr([iv]), capsize=4,
+                    marker=markers.get(r["method"], "s"), markersize=9 if r["method"] == "adagrpo" else 6,
+                    linestyle="none")
+        label = r["policy"] if r["alpha"] is None else f"{r['policy']} (α={r['alpha']:g})"
+        ax.annotate(label, (r["hallucination_rate"], r["hr@10"]), textcoords="offset points", xytext=(6, 6),
+                    fontsize=8)
+    rates = [r["hallucination_rate"] for r in points]
+    pad = max(0.01, 0.1 * (max(rates) - min(rates)))
+    ax.set_xlim(min(rates) - pad, max(rates) + pad)
+    ax.set_xlabel("hallucination rate (share of unconstrained top-10 tuples that are no item)", fontsize=9)
+    ax.set_ylabel("test HR@10 (95% CI)", fontsize=9)
+    ax.set_title(title, fontsize=10)
     return _save(fig, path)

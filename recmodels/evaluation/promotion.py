@@ -13,6 +13,10 @@ A challenger is promoted when every gate passes:
   mean above the half width of its bootstrap interval;
 - `reward_alignment`: the mean difference of the reward-alignment metric is >= -tolerance.
 Without a champion (the first promotion) the two comparison gates pass: the best challenger wins.
+
+Semantic-ID policies are ranked with constrained beam search (a target outside the beams is a miss)
+and their hallucination rate is measured with unconstrained beam search, both on the same split
+(see `recmodels.evaluation.evaluate`).
 """
 from __future__ import annotations
 
@@ -61,14 +65,21 @@ class Decision:
 
 
 def split_metrics(policy, interactions: pd.DataFrame, max_len: int, token_of: Mapping[str, int] | None = None,
-                  split: str = "valid") -> pd.DataFrame:
+                  split: str = "valid", semantic_ids=None) -> pd.DataFrame:
     """Per-user metrics (per_user_metrics columns) of `policy` on each user's `split` event.
 
     `token_of` maps original item ids (the table's `item_id`) to the policy's tokens; None means the
     policy was trained on this table's `item_idx`. Users come in the table's order either way.
+    A semantic-ID policy needs the `semantic_ids` it was trained with (over the same item_idx as
+    `token_of`); its frame then has a `hallucination_rate` attribute (`frame.attrs`).
     """
+    from recmodels.evaluation.evaluate import is_semantic, semantic_ranks_and_top10
+
+    semantic = is_semantic(policy)
+    if semantic and semantic_ids is None:
+        raise ValueError("a semantic-ID policy needs the semantic_ids it was trained with to be evaluated")
     table = interactions[["user_idx", "item_idx", "reward", "split"]].copy()
-    n_items = policy.cfg.vocab_size - 1
+    n_items = semantic_ids.n_items if semantic else policy.cfg.vocab_size - 1
     if token_of is not None:
         if "item_id" not in interactions.columns:
             raise ValueError("interactions needs an 'item_id' column to evaluate a policy with its own catalog")
@@ -82,12 +93,17 @@ def split_metrics(policy, interactions: pd.DataFrame, max_len: int, token_of: Ma
     table.loc[unknown_target, "item_idx"] = 1  # a placeholder so the user keeps its row; counted as a miss below
     table = table[known | held_out]
     examples = eval_examples(build_user_sequences(table), split, max_len)
-    ranks = target_ranks(policy, examples)
+    decoding = None
+    if semantic:
+        ranks, _, decoding = semantic_ranks_and_top10(policy, examples, semantic_ids)
+    else:
+        ranks = target_ranks(policy, examples)
     missed_users = set(interactions["user_idx"].to_numpy()[unknown_target].tolist())
     missed = np.isin(examples.users.numpy(), list(missed_users))
     ranks[missed] = MISS_RANK
     frame = per_user_metrics(ranks, examples.target_rewards.numpy())
     frame.insert(0, "user_idx", examples.users.numpy())
+    frame.attrs["hallucination_rate"] = decoding["hallucination_rate"] if decoding else 0.0
     return frame
 
 

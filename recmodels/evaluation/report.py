@@ -26,6 +26,7 @@ RW_NDCG = "reward_weighted_ndcg@10"
 KNOWN_METHODS = ("exp_rw_sft", "nll_grpo", "adagrpo", "grpo", "sft", "ips", "dpo", "ppo")
 RANKER_METHODS = ("dpo", "ppo", "grpo", "nll_grpo", "adagrpo")  # methods whose signal is the ranker reward model
 RIVALS_OF_EXP_RW_SFT = ("dpo", "ppo", "grpo")
+FRONTIER_METHODS = ("nll_grpo", "adagrpo")  # with the baseline: the points of the HR@10 vs hallucination frontier
 TELEMETRY = ("ess", "rollout_reward", "gate_open_rate", "hard_rate", "disc_rate")
 KEY_KNOBS = {"exp_rw_sft": ("lam", "lambda", "baseline", "w_max"), "ips": ("clip",), "dpo": ("beta",),
              "ppo": ("eps", "beta"), "grpo": ("group_size", "eps", "beta"), "nll_grpo": ("alpha",),
@@ -44,7 +45,11 @@ PROTOCOL = (
     "user's top-10 list (a judged metric a policy can hack). Post-trained policies are selected on valid only; "
     "so is the best λ of exp_rw_sft (valid NDCG@10 at its selected step). Head-to-head differences between two "
     "policies are paired bootstraps over the same users. The reward-hacking hint compares the changes of the "
-    "ranker's top-10 score and of NDCG@10 vs the baseline, each in units of the baseline's per-user std."
+    "ranker's top-10 score and of NDCG@10 vs the baseline, each in units of the baseline's per-user std. "
+    "Semantic-ID policies generate items with beam search ({beam_size} beams, history excluded): their accuracy, "
+    "top-10 list and judged score come from constrained decoding (prefix trie of real items; a target outside "
+    "the beams is a miss, so mrr is truncated at the beam size), their hallucination rate is the share of the "
+    "top-10 tuples of unconstrained decoding that are no item. Atomic policies cannot hallucinate (rate 0)."
 )
 
 
@@ -58,6 +63,7 @@ class PolicyEvaluation:
     extra: dict = field(default_factory=dict)  # post-trained: {"params": {...}, "best_step": int, "history": [...]}
     users: np.ndarray | None = None  # [N] user_idx, checked across policies when given
     per_user: dict = field(default_factory=dict)  # more per-user metrics (e.g. oracle true reward), same keys for all
+    decoding: dict = field(default_factory=dict)  # tokenization, hallucination_rate, constrained/unconstrained accuracy
 
 
 def _interval(mean: float, low: float, high: float) -> dict[str, float]:
@@ -209,6 +215,38 @@ def _head_to_head(frames: dict, families: dict, best: dict | None, n_boot: int, 
             for a, b, m in pairs]
 
 
+def _decoding(e: PolicyEvaluation, frame: pd.DataFrame) -> dict:
+    """The policy's decoding record; atomic (rate 0, one decoding mode) when the evaluation has none."""
+    d = dict(e.decoding or {})
+    if not d:
+        acc = {"hr@10": float(frame["hr@10"].mean()), "ndcg@10": float(frame["ndcg@10"].mean())}
+        d = {"tokenization": "atomic", "beam_size": None, "hallucination_rate": 0.0, "constrained": acc,
+             "unconstrained": dict(acc)}
+    rate = d.get("hallucination_rate")
+    if rate is None or not 0.0 <= float(rate) <= 1.0:
+        raise ValueError(f"policy {e.name!r}: decoding['hallucination_rate'] must be a share in [0, 1], got {rate!r}")
+    return d
+
+
+def _frontier(policies: dict, baseline: str) -> list[dict]:
+    """HR@10 vs hallucination rate of the baseline, every nll_grpo α and adagrpo, one point each."""
+    rows = []
+    for name, p in policies.items():
+        family = method_family(name, p["method"])
+        if name != baseline and family not in FRONTIER_METHODS:
+            continue
+        params = (p.get("training") or {}).get("params") or {}
+        rows.append({"policy": name, "method": family, "alpha": knob_value(name, params, ("alpha",)),
+                     "hallucination_rate": p["hallucination_rate"], "hr@10": p["metrics"]["hr@10"]["mean"],
+                     "hr@10_low": p["metrics"]["hr@10"]["low"], "hr@10_high": p["metrics"]["hr@10"]["high"]})
+    return rows
+
+
+def _beam_sizes(policies: dict) -> str:
+    sizes = sorted({p["decoding"].get("beam_size") for p in policies.values()} - {None})
+    return "/".join(str(s) for s in sizes) or "20"
+
+
 def _extra_metrics(evals: list[PolicyEvaluation]) -> tuple[str, ...]:
     """The names of `PolicyEvaluation.per_user`, which every policy must carry alike."""
     keys = [tuple(sorted(e.per_user)) for e in evals]
@@ -244,16 +282,20 @@ def build_report(evals: list[PolicyEvaluation], baseline: str = "pretrained", n_
             "training": _training_section(e),
             "extra": _jsonable(e.extra),
         }
+        decoding = _decoding(e, df)
+        policies[e.name]["decoding"] = decoding
+        policies[e.name]["hallucination_rate"] = float(decoding["hallucination_rate"])
     sweep = _lambda_sweep(policies, baseline)
     best = _best_lambda(sweep)
     families = {e.name: method_family(e.name, e.method) for e in evals if e.name != baseline}
     report = _jsonable({
-        "protocol": PROTOCOL.format(n_boot=n_boot, seed=seed),
+        "protocol": PROTOCOL.format(n_boot=n_boot, seed=seed, beam_size=_beam_sizes(policies)),
         "n_users": n, "baseline": baseline, "n_boot": n_boot, "seed": seed, "alpha": ALPHA,
         "ks": list(KS), "metrics": list(reported), "extra_metrics": list(_extra_metrics(evals)),
         "policies": policies, "skipped": skipped,
         "lambda_sweep": sweep, "exp_rw_sft_best": best,
         "head_to_head": _head_to_head(frames, families, best, n_boot, seed),
+        "hallucination_frontier": _frontier(policies, baseline),
     })
     report["verdict"] = verdict(report)
     return report

@@ -1,6 +1,7 @@
 """Rendering of the evaluation report: Markdown, the comparison table, and the files on disk.
 
-`write_report` writes report.json, report.md and the figures of `plots.py` (atomically).
+`write_report` writes report.json, report.md and the figures of `plots.py` (atomically): report.png,
+lambda_sweep.png, training_curves.png and hr10_vs_hallucination.png.
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pandas as pd
 
 from recmodels.evaluation.metrics import METRIC_NAMES
 from recmodels.atomic_files import atomic_write
-from recmodels.evaluation.plots import plot_lambda_sweep, plot_report, plot_training_curves
+from recmodels.evaluation.plots import (plot_hallucination_frontier, plot_lambda_sweep, plot_report,
+                                        plot_training_curves)
 from recmodels.evaluation.report import (JUDGED, KEY_KNOBS, KNOB_LABELS, RW_NDCG, TELEMETRY, _fmt, knob_value,
                                          method_family, verdict)
 
@@ -58,6 +60,19 @@ def _sweep_md(report: dict) -> str:
                        _fmt(r["diff_ndcg@10"], signed=True), _num(r["kl_to_reference"])] for r in sweep])
 
 
+def _decoding_md(pols: dict) -> str:
+    """Per policy: tokenization, constrained vs unconstrained HR@10 / NDCG@10 and the hallucination rate."""
+    rows = []
+    for name, p in pols.items():
+        d = p.get("decoding") or {}
+        con, free = d.get("constrained") or {}, d.get("unconstrained") or {}
+        rows.append([name, d.get("tokenization", "atomic"), _num(d.get("beam_size")),
+                     *(_num(con.get(m)) for m in ("hr@10", "ndcg@10")), *(_num(free.get(m)) for m in ("hr@10", "ndcg@10")),
+                     f"{p.get('hallucination_rate', 0.0):.2%}"])
+    return _md_table(["policy", "tokenization", "beams", "hr@10 constrained", "ndcg@10 constrained",
+                      "hr@10 unconstrained", "ndcg@10 unconstrained", "hallucination rate"], rows)
+
+
 def report_markdown(report: dict) -> str:
     """Verdict, tables (metrics, paired differences, reward alignment, λ sweep, telemetry), skipped, protocol."""
     metrics, baseline, pols = report["metrics"], report["baseline"], report["policies"]
@@ -86,6 +101,12 @@ def report_markdown(report: dict) -> str:
         "## Accuracy", acc,
         f"## Paired difference vs `{baseline}`", diff if len(pols) > 1 else "_only the baseline was evaluated_",
         "## Reward alignment", align,
+        "## Decoding: constrained vs unconstrained",
+        "Atomic policies rank the catalog (one decoding mode, no hallucination possible); semantic-ID policies "
+        "beam-search code tuples with (constrained) and without (unconstrained) the prefix trie of real items. "
+        "The hallucination rate is the share of unconstrained top-10 tuples that are no item; the HR@10 vs "
+        "hallucination frontier is in hr10_vs_hallucination.png.",
+        _decoding_md(pols),
         "## λ sweep of exp_rw_sft", _sweep_md(report),
         "## Training telemetry", _telemetry_md(pols),
         "## Skipped methods",
@@ -107,12 +128,14 @@ def comparison_table(report: dict) -> pd.DataFrame:
             "hr@10_disliked": p["reward_alignment"]["hr@10_disliked"],
             RW_NDCG: p["metrics"][RW_NDCG]["mean"],
             JUDGED: p[JUDGED]["mean"],
+            "hallucination_rate": p.get("hallucination_rate", 0.0),
         })
     return pd.DataFrame(rows)
 
 
 def write_report(report: dict, out_dir) -> dict[str, Path]:
-    """report.json, report.md, report.png, lambda_sweep.png and training_curves.png under `out_dir` (atomic)."""
+    """report.json, report.md, report.png, lambda_sweep.png, training_curves.png and hr10_vs_hallucination.png
+    under `out_dir` (atomic)."""
     out = Path(out_dir)
     text = json.dumps(report, indent=2, allow_nan=False)
     markdown = report_markdown(report)
@@ -122,4 +145,5 @@ def write_report(report: dict, out_dir) -> dict[str, Path]:
         "png": plot_report(report, out / "report.png"),
         "lambda_png": plot_lambda_sweep(report, out / "lambda_sweep.png"),
         "curves_png": plot_training_curves(report, out / "training_curves.png"),
+        "frontier_png": plot_hallucination_frontier(report, out / "hr10_vs_hallucination.png"),
     }

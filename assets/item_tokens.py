@@ -1,0 +1,78 @@
+"""The `item_tokens` asset: semantic IDs of the catalog, and the blocking check that they are a bijection.
+
+Item vectors come from the TRAIN split only (collaborative SVD factors) plus the catalog's genres and
+year; RQ-KMeans turns them into L levels of V codes plus one disambiguation code per item
+(recmodels/tokenizers). The asset is always materialized (it is cheap); the pretrained policy uses it
+when its run config says `tokenization: semantic`.
+"""
+
+from typing import Optional
+
+import dagster as dg
+import pandas as pd
+
+from assets.metadata import markdown_table
+from assets.resources import RecalignHome
+from recmodels.tokenizers.quality import CHECK_NAME
+
+
+class ItemTokensConfig(dg.Config):
+    """RQ-KMeans settings: `n_levels` levels of `codebook_size` codes over `svd_dim` collaborative factors
+    (+ genres and year); empty fields keep the library defaults."""
+
+    n_levels: int = 3
+    codebook_size: int = 32
+    svd_dim: int = 32
+    seed: int = 0
+    genre_weight: Optional[float] = None
+    year_weight: Optional[float] = None
+
+
+@dg.asset(group_name="data", kinds={"numpy", "scikitlearn"})
+def item_tokens(context: dg.AssetExecutionContext, config: ItemTokensConfig, interactions: dict,
+                home: RecalignHome) -> dict:
+    """Semantic IDs: every item's unique tuple of L RQ-KMeans codes plus a disambiguation code."""
+    import time
+
+    from assets.model_runs import library_config
+    from recmodels.data.tables import read_parquet
+    from recmodels.tokenizers import ItemVectorConfig, SemanticIdConfig, build_item_vectors, build_semantic_ids
+
+    started = time.perf_counter()
+    settings = config.model_dump()
+    vectors = build_item_vectors(read_parquet(interactions["table"]), read_parquet(interactions["catalog"]),
+                                 interactions["n_items"], library_config(ItemVectorConfig, settings))
+    ids = build_semantic_ids(vectors.vectors, library_config(SemanticIdConfig, settings))
+    seconds = time.perf_counter() - started
+    path = ids.save(home.run_dir(interactions["dataset"], context.run_id) / "item_tokens.npz")
+    stats = ids.stats
+    usage = pd.DataFrame({"level": range(len(stats["codebook_usage"])),
+                          "codes_used": [round(u * config.codebook_size) for u in stats["codebook_usage"]],
+                          "codebook_size": config.codebook_size, "usage": stats["codebook_usage"],
+                          "residual_rmse": stats["residual_rmse"]})
+    context.add_output_metadata({
+        "items": ids.n_items, "tuple_length": stats["tuple_length"], "level_sizes": str(ids.level_sizes),
+        "collisions_resolved": stats["n_collisions"], "max_disambiguation_code": stats["max_disambiguation"],
+        "codebook_usage": markdown_table(usage), "vector_dim": vectors.stats["dim"],
+        "svd_explained_variance": vectors.stats["svd_explained_variance"],
+        "items_without_train_events": vectors.stats["items_without_train_events"],
+        "build_seconds": round(seconds, 3), "path": dg.MetadataValue.path(str(path))})
+    return {"dataset": interactions["dataset"], "path": str(path), "n_items": ids.n_items,
+            "level_sizes": list(ids.level_sizes), "tuple_length": stats["tuple_length"],
+            "n_collisions": stats["n_collisions"], "max_disambiguation": stats["max_disambiguation"],
+            "codebook_usage": stats["codebook_usage"], "build_seconds": round(seconds, 3)}
+
+
+@dg.asset_check(asset=item_tokens, name=CHECK_NAME, blocking=True, compute_kind="great_expectations",
+                description="Great Expectations: every item has one tuple, no two items share one, each maps back.")
+def item_tokens_bijection(item_tokens: dict) -> dg.AssetCheckResult:
+    import json
+
+    from recmodels.tokenizers.quality import bijection_check
+    from recmodels.tokenizers.semantic_ids import SemanticIds
+
+    outcome = bijection_check(SemanticIds.load(item_tokens["path"]))
+    return dg.AssetCheckResult(
+        passed=outcome.passed, severity=dg.AssetCheckSeverity.ERROR, description=outcome.description,
+        metadata={k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
+                  for k, v in outcome.observed.items()})

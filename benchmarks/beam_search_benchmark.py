@@ -1,0 +1,98 @@
+"""Beam-search throughput of a semantic-ID policy on MovieLens-100k, printed as JSON.
+
+    python benchmarks/beam_search_benchmark.py [--checkpoint POLICY.pt --semantic-ids ITEM_TOKENS.npz]
+        [--users 256] [--beam 20] [--threads 1] [--pretrain-epochs 0]
+
+Users/s of the evaluation's beam search (`evaluate_beams`: history excluded, batches of 64) at beam
+`--beam`, constrained (prefix trie) and unconstrained, with and without the KV cache, on the first
+`--users` test users. Without --checkpoint the semantic IDs are built from the train split with the
+library defaults and the policy is freshly initialized at the library's default size (its decoding
+cost does not depend on its weights). `--pretrain-epochs N` also pretrains it for N epochs first and
+reports seconds per epoch and training sequences/s (the policy then decodes with trained weights).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+
+def movielens_interactions(cache_dir: Path):
+    from recmodels.data.interactions import build_interactions
+    from recmodels.data.rewards import RewardSpec
+    from recmodels.data.sources import load_raw_logs
+
+    return build_interactions(load_raw_logs("movielens-100k", cache_dir=cache_dir), RewardSpec())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", default=None, help="a SemanticPolicy checkpoint (default: fresh policy)")
+    parser.add_argument("--semantic-ids", default=None, help="the .npz of its semantic IDs (with --checkpoint)")
+    parser.add_argument("--users", type=int, default=256)
+    parser.add_argument("--beam", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--pretrain-epochs", type=int, default=0)
+    parser.add_argument("--cache-dir", default=str(Path(__file__).resolve().parents[1] / ".recalign" / "cache"))
+    args = parser.parse_args()
+    if bool(args.checkpoint) != bool(args.semantic_ids):
+        parser.error("--checkpoint and --semantic-ids go together")
+
+    import torch
+
+    from recmodels.evaluation.hallucination import evaluate_beams
+    from recmodels.model_io import load_policy
+    from recmodels.semantic_policy import SemanticPolicy, SemanticPolicyConfig
+    from recmodels.semantic_pretraining import pretrain_semantic_policy
+    from recmodels.pretraining import PretrainConfig
+    from recmodels.sequences import build_user_sequences, eval_examples
+    from recmodels.tokenizers import ItemTrie, SemanticIds, build_item_vectors, build_semantic_ids
+
+    torch.set_num_threads(args.threads)
+    data = movielens_interactions(Path(args.cache_dir))
+    out = {"data": "movielens-100k", "n_items": data.n_items, "users": args.users, "beam": args.beam}
+    if args.checkpoint:
+        ids, policy = SemanticIds.load(args.semantic_ids), load_policy(args.checkpoint)
+        if not isinstance(policy, SemanticPolicy):
+            parser.error(f"{args.checkpoint} is not a semantic-ID policy checkpoint")
+    else:
+        ids = build_semantic_ids(build_item_vectors(data.table, data.catalog, data.n_items).vectors)
+        out["semantic_ids_build_s"] = round(ids.stats["build_seconds"], 2)
+        torch.manual_seed(0)
+        policy = SemanticPolicy(SemanticPolicyConfig(level_sizes=ids.level_sizes))
+    out["level_sizes"] = list(ids.level_sizes)
+    out["policy"] = {k: getattr(policy.cfg, k) for k in ("max_len", "d_model", "n_layers", "n_heads")}
+    if args.pretrain_epochs:
+        cfg = PretrainConfig(epochs=args.pretrain_epochs, patience=args.pretrain_epochs)
+        result = pretrain_semantic_policy(data.table, ids, policy.cfg, cfg, device="cpu")
+        policy = result.policy
+        out["pretrain"] = [{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
+                           for row in result.history]
+    policy.eval()
+    examples = eval_examples(build_user_sequences(data.table), "test", policy.cfg.max_len)
+    n = min(args.users, len(examples))
+    subset = type(examples)(users=examples.users[:n], history=examples.history[:n],
+                            history_rewards=examples.history_rewards[:n], targets=examples.targets[:n],
+                            target_rewards=examples.target_rewards[:n], seen=examples.seen[:n])
+    trie = ItemTrie.from_semantic_ids(ids)
+    runs = {}
+    for mode, t in (("constrained", trie), ("unconstrained", None)):
+        for cached in (True, False):
+            start = time.perf_counter()
+            result = evaluate_beams(policy, subset, ids, beam_size=args.beam, trie=t, use_cache=cached, device="cpu")
+            seconds = time.perf_counter() - start
+            runs[f"{mode}_{'cached' if cached else 'uncached'}"] = {
+                "users_per_s": round(n / seconds, 1), "seconds": round(seconds, 2),
+                "hallucination_rate_top10": round(result.top(10).hallucination_rate, 4),
+                "hr@10": round(float((result.ranks <= 10).mean()), 4)}
+    out["beam_search"] = runs
+    out.update(torch_threads=torch.get_num_threads(), cpu_count=os.cpu_count(), python=platform.python_version(),
+               torch=torch.__version__)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
