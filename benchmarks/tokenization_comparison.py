@@ -1,0 +1,133 @@
+"""Atomic vs semantic-ID tokenization on one MovieLens data set, same budget, printed as JSON.
+
+    python benchmarks/tokenization_comparison.py --dataset movielens-100k --epochs 20 \
+        [--post-train-steps 100] [--users-for-throughput 256] [--threads 1] [--out DIR]
+
+What it does, all through the library (the Dagster chain runs the same functions):
+1. semantic IDs (RQ-KMeans, library defaults) from the train split and the catalog;
+2. the atomic and the semantic-ID policy pretrained with the same `PretrainConfig` (epochs cap
+   `--epochs`, patience 10, library defaults otherwise), each early-stopped on its own valid NDCG@10
+   (atomic: full-catalog ranking; semantic: constrained beam 10);
+3. with `--post-train-steps N > 0`: the ranker, then the semantic policy post-trained with
+   `nll_grpo` at alpha 0.1 / 0.3 / 1.0 and `adagrpo` (N steps each, library defaults otherwise);
+4. every policy evaluated on the same test users (semantic: constrained beam 20 for accuracy,
+   unconstrained top-10 for the hallucination rate); with `--out` the report (report.md,
+   hr10_vs_hallucination.png, ...) is written there;
+5. beam-search throughput (users/s at beam 20, KV cache, constrained and unconstrained) of the
+   pretrained semantic policy on the first `--users-for-throughput` test users.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+DATASETS = ("movielens-100k", "movielens-1m")
+
+
+def _row(e) -> dict:
+    """Test HR@10 / NDCG@10 and the decoding record of one evaluation."""
+    from recmodels.evaluation.metrics import hit_rate, ndcg
+
+    return {"hr@10": round(float(hit_rate(e.ranks, 10).mean()), 4), "ndcg@10": round(float(ndcg(e.ranks, 10).mean()), 4),
+            **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in e.decoding.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=DATASETS, default="movielens-100k")
+    parser.add_argument("--epochs", type=int, default=20, help="pretraining epochs cap, both tokenizations")
+    parser.add_argument("--post-train-steps", type=int, default=0)
+    parser.add_argument("--ranker-epochs", type=int, default=30)
+    parser.add_argument("--users-for-throughput", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=None, help="folder for the report (report.md, plots)")
+    parser.add_argument("--cache-dir", default=str(Path(__file__).resolve().parents[1] / ".recalign" / "cache"))
+    args = parser.parse_args()
+
+    import torch
+
+    from recmodels.data.interactions import build_interactions
+    from recmodels.data.rewards import RewardSpec
+    from recmodels.data.sources import load_raw_logs
+    from recmodels.evaluation.evaluate import evaluate_policies
+    from recmodels.evaluation.hallucination import evaluate_beams
+    from recmodels.evaluation.report import build_report
+    from recmodels.evaluation.report_output import write_report
+    from recmodels.post_training.loop import PostTrainConfig, post_train
+    from recmodels.pretraining import PretrainConfig, pretrain_policy
+    from recmodels.ranker_training import RankerTrainConfig, train_ranker
+    from recmodels.semantic_pretraining import pretrain_semantic_policy
+    from recmodels.sequences import build_user_sequences, eval_examples
+    from recmodels.tokenizers import ItemTrie, build_item_vectors, build_semantic_ids
+
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    data = build_interactions(load_raw_logs(args.dataset, cache_dir=Path(args.cache_dir)), RewardSpec())
+    table = data.table
+    ids = build_semantic_ids(build_item_vectors(table, data.catalog, data.n_items).vectors)
+    out: dict = {"dataset": args.dataset, "n_users": data.n_users, "n_items": data.n_items,
+                 "level_sizes": list(ids.level_sizes), "semantic_ids": {k: v for k, v in ids.stats.items()
+                                                                       if not isinstance(v, (list, dict))}}
+    cfg = PretrainConfig(epochs=args.epochs, patience=10)
+    timings = {}
+    t = time.perf_counter()
+    atomic = pretrain_policy(table, data.n_items, config=cfg, device="cpu")
+    timings["atomic_pretrain_s"] = round(time.perf_counter() - t, 1)
+    t = time.perf_counter()
+    semantic = pretrain_semantic_policy(table, ids, config=cfg, device="cpu")
+    timings["semantic_pretrain_s"] = round(time.perf_counter() - t, 1)
+    out["pretraining"] = {
+        name: {"epochs": len(r.history), "best_epoch": r.best_epoch, "best_valid_ndcg@10": round(r.best_valid_ndcg10, 4),
+               "sequences_per_s": round(sum(h["sequences_per_s"] for h in r.history) / len(r.history), 1)}
+        for name, r in (("atomic", atomic), ("semantic", semantic))}
+
+    t = time.perf_counter()
+    ranker = train_ranker(table, data.n_items, RankerTrainConfig(epochs=args.ranker_epochs), device="cpu").ranker
+    timings["ranker_s"] = round(time.perf_counter() - t, 1)
+    policies = {"pretrained": (semantic.policy, None), "atomic_pretrained": (atomic.policy, None)}
+    extras = {}
+    if args.post_train_steps > 0:
+        variants = [("nll_grpo_alpha_0_1", "nll_grpo", {"alpha": 0.1}), ("nll_grpo_alpha_0_3", "nll_grpo", {"alpha": 0.3}),
+                    ("nll_grpo_alpha_1", "nll_grpo", {"alpha": 1.0}), ("adagrpo", "adagrpo", {})]
+        for name, method, params in variants:
+            t = time.perf_counter()
+            result = post_train(method, semantic.policy, table,
+                                PostTrainConfig(steps=args.post_train_steps, method_params=params),
+                                ranker=ranker, semantic_ids=ids, device="cpu")
+            timings[f"{name}_s"] = round(time.perf_counter() - t, 1)
+            policies[name] = (result.policy, method)
+            extras[name] = {"params": result.params, "best_step": result.best_step, "history": result.history}
+    t = time.perf_counter()
+    evals = evaluate_policies(policies, table, ranker, semantic.policy_config.max_len, semantic_ids=ids)
+    timings["evaluation_s"] = round(time.perf_counter() - t, 1)
+    for e in evals:
+        e.extra = extras.get(e.name, {})
+    out["test"] = {e.name: _row(e) for e in evals}
+    if args.out:
+        report = build_report(evals)
+        write_report(report, args.out)
+        out["report_dir"] = str(args.out)
+
+    examples = eval_examples(build_user_sequences(table), "test", semantic.policy_config.max_len)
+    n = min(args.users_for_throughput, len(examples))
+    subset = type(examples)(users=examples.users[:n], history=examples.history[:n],
+                            history_rewards=examples.history_rewards[:n], targets=examples.targets[:n],
+                            target_rewards=examples.target_rewards[:n], seen=examples.seen[:n])
+    trie = ItemTrie.from_semantic_ids(ids)
+    out["beam20_users_per_s"] = {}
+    for mode, constraint in (("constrained", trie), ("unconstrained", None)):
+        t = time.perf_counter()
+        evaluate_beams(semantic.policy, subset, ids, beam_size=20, trie=constraint, use_cache=True, device="cpu")
+        out["beam20_users_per_s"][mode] = round(n / (time.perf_counter() - t), 1)
+    timings["total_s"] = round(time.perf_counter() - started, 1)
+    out.update(timings=timings, torch_threads=torch.get_num_threads(), cpu_count=os.cpu_count(),
+               python=platform.python_version(), torch=torch.__version__)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
