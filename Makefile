@@ -43,10 +43,10 @@ run: setup  ## materialize raw logs -> evaluation report
 	    "pretrained_policy": {"config": {"tokenization": "$(TOKENIZATION)"}}}}'
 
 robustness: setup  ## the robustness study on simulated logs (noise grid; pipelines/configs/robustness_study.yaml)
-	$(BIN)/dagster job execute -m pipelines.definitions -j robustness_study -c pipelines/configs/robustness_study.yaml
+	$(BIN)/dagster job execute -m pipelines.definitions -j robustness_study_job -c pipelines/configs/robustness_study.yaml
 
 compare-datasets: setup  ## the same comparison on MovieLens-100k, MovieLens-1M and the simulator, one summary table
-	$(BIN)/dagster job execute -m pipelines.definitions -j cross_dataset_comparison \
+	$(BIN)/dagster job execute -m pipelines.definitions -j cross_dataset_comparison_job \
 	  -c pipelines/configs/cross_dataset_comparison.yaml
 
 compare-tokenizations: setup  ## atomic vs semantic-ID policy on MovieLens-100k (JSON; report under .recalign/)

@@ -25,11 +25,11 @@ full_chain_job = dg.define_asset_job(
     description="Materialize every asset from raw logs to the evaluation report and the champion.")
 
 robustness_study_job = dg.define_asset_job(
-    "robustness_study", selection=dg.AssetSelection.assets(robustness_study), executor_def=dg.in_process_executor,
+    "robustness_study_job", selection=dg.AssetSelection.assets(robustness_study), executor_def=dg.in_process_executor,
     description="Sweep the observed-reward noise of the simulator; compare every method's true-reward gain per level.")
 
 cross_dataset_comparison_job = dg.define_asset_job(
-    "cross_dataset_comparison", selection=dg.AssetSelection.assets(cross_dataset_comparison),
+    "cross_dataset_comparison_job", selection=dg.AssetSelection.assets(cross_dataset_comparison),
     executor_def=dg.in_process_executor,
     description="Run the same method comparison on MovieLens-100k, MovieLens-1M and the simulator; one summary table.")
 
