@@ -94,12 +94,17 @@ def _resolve_configs(n_items: int, policy_config: PolicyConfig | None,
     if config.max_len != policy_config.max_len:
         raise ValueError(f"PretrainConfig.max_len={config.max_len} differs from "
                          f"PolicyConfig.max_len={policy_config.max_len}")
+    check_pretrain_config(config)
+    return policy_config, config
+
+
+def check_pretrain_config(config: PretrainConfig) -> None:
+    """Raise ValueError naming the field when a resolved PretrainConfig (max_len set) is out of range."""
     for name in ("epochs", "batch_size", "patience", "eval_every"):
         if getattr(config, name) < 1:
             raise ValueError(f"PretrainConfig.{name} must be >= 1, got {getattr(config, name)}")
     if config.stride is not None and not 1 <= config.stride <= config.max_len:
         raise ValueError(f"PretrainConfig.stride must lie in 1..max_len={config.max_len}, got {config.stride}")
-    return policy_config, config
 
 
 def pretrain_policy(interactions: pd.DataFrame, n_items: int, policy_config: PolicyConfig | None = None,

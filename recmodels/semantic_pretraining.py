@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from recmodels.early_stopping import BestWeights
 from recmodels.evaluation.hallucination import evaluate_beams
 from recmodels.evaluation.metrics import hit_rate, ndcg
-from recmodels.pretraining import PretrainConfig, check_interactions
+from recmodels.pretraining import PretrainConfig, check_interactions, check_pretrain_config
 from recmodels.runtime import default_device, seed_everything
 from recmodels.semantic_policy import SemanticPolicy, SemanticPolicyConfig
 from recmodels.sequences import EvalExamples, build_user_sequences, eval_examples, training_windows
@@ -69,11 +69,7 @@ def _resolve_configs(semantic_ids: SemanticIds, policy_config: SemanticPolicyCon
     if config.max_len != policy_config.max_len:
         raise ValueError(f"PretrainConfig.max_len={config.max_len} differs from "
                          f"SemanticPolicyConfig.max_len={policy_config.max_len}")
-    for name in ("epochs", "batch_size", "patience", "eval_every"):
-        if getattr(config, name) < 1:
-            raise ValueError(f"PretrainConfig.{name} must be >= 1, got {getattr(config, name)}")
-    if config.stride is not None and not 1 <= config.stride <= config.max_len:
-        raise ValueError(f"PretrainConfig.stride must lie in 1..max_len={config.max_len}, got {config.stride}")
+    check_pretrain_config(config)
     return policy_config, config
 
 

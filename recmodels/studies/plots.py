@@ -11,30 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recmodels.atomic_files import atomic_write
+from recmodels.evaluation.plots import _figure, _message, _save  # the report's figure helpers: same look, atomic writes
 
-DPI = 110
 Y_LABEL = "Δ true top-10 reward vs pretrained (95% CI)"
-
-
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path) -> Path:
-    return atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
-
-
-def _message(path, title: str, text: str) -> Path:
-    fig = _figure(6, 3)
-    fig.suptitle(title, fontsize=11)
-    fig.text(0.5, 0.45, text, ha="center", va="center", fontsize=10, wrap=True)
-    return _save(fig, path)
 
 
 def _errorbar(ax, x, rows: pd.DataFrame, **kwargs) -> None:
