@@ -13,6 +13,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def init_weights(m: nn.Module) -> None:
+    """GPT-2 style init shared by both policies: N(0, 0.02) weights, zero biases."""
+    if isinstance(m, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(m.weight, std=0.02)
+    if isinstance(m, nn.Linear) and m.bias is not None:
+        nn.init.zeros_(m.bias)
+
+
 @dataclass
 class PolicyConfig:
     vocab_size: int  # n_items + 1 (token 0 is padding)
@@ -72,14 +80,7 @@ class GenerativePolicy(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, std=0.02)
-        if isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
+        self.apply(init_weights)
 
     def hidden(self, items: torch.Tensor) -> torch.Tensor:
         """items [B, T] (left-padded with 0) -> hidden states [B, T, d]."""

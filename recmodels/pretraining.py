@@ -122,17 +122,33 @@ def pretrain_policy(interactions: pd.DataFrame, n_items: int, policy_config: Pol
 
     gen = seed_everything(config.seed)
     policy = GenerativePolicy(policy_config).to(device)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-
     result = PretrainResult(policy=policy, policy_config=policy_config)
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        return window_nll(policy, windows.inputs[idx].to(device), windows.targets[idx].to(device))
+
+    return run_epochs(policy, len(windows), batch_loss, lambda: evaluate_valid(policy, valid, device), config,
+                      gen, result, callback)
+
+
+def run_epochs(policy: torch.nn.Module, n_windows: int, batch_loss: Callable[[torch.Tensor], torch.Tensor],
+               evaluate: Callable[[], dict[str, float]], config: PretrainConfig, generator: torch.Generator,
+               result, callback: Callable[[dict], None] | None = None):
+    """The epoch loop of pretraining, whatever the tokenization: AdamW over seeded shuffles of the windows.
+
+    `batch_loss(idx)` is the loss of the windows `idx`; `evaluate()` returns the valid metrics (with
+    `valid_ndcg@10`) every `eval_every` epochs. Early stopping after `patience` evaluations without a
+    better valid NDCG@10; the best weights are restored. `result` (history, best_epoch,
+    best_valid_ndcg10) is filled in and returned.
+    """
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     best = BestWeights(policy, config.patience)
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
         policy.train()
         total, n_batches = 0.0, 0
-        for idx in torch.randperm(len(windows), generator=gen).split(config.batch_size):
-            x, y = windows.inputs[idx].to(device), windows.targets[idx].to(device)
-            loss = window_nll(policy, x, y)
+        for idx in torch.randperm(n_windows, generator=generator).split(config.batch_size):
+            loss = batch_loss(idx)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -141,9 +157,9 @@ def pretrain_policy(interactions: pd.DataFrame, n_items: int, policy_config: Pol
         row = {"epoch": epoch, "train_loss": total / n_batches}
         evaluated = epoch % config.eval_every == 0 or epoch == config.epochs
         if evaluated:
-            row.update(evaluate_valid(policy, valid, device))
+            row.update(evaluate())
         row["seconds"] = time.perf_counter() - start
-        row["sequences_per_s"] = len(windows) / max(train_seconds, 1e-9)
+        row["sequences_per_s"] = n_windows / max(train_seconds, 1e-9)
         result.history.append(row)
         if callback is not None:
             callback(dict(row))

@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from recmodels.policy import Block as PolicyBlock
-from recmodels.policy import CausalSelfAttention
+from recmodels.policy import CausalSelfAttention, init_weights
 from recmodels.tokenizers.semantic_ids import TokenLayout
 
 
@@ -160,14 +160,7 @@ class SemanticPolicy(nn.Module):
         self.register_buffer("token_level", levels, persistent=False)
         self.register_buffer("next_level", next_level, persistent=False)
         self.register_buffer("level_allowed", level_allowed, persistent=False)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, std=0.02)
-        if isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
+        self.apply(init_weights)
 
     @property
     def max_history_tokens(self) -> int:

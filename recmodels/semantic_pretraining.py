@@ -9,7 +9,6 @@ best weights are restored.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -17,10 +16,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from recmodels.early_stopping import BestWeights
 from recmodels.evaluation.hallucination import evaluate_beams
 from recmodels.evaluation.metrics import hit_rate, ndcg
-from recmodels.pretraining import PretrainConfig, check_interactions, check_pretrain_config
+from recmodels.pretraining import PretrainConfig, check_interactions, check_pretrain_config, run_epochs
 from recmodels.runtime import default_device, seed_everything
 from recmodels.semantic_policy import SemanticPolicy, SemanticPolicyConfig
 from recmodels.sequences import EvalExamples, build_user_sequences, eval_examples, training_windows
@@ -93,35 +91,12 @@ def pretrain_semantic_policy(interactions: pd.DataFrame, semantic_ids: SemanticI
 
     gen = seed_everything(config.seed)
     policy = SemanticPolicy(policy_config).to(device)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-
     result = SemanticPretrainResult(policy=policy, policy_config=policy_config)
-    best = BestWeights(policy, config.patience)
-    for epoch in range(1, config.epochs + 1):
-        start = time.perf_counter()
-        policy.train()
-        total, n_batches = 0.0, 0
-        for idx in torch.randperm(len(windows), generator=gen).split(config.batch_size):
-            loss = token_nll(policy, tokens[idx].to(device), targets[idx].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total, n_batches = total + loss.item(), n_batches + 1
-        train_seconds = time.perf_counter() - start
-        row = {"epoch": epoch, "train_loss": total / n_batches}
-        evaluated = epoch % config.eval_every == 0 or epoch == config.epochs
-        if evaluated:
-            row.update(evaluate_valid_beams(policy, valid, semantic_ids, trie, valid_beam_size, device))
-        row["seconds"] = time.perf_counter() - start
-        row["sequences_per_s"] = len(windows) / max(train_seconds, 1e-9)
-        result.history.append(row)
-        if callback is not None:
-            callback(dict(row))
-        if not evaluated:
-            continue
-        if best.improved(row["valid_ndcg@10"], result.best_valid_ndcg10):
-            result.best_valid_ndcg10, result.best_epoch = row["valid_ndcg@10"], epoch
-        elif best.should_stop:
-            break
-    best.restore()
-    return result
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        return token_nll(policy, tokens[idx].to(device), targets[idx].to(device))
+
+    def evaluate() -> dict[str, float]:
+        return evaluate_valid_beams(policy, valid, semantic_ids, trie, valid_beam_size, device)
+
+    return run_epochs(policy, len(windows), batch_loss, evaluate, config, gen, result, callback)
