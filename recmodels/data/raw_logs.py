@@ -1,8 +1,17 @@
 """The raw-log contract (design.md §2): checked once at the door, normalized for every later step.
 
-Raw logs hold one row per logged event: `user_id`, `item_id`, `timestamp` (int seconds or
-datetime), at least one feedback signal and optionally `propensity`. The item catalog holds
-`item_id`, `title` and feature columns (`genres` as "A|B", `year`, ...).
+Raw logs hold one row per logged event: `user_id`, `item_id`, `timestamp`, at least one feedback
+signal and optionally `propensity`. The item catalog holds `item_id`, `title` and feature columns
+(`genres` as "A|B", `year`, ...).
+
+`timestamp` may hold integer (or integral float) seconds since the epoch, datetimes, or ISO-8601
+strings (`1997-12-04 15:55:49`, `1997-12-04T15:55:49Z`, `1997-12-04T17:55:49+02:00`, `1997-12-04`).
+Zone-aware datetimes and strings are converted to UTC; naive ones are taken as UTC, also when a
+column mixes both. Every form is normalized to int64 seconds since the epoch (fractions of a second
+are dropped).
+
+A file whose columns have other names is mapped onto the contract with `rename_to_contract`
+(`{"movie_id": "item_id", "ts": "timestamp"}`), before validation.
 """
 from __future__ import annotations
 
@@ -16,6 +25,7 @@ class DataContractError(ValueError):
 
 REQUIRED_COLUMNS = ("user_id", "item_id", "timestamp")
 FEEDBACK_SIGNALS = ("rating", "click", "watch_ratio", "dwell_s")
+CONTRACT_COLUMNS = (*REQUIRED_COLUMNS, *FEEDBACK_SIGNALS, "propensity")
 CATALOG_COLUMNS = ("item_id", "title", "genres", "year")
 
 
@@ -44,17 +54,36 @@ def _ids_as_str(col: pd.Series, where: str) -> pd.Series:
     return col.astype(str)
 
 
+def _iso_strings_as_datetimes(col: pd.Series, where: str) -> pd.Series:
+    """ISO-8601 strings as UTC datetimes (naive values taken as UTC); the first unparseable one is named."""
+    parsed = pd.to_datetime(col, format="ISO8601", utc=True, errors="coerce")
+    bad = parsed.isna()
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataContractError(
+            f"{where}: column {col.name!r} must hold integer seconds, datetimes or ISO-8601 strings; "
+            f"row {row} holds {col.iloc[row]!r} ({int(bad.sum())} unparseable in all)")
+    return parsed
+
+
+def _datetimes_as_seconds(col: pd.Series) -> pd.Series:
+    """int64 seconds since the epoch of naive (taken as UTC) or zone-aware datetimes."""
+    if isinstance(col.dtype, pd.DatetimeTZDtype):
+        col = col.dt.tz_convert("UTC").dt.tz_localize(None)
+    return col.astype("datetime64[s]").astype(np.int64).rename(col.name)
+
+
 def _timestamps_as_seconds(col: pd.Series, where: str) -> pd.Series:
-    """int64 seconds since the epoch from int, integral float or datetime columns."""
+    """int64 seconds since the epoch from int, integral float, datetime or ISO-8601 string columns."""
     _require_no_nulls(col, where)
     if pd.api.types.is_bool_dtype(col):
         pass  # falls through to the error below
     elif pd.api.types.is_integer_dtype(col):
         return col.astype(np.int64)
+    elif pd.api.types.is_string_dtype(col):
+        return _datetimes_as_seconds(_iso_strings_as_datetimes(col, where))
     elif pd.api.types.is_datetime64_any_dtype(col):
-        if isinstance(col.dtype, pd.DatetimeTZDtype):
-            col = col.dt.tz_convert("UTC").dt.tz_localize(None)
-        return (col.astype("datetime64[s]").astype(np.int64)).rename(col.name)
+        return _datetimes_as_seconds(col)
     elif pd.api.types.is_float_dtype(col):
         values = col.to_numpy(np.float64)
         bad = ~np.isfinite(values) | (values != np.round(values))
@@ -64,7 +93,7 @@ def _timestamps_as_seconds(col: pd.Series, where: str) -> pd.Series:
             f"{where}: column {col.name!r} must hold integer seconds or datetimes; "
             f"found a non-integral value {float(values[bad][0])!r}")
     raise DataContractError(
-        f"{where}: column {col.name!r} must hold integer seconds or datetimes, "
+        f"{where}: column {col.name!r} must hold integer seconds, datetimes or ISO-8601 strings, "
         f"got dtype {col.dtype} (e.g. {_example(col)})")
 
 
@@ -76,6 +105,39 @@ def _require_numeric(col: pd.Series, where: str) -> None:
     raise DataContractError(
         f"{where}: column {col.name!r} must be numeric, got dtype {col.dtype} "
         f"(e.g. {_example(bad if len(bad) else col)})")
+
+
+def _check_column_mapping(columns: dict[str, str], present: list, where: str) -> None:
+    """Every source column exists, every target is a contract column, no two columns end with one name."""
+    for source, target in columns.items():
+        if source not in present:
+            raise DataContractError(
+                f"{where}: column mapping names column {source!r}, which the file does not have "
+                f"(columns present: {present})")
+        if target not in CONTRACT_COLUMNS:
+            raise DataContractError(
+                f"{where}: column mapping maps {source!r} to {target!r}, which is not a contract column; "
+                f"expected one of {list(CONTRACT_COLUMNS)}")
+    renamed = pd.Series([columns.get(name, name) for name in present], index=present)
+    clash = renamed[renamed.duplicated(keep=False)]
+    if len(clash):
+        target = clash.iloc[0]
+        raise DataContractError(
+            f"{where}: column mapping gives the name {target!r} to more than one column: "
+            f"{clash.index[clash == target].tolist()}; map only one of them to {target!r}")
+
+
+def rename_to_contract(df: pd.DataFrame, columns: dict[str, str] | None, where: str) -> pd.DataFrame:
+    """`df` with its columns renamed by `columns` ({file's name: contract name}), after checking the mapping.
+
+    Unmapped columns keep their names. A mapping that names a column `df` lacks, maps to a name outside
+    `CONTRACT_COLUMNS`, or leaves two columns with one name (two sources mapped to it, or a source
+    mapped onto a column of that name that is not itself renamed away) raises `DataContractError`.
+    """
+    if not columns:
+        return df
+    _check_column_mapping(dict(columns), list(df.columns), where)
+    return df.rename(columns=dict(columns))
 
 
 def validate_raw_logs(df: pd.DataFrame, where: str) -> pd.DataFrame:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from recmodels.data.movielens import WHEELS, read_movielens
-from recmodels.data.raw_logs import validate_catalog, validate_raw_logs
+from recmodels.data.raw_logs import rename_to_contract, validate_catalog, validate_raw_logs
 from recmodels.data.simulator import SimulatorConfig, simulate_logs
 from recmodels.data.tables import frame_digest, read_parquet
 
@@ -48,15 +48,20 @@ def read_table_file(path: str | Path) -> pd.DataFrame:
 
 def load_raw_logs(source: str = "movielens-100k", *, path: str | None = None,
                   catalog_path: str | None = None, cache_dir: Path,
-                  simulator: dict | None = None) -> RawLogs:
+                  simulator: dict | None = None, columns: dict[str, str] | None = None) -> RawLogs:
     """Raw logs (and catalog) of `source`, validated against the raw-log contract.
 
     "movielens-100k" / "movielens-1m" read the cached wheel in `cache_dir` (downloaded once);
-    "file" reads `path` (and `catalog_path` when given);
+    "file" reads `path` (and `catalog_path` when given), renaming its columns by `columns`
+    ({file's name: contract name}, e.g. {"movie_id": "item_id", "ts": "timestamp"}) first;
     "simulator" generates logs with `SimulatorConfig(**simulator)` (defaults when None) and keeps the oracle.
+    `columns` is for the "file" source only: given with another source, it raises ValueError.
     """
     if source not in SOURCES:
         raise ValueError(f"unknown raw-log source {source!r}; known sources: {list(SOURCES)}")
+    if columns and source != "file":
+        raise ValueError(f"raw-log source {source!r} takes no column mapping (got {dict(columns)}); "
+                         "`columns` renames the columns of a 'file' source only")
     if source == "simulator":
         known = {f.name for f in fields(SimulatorConfig)}
         unknown = sorted(set(simulator or {}) - known)
@@ -70,7 +75,8 @@ def load_raw_logs(source: str = "movielens-100k", *, path: str | None = None,
     if source == "file":
         if path is None:
             raise ValueError("raw-log source 'file' needs a path to a parquet, CSV or TSV file")
-        logs = validate_raw_logs(read_table_file(path), where=f"raw logs file {path}")
+        where = f"raw logs file {path}"
+        logs = validate_raw_logs(rename_to_contract(read_table_file(path), columns, where), where=where)
         catalog = None
         if catalog_path is not None:
             catalog = validate_catalog(read_table_file(catalog_path), where=f"catalog file {catalog_path}")
