@@ -25,6 +25,26 @@ def load_policies(pretrained: dict, post_trained: dict[str, dict]) -> tuple[dict
     return policies, skipped, training
 
 
+MASKED_LOGGED = ("ndcg@10", "hr@10", "reward_weighted_ndcg@10")  # primary protocol: test_ndcg@10/<policy>
+UNMASKED_LOGGED = ("ndcg@10", "hr@10")  # RecBole-comparable protocol: test_ndcg@10_unmasked/<policy>
+
+
+def mlflow_test_metrics(report: dict) -> dict[str, float]:
+    """The test metrics logged to MLflow per policy ('@' becomes '_at_' there): masked (primary) as
+    `test_ndcg@10/<policy>`, unmasked as `test_ndcg@10_unmasked/<policy>`, and the mean number of history
+    items in the unmasked top 10 as `test_seen_in_top10_unmasked/<policy>`."""
+    from recmodels.evaluation.report import unmasked_metrics
+
+    out = {}
+    for name, p in report["policies"].items():
+        out |= {f"test_{m}/{name}": p["metrics"][m]["mean"] for m in MASKED_LOGGED}
+        unmasked = unmasked_metrics(p)
+        out |= {f"test_{m}_unmasked/{name}": unmasked[m]["mean"] for m in UNMASKED_LOGGED if m in unmasked}
+        if p.get("seen_in_top10_unmasked"):
+            out[f"test_seen_in_top10_unmasked/{name}"] = p["seen_in_top10_unmasked"]["mean"]
+    return out
+
+
 def report_metadata(report: dict, files: dict) -> dict:
     """What the Dagster UI shows of the report: the comparison table, the plots, the verdict."""
     from recmodels.evaluation.report_output import comparison_table
@@ -89,8 +109,7 @@ def evaluate_and_report(context: dg.AssetExecutionContext, home: RecalignHome, m
     with mlflow.start_run(context, interactions["dataset"], interactions["digest"], {"policies": list(policies)}):
         for path in files.values():
             mlflow.log_artifact(path, artifact_path="report")
-        mlflow.log_metrics({f"test_{m}/{name}": p["metrics"][m]["mean"] for name, p in report["policies"].items()
-                            for m in ("ndcg@10", "hr@10", "reward_weighted_ndcg@10")}, step=0)
+        mlflow.log_metrics(mlflow_test_metrics(report), step=0)
         mlflow.log_metrics({f"test_hallucination_rate/{name}": p["hallucination_rate"]
                             for name, p in report["policies"].items()}, step=0)
     context.add_output_metadata(report_metadata(report, files))

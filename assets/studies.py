@@ -241,6 +241,9 @@ def cross_dataset_comparison(context: dg.AssetExecutionContext, config: CrossDat
         plots[dataset] = files["png"]
         metrics = {f"test_{m}/{name}": p["metrics"][m]["mean"] for name, p in comparison.report["policies"].items()
                    for m in ("ndcg@10", "hr@10", "true_top10") if m in p["metrics"]}
+        metrics |= {f"test_{m}_unmasked/{name}": p["unmasked"]["metrics"][m]["mean"]  # RecBole-comparable protocol
+                    for name, p in comparison.report["policies"].items() if p.get("unmasked")
+                    for m in ("ndcg@10", "hr@10")}
         log_study_run(context, mlflow, dataset, [comparison.data_digest],
                       {"policies": list(comparison.report["policies"])}, files, metrics, study="cross_dataset",
                       model="evaluation_report")

@@ -1,4 +1,5 @@
-"""Run the default pipeline once and print JSON: wall time per asset, pretraining throughput, peak memory.
+"""Run the default pipeline once and print JSON: wall time per asset, pretraining throughput, peak memory,
+test HR@10 / NDCG@10 per policy under both protocols.
 
     python benchmarks/pipeline_benchmark.py [--source movielens-100k] [--home DIR] [--tokenization semantic]
 
@@ -31,6 +32,19 @@ def step_wall_times(instance, run_id: str) -> dict[str, float]:
         elif event.event_type in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE):
             times[event.step_key] = round(record.timestamp - starts[event.step_key], 2)
     return times
+
+
+def accuracy_by_protocol(report_json: str) -> dict[str, dict[str, float]]:
+    """Per policy, test HR@10 / NDCG@10 from report.json, the keys naming the protocol: `_masked` (history
+    excluded, the primary one) and `_unmasked` (RecBole-comparable), with the history items in the unmasked top 10."""
+    report = json.loads(Path(report_json).read_text())
+    out = {}
+    for name, p in report["policies"].items():
+        unmasked = (p.get("unmasked") or {}).get("metrics") or {}
+        out[name] = {**{f"{m}_masked": round(p["metrics"][m]["mean"], 4) for m in ("hr@10", "ndcg@10")},
+                     **{f"{m}_unmasked": round(unmasked[m]["mean"], 4) for m in ("hr@10", "ndcg@10") if m in unmasked},
+                     "seen_in_top10_unmasked": (p.get("seen_in_top10_unmasked") or {}).get("mean")}
+    return out
 
 
 def main() -> None:
@@ -76,6 +90,8 @@ def main() -> None:
         "pretrain_epochs": pretrained.get("epochs"),
         "post_training": methods,
         "report_md": result.output_for_node("evaluation_report")["md"] if result.success else None,
+        "test_accuracy": accuracy_by_protocol(result.output_for_node("evaluation_report")["json"])
+        if result.success else None,
         "hallucination_rate": result.output_for_node("evaluation_report")["hallucination_rate"]
         if result.success else None,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

@@ -79,6 +79,24 @@ def test_report_holds_every_policy_with_intervals(chain):
     assert "ndcg@10" in text and "hr@10" in text
 
 
+def test_report_and_mlflow_carry_both_protocols(chain):
+    tmp, result, _ = chain
+    from mlflow import MlflowClient
+
+    report = json.loads(Path(result.output_for_node("evaluation_report")["json"]).read_text())
+    assert set(report["protocols"]) == {"masked", "unmasked", "split"}
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                "tags.dagster_asset_key = 'evaluation_report'")
+    for name, p in report["policies"].items():
+        unmasked, masked = p["unmasked"]["metrics"], p["metrics"]
+        assert unmasked["hr@10"]["mean"] <= masked["hr@10"]["mean"]  # seen items only push targets down
+        assert run.data.metrics[f"test_ndcg_at_10_unmasked/{name}"] == pytest.approx(unmasked["ndcg@10"]["mean"])
+        assert run.data.metrics[f"test_ndcg_at_10/{name}"] == pytest.approx(masked["ndcg@10"]["mean"])
+        assert run.data.metrics[f"test_seen_in_top10_unmasked/{name}"] == pytest.approx(
+            p["seen_in_top10_unmasked"]["mean"])
+
+
 def test_models_are_registered_with_lineage_tags(chain):
     tmp, result, _ = chain
     from mlflow import MlflowClient

@@ -8,7 +8,7 @@ import pytest
 
 from recmodels.evaluation.metrics import METRIC_NAMES
 from recmodels.evaluation.plots import plot_lambda_sweep, plot_report, plot_training_curves
-from recmodels.evaluation.report import PolicyEvaluation, build_report
+from recmodels.evaluation.report import PolicyEvaluation, _fmt, build_report
 from recmodels.evaluation.report_output import comparison_table, report_markdown, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -277,3 +277,62 @@ def test_write_report_with_all_figures(sweep_report, tmp_path):
     for key in ("png", "lambda_png", "curves_png"):
         assert _png_size(files[key]) != message  # a real plot, not the "nothing to draw" figure
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+
+
+# --- both protocols: masked (primary) and unmasked (RecBole-comparable) -------------------------------------------
+
+def _evals_with_unmasked(n: int = 60):
+    """_evals() with unmasked ranks: pretrained's seen items push every target 3 places down (4 history items in
+    each top 10 on average); sft's never outscore its targets; exp_rw_sft has no unmasked evaluation."""
+    evals = _evals(n)
+    evals[0].ranks_unmasked = evals[0].ranks + 3
+    evals[0].seen_in_top10_unmasked = np.arange(n) % 5 * 2  # 0, 2, 4, 6, 8, 0, ...: mean 4.0
+    evals[1].ranks_unmasked = evals[1].ranks.copy()
+    evals[1].seen_in_top10_unmasked = np.zeros(n, dtype=int)
+    return evals
+
+
+@pytest.fixture(scope="module")
+def both_report():
+    return build_report(_evals_with_unmasked(), n_boot=200)
+
+
+def test_report_json_has_the_unmasked_block_beside_the_masked_one(both_report, report, tmp_path):
+    pols = both_report["policies"]
+    base = _evals_with_unmasked()[0]
+    unmasked = pols["pretrained"]["unmasked"]["metrics"]  # shaped as the masked block, pols[...]["metrics"]
+    assert set(unmasked) == set(METRIC_NAMES)
+    assert unmasked["hr@10"]["mean"] == pytest.approx(np.mean(base.ranks + 3 <= 10))
+    assert unmasked["hr@10"]["mean"] < pols["pretrained"]["metrics"]["hr@10"]["mean"]
+    assert unmasked["mrr@20"]["mean"] == pytest.approx(np.mean(np.where(base.ranks + 3 <= 20, 1 / (base.ranks + 3), 0)))
+    assert all(iv["low"] <= iv["mean"] <= iv["high"] for iv in unmasked.values())
+    assert pols["pretrained"]["seen_in_top10_unmasked"]["mean"] == pytest.approx(4.0)
+    no_seen_item_wins = {m: pols["sft"]["metrics"][m] for m in METRIC_NAMES}
+    assert pols["sft"]["unmasked"]["metrics"] == no_seen_item_wins
+    assert pols["sft"]["seen_in_top10_unmasked"] == {"mean": 0.0, "low": 0.0, "high": 0.0}
+    assert pols["exp_rw_sft"]["unmasked"] is None and pols["exp_rw_sft"]["seen_in_top10_unmasked"] is None
+    for name, p in pols.items():  # the masked (primary) block is the same with or without unmasked ranks
+        assert p["metrics"] == report["policies"][name]["metrics"]
+    on_disk = json.loads(write_report(both_report, tmp_path)["json"].read_text())
+    assert set(on_disk["protocols"]) == {"masked", "unmasked", "split"}
+    assert "history items excluded" in on_disk["protocols"]["masked"]
+    assert "RecBole" in on_disk["protocols"]["unmasked"] and "leave-one-out" in on_disk["protocols"]["split"]
+    assert on_disk["policies"]["pretrained"]["unmasked"] == {"metrics": unmasked}
+
+
+def test_markdown_accuracy_table_has_the_unmasked_columns(both_report):
+    md = report_markdown(both_report)
+    table = _section(md, "Accuracy").split("\n\n")[-1]
+    header = [c.strip() for c in table.splitlines()[0].strip("|").split("|")]
+    assert header[:2 + len(both_report["metrics"])] == ["policy", "method", *both_report["metrics"]]  # masked first
+    assert header[-3:] == ["hr@10 unmasked (RecBole-comparable)", "ndcg@10 unmasked (RecBole-comparable)",
+                           "history items in unmasked top-10"]
+    rows = {r[0]: r for r in _table_rows(table)}
+    unmasked = both_report["policies"]["pretrained"]["unmasked"]["metrics"]
+    assert rows["pretrained"][-3] == _fmt(unmasked["hr@10"]) and rows["pretrained"][-2] == _fmt(unmasked["ndcg@10"])
+    assert rows["pretrained"][-1].startswith("4.000 [")
+    assert rows["exp_rw_sft"][-3:] == ["-", "-", "-"]
+    assert "- unmasked: full ranking over the catalog, history items included" in md
+    df = comparison_table(both_report)
+    assert df.loc[0, "hr@10_unmasked"] == pytest.approx(unmasked["hr@10"]["mean"])
+    assert df.loc[0, "seen_in_top10_unmasked"] == pytest.approx(4.0)

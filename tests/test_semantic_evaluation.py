@@ -1,15 +1,15 @@
 """Evaluation of semantic-ID policies: constrained ranks and top-10, unconstrained hallucination rate, the
-report's decoding section and HR@10 vs hallucination frontier, promotion metrics on valid."""
+report's decoding section and HR@10 vs hallucination frontier, promotion metrics on valid, the unmasked protocol."""
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from recmodels.evaluation.evaluate import MISS_RANK, evaluate_policies
+from recmodels.evaluation.evaluate import MISS_RANK, evaluate_policies, history_items_in_beams
 from recmodels.evaluation.hallucination import evaluate_beams
 from recmodels.evaluation.promotion import split_metrics
-from recmodels.evaluation.ranking import target_ranks
+from recmodels.evaluation.ranking import rank_catalog, target_ranks
 from recmodels.evaluation.report import build_report
 from recmodels.evaluation.report_output import report_markdown, write_report
 from recmodels.policy import GenerativePolicy, PolicyConfig
@@ -119,3 +119,39 @@ def test_promotion_metrics_of_a_semantic_policy_carry_its_valid_hallucination_ra
     assert split_metrics(atomic, data, MAX_LEN).attrs["hallucination_rate"] == 0.0
     with pytest.raises(ValueError, match="needs the semantic_ids"):
         split_metrics(semantic, data, MAX_LEN)
+
+
+def test_semantic_unmasked_ranks_come_from_a_beam_search_that_keeps_the_history(setup):
+    ids, semantic, _, _, data, evals = setup
+    examples = eval_examples(build_user_sequences(data), "test", MAX_LEN)
+    beams = evaluate_beams(semantic, examples, ids, beam_size=20, trie=ItemTrie.from_semantic_ids(ids),
+                           exclude_history=False)
+    np.testing.assert_array_equal(evals[1].ranks_unmasked, np.where(beams.ranks <= 20, beams.ranks, MISS_RANK))
+    history_in_top10 = [int(np.isin(row[:10], seen[seen != t]).sum())
+                        for row, seen, t in zip(beams.items, examples.seen, examples.targets.tolist())]
+    assert evals[1].seen_in_top10_unmasked.tolist() == history_in_top10
+    assert evals[1].seen_in_top10_unmasked.min() >= 2  # seen items do come back once the history is not excluded
+    hr10 = float((evals[1].ranks <= 10).mean())
+    hr10_unmasked = float((evals[1].ranks_unmasked <= 10).mean())
+    assert (hr10, hr10_unmasked) == (9 / 25, 7 / 25)
+
+
+def test_history_items_in_beams_counted_by_hand():
+    examples = EvalExamples(users=torch.arange(3), history=torch.zeros(3, 2, dtype=torch.long),
+                            history_rewards=torch.zeros(3, 2), targets=torch.tensor([4, 4, 9]),
+                            target_rewards=torch.zeros(3), seen=[np.array([1, 4, 7]), np.array([2]), np.array([9])])
+    items = np.array([[4, 7, 1, 3], [5, 6, 8, 2], [9, 1, 2, 3]])
+    # row 0: 7 and 1 (4 is the target); row 1: only 2 real beams, item 2 is a filler slot; row 2: the target only
+    counts = history_items_in_beams(items, n_beams=np.array([4, 2, 4]), examples=examples, k=3)
+    assert counts.tolist() == [2, 0, 0]
+
+
+def test_atomic_unmasked_ranks_come_from_the_same_scoring_pass(setup):
+    _, _, atomic, _, data, evals = setup
+    examples = eval_examples(build_user_sequences(data), "test", MAX_LEN)
+    both = rank_catalog(atomic, examples)
+    np.testing.assert_array_equal(evals[0].ranks_unmasked, both.ranks_unmasked)
+    np.testing.assert_array_equal(evals[0].seen_in_top10_unmasked, both.seen_in_top10_unmasked)
+    assert (evals[0].ranks_unmasked >= evals[0].ranks).all() and (evals[0].ranks_unmasked > evals[0].ranks).any()
+    report = build_report(evals, n_boot=50)
+    assert report["policies"]["nll_grpo_alpha_0_3"]["unmasked"]["metrics"]["hr@10"]["mean"] == pytest.approx(7 / 25)

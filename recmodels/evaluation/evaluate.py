@@ -6,6 +6,11 @@ by the ranker and, on simulated data, by the oracle) come from CONSTRAINED decod
 real items; a target outside the beams is a miss, exact for every K <= BEAM_SIZE), and their
 validity from UNCONSTRAINED decoding: the hallucination rate is the share of its top-10 tuples that
 are no item, reported with its HR@10 / NDCG@10. Atomic policies cannot hallucinate (rate 0).
+
+Two protocols (see `ranking.py`): every evaluation carries the masked ranks (primary: history items
+excluded) and the unmasked ranks (RecBole's protocol: history items compete), with the number of
+history items in each user's unmasked top 10. Atomic policies get both from one scoring pass;
+semantic-ID policies from one more constrained beam search that does not exclude the history.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ import torch
 from recmodels.evaluation.ground_truth import OracleIds, best_possible_top10, true_reward_metrics
 from recmodels.evaluation.hallucination import evaluate_beams
 from recmodels.evaluation.metrics import hit_rate, ndcg
-from recmodels.evaluation.ranking import target_ranks, top_k_items
+from recmodels.evaluation.ranking import SEEN_TOP_K, rank_catalog
 from recmodels.evaluation.report import PolicyEvaluation
 from recmodels.sequences import EvalExamples, build_user_sequences, eval_examples
 
@@ -73,6 +78,28 @@ def semantic_ranks_and_top10(policy, examples: EvalExamples, semantic_ids, beam_
     return ranks, constrained.items[:, :10], decoding
 
 
+def history_items_in_beams(items: np.ndarray, n_beams: np.ndarray, examples: EvalExamples,
+                           k: int = SEEN_TOP_K) -> np.ndarray:
+    """[N] history items (other than the target) among each row's first k real beams [N, K]."""
+    counts = np.empty(len(examples), dtype=np.int64)
+    for row, (seen, target) in enumerate(zip(examples.seen, examples.targets.tolist())):
+        top = items[row, :min(k, int(n_beams[row]))]
+        counts[row] = int(np.isin(top, seen[seen != target]).sum())
+    return counts
+
+
+def semantic_unmasked_ranks(policy, examples: EvalExamples, semantic_ids, beam_size: int = BEAM_SIZE,
+                            trie=None) -> tuple[np.ndarray, np.ndarray]:
+    """Unmasked-protocol ranks [N] (misses at MISS_RANK) and history items in the top 10 [N]: one constrained
+    beam search that does not exclude the history."""
+    from recmodels.tokenizers.trie import ItemTrie
+
+    trie = trie if trie is not None else ItemTrie.from_semantic_ids(semantic_ids)
+    beams = evaluate_beams(policy, examples, semantic_ids, beam_size=beam_size, trie=trie, exclude_history=False)
+    ranks = np.where(beams.ranks <= beam_size, beams.ranks, MISS_RANK)
+    return ranks, history_items_in_beams(beams.items, beams.real_beams(), examples)
+
+
 def atomic_decoding(ranks: np.ndarray) -> dict:
     """The decoding record of an atomic policy: one decoding mode, no hallucination possible."""
     acc = _accuracy(ranks)
@@ -84,7 +111,8 @@ def evaluate_policies(policies: dict[str, tuple[torch.nn.Module, str | None]], i
                       ranker, max_len: int, split: str = "test", oracle=None,
                       catalog: pd.DataFrame | None = None, semantic_ids=None,
                       beam_size: int = BEAM_SIZE) -> list[PolicyEvaluation]:
-    """Rank every user's held-out `split` item with each policy; judge each top-10 list with the ranker.
+    """Rank every user's held-out `split` item with each policy (masked and unmasked protocols); judge each
+    (masked) top-10 list with the ranker.
 
     With the simulator's `oracle` (and the `catalog` mapping item_idx to item_id) each evaluation
     also carries the true reward of its top-1 / top-10 lists and the reward-hacking gap. Semantic-ID
@@ -102,18 +130,21 @@ def evaluate_policies(policies: dict[str, tuple[torch.nn.Module, str | None]], i
         if is_semantic(policy):
             try:
                 ranks, top10, decoding = semantic_ranks_and_top10(policy, examples, semantic_ids, beam_size, trie)
+                ranks_unmasked, seen_top10 = semantic_unmasked_ranks(policy, examples, semantic_ids, beam_size, trie)
             except ValueError as exc:
                 raise ValueError(f"policy {name!r}: {exc}") from exc
         else:
-            ranks = target_ranks(policy, examples)
-            top10 = top_k_items(policy, examples, k=10)
+            both = rank_catalog(policy, examples, k=10)
+            ranks, top10, ranks_unmasked, seen_top10 = (both.ranks, both.top_items, both.ranks_unmasked,
+                                                        both.seen_in_top10_unmasked)
             decoding = atomic_decoding(ranks)
         judged = ranker_list_scores(ranker, examples, top10)
         per_user = ({} if oracle is None else
                     true_reward_metrics(oracle, ids, examples.users.numpy(), top10, judged))
         evaluations.append(PolicyEvaluation(
             name=name, method=method, ranks=ranks, target_rewards=examples.target_rewards.numpy(),
-            ranker_top10_score=judged, users=examples.users.numpy(), per_user=per_user, decoding=decoding))
+            ranker_top10_score=judged, users=examples.users.numpy(), per_user=per_user, decoding=decoding,
+            ranks_unmasked=ranks_unmasked, seen_in_top10_unmasked=seen_top10))
     return evaluations
 
 

@@ -10,6 +10,8 @@ for the report's K = 20), while the untruncated MRR is not.
 History masking: the user's already-seen items (except the target, as in `ranking.py`) are passed
 to the decoder as excluded tuples, which it never generates (see `recmodels.beam_search`), so the
 K beams are K unseen candidates rather than K beams from which seen items are dropped afterwards.
+With `exclude_history=False` nothing is excluded: the unmasked protocol (RecBole's), where seen
+items compete like any other (`recmodels.evaluation.evaluate.semantic_unmasked_ranks`).
 """
 from __future__ import annotations
 
@@ -41,7 +43,10 @@ def hallucination_rate(tuples, semantic_ids: SemanticIds) -> float:
 
 
 def beam_target_ranks(items: np.ndarray, targets) -> np.ndarray:
-    """[B] 1-based position of each target among its row's beam items [B, K]; K + 1 when absent."""
+    """[B] 1-based position of each target among its row's beam items [B, K]; K + 1 when absent.
+
+    Beams are a strict order (best first), so there are no ties to break, unlike full-catalog ranks.
+    """
     items = np.asarray(items)
     t = np.asarray(targets.cpu() if isinstance(targets, torch.Tensor) else targets, dtype=np.int64)
     if items.ndim != 2 or t.shape != (items.shape[0],):
@@ -84,8 +89,11 @@ def _admissible_items(semantic_ids: SemanticIds, exclude: list[np.ndarray]) -> n
 
 def evaluate_beams(policy, examples: EvalExamples, semantic_ids: SemanticIds, beam_size: int = 20,
                    trie: ItemTrie | None = None, batch_size: int = 64, device=None,
-                   use_cache: bool = True) -> BeamEvaluation:
+                   use_cache: bool = True, exclude_history: bool = True) -> BeamEvaluation:
     """Beam-search every example's history (constrained when `trie` is given) and rank its target.
+
+    The user's seen items (except the target) are excluded from the beams unless `exclude_history`
+    is False (the unmasked protocol).
 
     Under constrained decoding a user whose history leaves fewer than `beam_size` unseen items gets
     as many beams as there are such items; the remaining slots repeat the row's last beam (score
@@ -102,7 +110,8 @@ def evaluate_beams(policy, examples: EvalExamples, semantic_ids: SemanticIds, be
         rows = slice(start, min(start + batch_size, len(examples)))
         history = semantic_ids.items_to_tokens(examples.history[rows]).to(dev)
         targets = examples.targets[rows].numpy()
-        exclude = [codes[seen[seen != target]] for seen, target in zip(examples.seen[rows], targets)]
+        exclude = [codes[seen[seen != target]] if exclude_history else codes[:0]
+                   for seen, target in zip(examples.seen[rows], targets)]
         width = np.full(len(exclude), beam_size)
         if trie is not None:
             width = np.minimum(width, _admissible_items(semantic_ids, exclude))

@@ -5,6 +5,8 @@
 policy (same users resampled for both), reward alignment, the ranker-judged top-10 score, each
 post-trained policy's training record (knobs, selected step, telemetry), the λ sweep of
 exp_rw_sft, head-to-head paired differences between methods, skipped methods and a verdict.
+Ranking metrics come under two protocols (`PROTOCOLS`): masked (primary, history items excluded)
+and unmasked (RecBole-comparable, history items included), the latter under each policy's `unmasked`.
 Rendering (Markdown, the comparison table, the files on disk) lives in report_output.py.
 """
 from __future__ import annotations
@@ -49,8 +51,21 @@ PROTOCOL = (
     "Semantic-ID policies generate items with beam search ({beam_size} beams, history excluded): their accuracy, "
     "top-10 list and judged score come from constrained decoding (prefix trie of real items; a target outside "
     "the beams is a miss, so mrr is truncated at the beam size), their hallucination rate is the share of the "
-    "top-10 tuples of unconstrained decoding that are no item. Atomic policies cannot hallucinate (rate 0)."
+    "top-10 tuples of unconstrained decoding that are no item. Atomic policies cannot hallucinate (rate 0). "
+    "Ties in a score are broken at random (seeded): rank = 1 + #items scoring higher + a uniform draw from "
+    "0..#items tied with the target. "
+    "Unmasked (RecBole-comparable): the same test ranking with the history items left in the catalog (RecBole's "
+    "protocol for sequential models; semantic-ID policies: constrained beam search without excluding the history), "
+    "reported beside the masked metrics under `unmasked.metrics`, with `seen_in_top10_unmasked` = the number of "
+    "history items in a user's unmasked top 10. The masked protocol stays the primary one (selection and promotion use it)."
 )
+SPLIT = "test (chronological leave-one-out: each user's last interaction is held out)"
+PROTOCOLS = {
+    "masked": "full ranking over the catalog, the user's history items excluded (primary)",
+    "unmasked": "full ranking over the catalog, history items included (RecBole's protocol for sequential models)",
+    "split": SPLIT,
+}
+UNMASKED_METRICS = METRIC_NAMES  # hr / ndcg / mrr @5/10/20 under the unmasked protocol
 
 
 @dataclass
@@ -64,6 +79,8 @@ class PolicyEvaluation:
     users: np.ndarray | None = None  # [N] user_idx, checked across policies when given
     per_user: dict = field(default_factory=dict)  # more per-user metrics (e.g. oracle true reward), same keys for all
     decoding: dict = field(default_factory=dict)  # tokenization, hallucination_rate, constrained/unconstrained accuracy
+    ranks_unmasked: np.ndarray | None = None  # [N] rank under the unmasked protocol (history items compete)
+    seen_in_top10_unmasked: np.ndarray | None = None  # [N] history items in the user's unmasked top 10
 
 
 def _interval(mean: float, low: float, high: float) -> dict[str, float]:
@@ -96,8 +113,8 @@ def _check_same_users(evals: list[PolicyEvaluation], baseline: str) -> int:
     first = evals[0]
     n = len(first.ranks)
     for e in evals:
-        for what in ("ranks", "target_rewards", "ranker_top10_score"):
-            if len(getattr(e, what)) != n:
+        for what in ("ranks", "target_rewards", "ranker_top10_score", "ranks_unmasked", "seen_in_top10_unmasked"):
+            if getattr(e, what) is not None and len(getattr(e, what)) != n:
                 raise ValueError(f"policy {e.name!r}: {what} covers {len(getattr(e, what))} users but policy "
                                  f"{first.name!r} covers {n}: all policies must be evaluated on the same users")
         if not np.array_equal(np.asarray(e.target_rewards), np.asarray(first.target_rewards)):
@@ -255,10 +272,29 @@ def _extra_metrics(evals: list[PolicyEvaluation]) -> tuple[str, ...]:
     return keys[0] if keys else ()
 
 
+def _unmasked(e: PolicyEvaluation, n_boot: int, seed: int) -> dict:
+    """The unmasked-protocol block ({"metrics": means with 95% CIs}, shaped as the policy's masked `metrics`) and
+    the mean number of history items in the unmasked top 10; None for both without unmasked ranks."""
+    if e.ranks_unmasked is None:
+        return {"unmasked": None, "seen_in_top10_unmasked": None}
+    df = per_user_metrics(e.ranks_unmasked, e.target_rewards)
+    seen = e.seen_in_top10_unmasked
+    metrics = {m: _interval(*bootstrap_ci(df[m], n_boot, ALPHA, seed)) for m in UNMASKED_METRICS}
+    return {"unmasked": {"metrics": metrics},
+            "seen_in_top10_unmasked": None if seen is None else _interval(*bootstrap_ci(seen, n_boot, ALPHA, seed))}
+
+
+def unmasked_metrics(policy: dict) -> dict[str, dict]:
+    """A report policy's unmasked-protocol metrics {metric: {mean, low, high}}; {} when it has none."""
+    return (policy.get("unmasked") or {}).get("metrics") or {}
+
+
 def build_report(evals: list[PolicyEvaluation], baseline: str = "pretrained", n_boot: int = 1000,
                  seed: int = 0, skipped: dict[str, str] | None = None) -> dict:
-    """Per policy: metric means with 95% CIs, paired differences vs `baseline`, reward alignment, judged score,
-    training record; plus skipped methods ({name: reason}), the λ sweep, head-to-head comparisons, verdict."""
+    """Per policy: metric means with 95% CIs (masked protocol, primary; and under `unmasked` the unmasked
+    protocol's, with `seen_in_top10_unmasked`), paired differences vs `baseline`, reward alignment, judged
+    score, training record; plus the `protocols`, skipped methods ({name: reason}), the λ sweep, head-to-head
+    comparisons, verdict."""
     n = _check_same_users(evals, baseline)
     skipped = _check_skipped(skipped, [e.name for e in evals])
     frames = {e.name: per_user_metrics(e.ranks, e.target_rewards) for e in evals}
@@ -274,6 +310,7 @@ def build_report(evals: list[PolicyEvaluation], baseline: str = "pretrained", n_
         policies[e.name] = {
             "method": e.method,
             "metrics": {m: _interval(*bootstrap_ci(df[m], n_boot, ALPHA, seed)) for m in reported},
+            **_unmasked(e, n_boot, seed),
             "diff_vs_baseline": {m: _interval(*paired_bootstrap_diff(df[m], base[m], n_boot, ALPHA, seed))
                                  for m in (*reported, JUDGED)},
             "reward_alignment": reward_alignment(e.ranks, e.target_rewards, k=10),
@@ -290,6 +327,7 @@ def build_report(evals: list[PolicyEvaluation], baseline: str = "pretrained", n_
     families = {e.name: method_family(e.name, e.method) for e in evals if e.name != baseline}
     report = _jsonable({
         "protocol": PROTOCOL.format(n_boot=n_boot, seed=seed, beam_size=_beam_sizes(policies)),
+        "protocols": PROTOCOLS,
         "n_users": n, "baseline": baseline, "n_boot": n_boot, "seed": seed, "alpha": ALPHA,
         "ks": list(KS), "metrics": list(reported), "extra_metrics": list(_extra_metrics(evals)),
         "policies": policies, "skipped": skipped,

@@ -15,7 +15,7 @@ from recmodels.atomic_files import atomic_write
 from recmodels.evaluation.plots import (plot_hallucination_frontier, plot_lambda_sweep, plot_report,
                                         plot_training_curves)
 from recmodels.evaluation.report import (JUDGED, KEY_KNOBS, KNOB_LABELS, RW_NDCG, TELEMETRY, _fmt, knob_value,
-                                         method_family, verdict)
+                                         method_family, unmasked_metrics, verdict)
 
 
 def _md_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -73,11 +73,33 @@ def _decoding_md(pols: dict) -> str:
                       "hr@10 unconstrained", "ndcg@10 unconstrained", "hallucination rate"], rows)
 
 
+UNMASKED_COLUMNS = ("hr@10", "ndcg@10")  # shown beside the masked metrics in the accuracy table
+UNMASKED_LABEL = "unmasked (RecBole-comparable)"
+
+
+def _interval_or_dash(iv: dict | None) -> str:
+    return "-" if iv is None else _fmt(iv)
+
+
+def _unmasked_cells(p: dict) -> list[str]:
+    """The accuracy table's unmasked HR@10 / NDCG@10 and seen-in-top-10 cells of one policy ("-" if absent)."""
+    unmasked = unmasked_metrics(p)
+    return [*(_interval_or_dash(unmasked.get(m)) for m in UNMASKED_COLUMNS),
+            _interval_or_dash(p.get("seen_in_top10_unmasked"))]
+
+
+def _protocols_md(report: dict) -> str:
+    protocols = report.get("protocols") or {}
+    return "\n".join(f"- {name}: {text}" for name, text in protocols.items())
+
+
 def report_markdown(report: dict) -> str:
     """Verdict, tables (metrics, paired differences, reward alignment, λ sweep, telemetry), skipped, protocol."""
     metrics, baseline, pols = report["metrics"], report["baseline"], report["policies"]
-    acc = _md_table(["policy", "method", *metrics],
-                    [[name, p["method"] or "-", *(_fmt(p["metrics"][m]) for m in metrics)] for name, p in pols.items()])
+    acc = _md_table(["policy", "method", *metrics, *(f"{m} {UNMASKED_LABEL}" for m in UNMASKED_COLUMNS),
+                     "history items in unmasked top-10"],
+                    [[name, p["method"] or "-", *(_fmt(p["metrics"][m]) for m in metrics), *_unmasked_cells(p)]
+                     for name, p in pols.items()])
     diff_cols = [*metrics, JUDGED]
     diff = _md_table(["policy", *diff_cols],
                      [[name, *(_fmt(p["diff_vs_baseline"][m], signed=True) for m in diff_cols)]
@@ -98,7 +120,10 @@ def report_markdown(report: dict) -> str:
         "# Evaluation report",
         f"{report['n_users']} test users; mean [95% bootstrap CI].",
         "## Verdict", " ".join(sentences) if sentences else "_only the baseline was evaluated_",
-        "## Accuracy", acc,
+        "## Accuracy",
+        f"Masked protocol (primary: the user's history items excluded), then HR@10 / NDCG@10 {UNMASKED_LABEL}: "
+        "the history items compete, as in RecBole's protocol for sequential models.",
+        acc,
         f"## Paired difference vs `{baseline}`", diff if len(pols) > 1 else "_only the baseline was evaluated_",
         "## Reward alignment", align,
         "## Decoding: constrained vs unconstrained",
@@ -111,18 +136,21 @@ def report_markdown(report: dict) -> str:
         "## Training telemetry", _telemetry_md(pols),
         "## Skipped methods",
         "\n".join(f"- `{name}`: {reason}" for name, reason in skipped.items()) or "_none_",
-        "## Protocol", report["protocol"],
+        "## Protocol", _protocols_md(report), report["protocol"],
     ]) + "\n"
 
 
 def comparison_table(report: dict) -> pd.DataFrame:
-    """One row per policy: metric means, the NDCG@10 difference vs the baseline with its CI, alignment."""
+    """One row per policy: metric means (masked; HR@10 / NDCG@10 also unmasked), the NDCG@10 difference vs the
+    baseline with its CI, alignment."""
     rows = []
     for name, p in report["policies"].items():
         d = p["diff_vs_baseline"]["ndcg@10"]
         rows.append({
             "policy": name, "method": p["method"] or "-",
             **{m: p["metrics"][m]["mean"] for m in METRIC_NAMES},
+            **{f"{m}_unmasked": unmasked_metrics(p).get(m, {}).get("mean") for m in UNMASKED_COLUMNS},
+            "seen_in_top10_unmasked": (p.get("seen_in_top10_unmasked") or {}).get("mean"),
             "ndcg@10_diff": d["mean"], "ndcg@10_diff_low": d["low"], "ndcg@10_diff_high": d["high"],
             "hr@10_liked": p["reward_alignment"]["hr@10_liked"],
             "hr@10_disliked": p["reward_alignment"]["hr@10_disliked"],
