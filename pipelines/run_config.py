@@ -1,0 +1,86 @@
+"""The `full_chain` run config that `make run` hands to `dagster job execute -c FILE`.
+
+    python -m pipelines.run_config --source movielens-100k --tokenization atomic --out run_config.yaml
+    python -m pipelines.run_config --source file --logs my_logs.csv --columns movie_id=item_id,ts=timestamp --out ...
+
+`dagster job execute` takes run config only from files, so the Makefile's variables (`SOURCE`,
+`LOGS`, `COLUMNS`, `TOKENIZATION`) become a YAML file under `RECALIGN_HOME`; the file stays there
+so the exact config of the last `make run` can be read or re-used with `-c`. Bad input (an unknown
+source, `file` without logs, a missing file, a malformed column mapping) is an error that names the
+variable, before anything runs.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from recmodels.data.sources import SOURCES
+
+TOKENIZATIONS = ("atomic", "semantic")
+
+
+class RunConfigError(ValueError):
+    """A `make run` variable is wrong; the message names it."""
+
+
+def parse_columns(text: str) -> dict[str, str]:
+    """`"movie_id=item_id,ts=timestamp"` -> {"movie_id": "item_id", "ts": "timestamp"} (file column -> contract)."""
+    mapping: dict[str, str] = {}
+    for pair in filter(None, (p.strip() for p in text.split(","))):
+        source, sep, target = (s.strip() for s in pair.partition("="))
+        if not sep or not source or not target:
+            raise RunConfigError(f"COLUMNS: {pair!r} is not FILE_COLUMN=CONTRACT_COLUMN "
+                                 "(e.g. COLUMNS='movie_id=item_id,ts=timestamp')")
+        if source in mapping:
+            raise RunConfigError(f"COLUMNS: file column {source!r} is mapped twice")
+        mapping[source] = target
+    return mapping
+
+
+def full_chain_run_config(source: str = "movielens-100k", logs: str | None = None, columns: str = "",
+                          tokenization: str = "atomic") -> dict:
+    """Run config of the `full_chain` job for one data source and tokenization."""
+    if source not in SOURCES:
+        raise RunConfigError(f"SOURCE={source!r} is not a known source; use one of {', '.join(SOURCES)}")
+    if tokenization not in TOKENIZATIONS:
+        raise RunConfigError(f"TOKENIZATION={tokenization!r}: use one of {', '.join(TOKENIZATIONS)}")
+    raw_logs: dict = {"source": source}
+    if source == "file":
+        if not logs:
+            raise RunConfigError("SOURCE=file needs LOGS=path/to/logs.parquet|.csv|.tsv")
+        path = Path(logs).expanduser().resolve()
+        if not path.is_file():
+            raise RunConfigError(f"LOGS={logs!r}: no such file ({path})")
+        raw_logs["path"] = str(path)
+        if columns:
+            raw_logs["columns"] = parse_columns(columns)
+    elif logs or columns:
+        raise RunConfigError(f"LOGS and COLUMNS are for SOURCE=file; SOURCE={source!r} reads its own data")
+    return {"ops": {"raw_logs": {"config": raw_logs},
+                    "pretrained_policy": {"config": {"tokenization": tokenization}}}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.run_config", description=__doc__.splitlines()[0])
+    parser.add_argument("--source", default="movielens-100k")
+    parser.add_argument("--logs", default="", help="raw-log file for --source file")
+    parser.add_argument("--columns", default="", help="file column -> contract column, e.g. movie_id=item_id,ts=timestamp")
+    parser.add_argument("--tokenization", default="atomic")
+    parser.add_argument("--out", required=True, type=Path, help="where to write the YAML run config")
+    args = parser.parse_args(argv)
+    try:
+        config = full_chain_run_config(args.source, args.logs or None, args.columns, args.tokenization)
+    except RunConfigError as exc:
+        print(f"make run: {exc}", file=sys.stderr)
+        return 2
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(yaml.safe_dump(config, sort_keys=False))
+    print(f"run config: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
