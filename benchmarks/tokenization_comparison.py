@@ -23,10 +23,16 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 DATASETS = ("movielens-100k", "movielens-1m")
+
+
+def progress(message: str) -> None:
+    """One line per stage on stderr (stdout holds only the JSON)."""
+    print(f"tokenization comparison: {message}", file=sys.stderr, flush=True)
 
 
 def _accuracy(ranks, protocol: str) -> dict:
@@ -83,9 +89,11 @@ def main() -> None:
                                                                        if not isinstance(v, (list, dict))}}
     cfg = PretrainConfig(epochs=args.epochs, patience=10)
     timings = {}
+    progress(f"{args.dataset}: {data.n_users} users, {data.n_items} items; pretraining the atomic policy")
     t = time.perf_counter()
     atomic = pretrain_policy(table, data.n_items, config=cfg, device="cpu")
     timings["atomic_pretrain_s"] = round(time.perf_counter() - t, 1)
+    progress("pretraining the semantic-ID policy")
     t = time.perf_counter()
     semantic = pretrain_semantic_policy(table, ids, config=cfg, device="cpu")
     timings["semantic_pretrain_s"] = round(time.perf_counter() - t, 1)
@@ -95,6 +103,7 @@ def main() -> None:
                "sequences_per_s": round(sum(h["sequences_per_s"] for h in r.history) / len(r.history), 1)}
         for name, r in (("atomic", atomic), ("semantic", semantic))}
 
+    progress("training the ranker")
     t = time.perf_counter()
     ranker = train_ranker(table, data.n_items, RankerTrainConfig(epochs=args.ranker_epochs), device="cpu").ranker
     timings["ranker_s"] = round(time.perf_counter() - t, 1)
@@ -111,6 +120,7 @@ def main() -> None:
             timings[f"{name}_s"] = round(time.perf_counter() - t, 1)
             policies[name] = (result.policy, method)
             extras[name] = {"params": result.params, "best_step": result.best_step, "history": result.history}
+    progress("evaluating on the test users")
     t = time.perf_counter()
     evals = evaluate_policies(policies, table, ranker, semantic.policy_config.max_len, semantic_ids=ids)
     timings["evaluation_s"] = round(time.perf_counter() - t, 1)
