@@ -65,7 +65,7 @@ def blocking_check_results(context: dg.AssetExecutionContext,
 
 
 def _semantic_ids(path):
-    from recmodels.tokenizers.semantic_ids import SemanticIds
+    from recmodels.tokenization.semantic_ids import SemanticIds
 
     return SemanticIds.load(path) if path else None
 
@@ -74,7 +74,7 @@ def valid_metrics_of_challengers(trained: dict[str, dict], table: pd.DataFrame) 
     """Per-user valid metrics of each post-trained policy of this run (trained on this table's tokens);
     each frame's `attrs["hallucination_rate"]` is the policy's valid hallucination rate."""
     from recmodels.evaluation.promotion import split_metrics
-    from recmodels.model_io import load_policy
+    from recmodels.storage.model_io import load_policy
 
     frames = {}
     for variant, record in trained.items():
@@ -88,7 +88,7 @@ def valid_metrics_of_version(version: str, table: pd.DataFrame, folder) -> pd.Da
     """Per-user valid metrics of a registered policy, read through the catalog it was trained with."""
     from recmodels.data.tables import read_parquet
     from recmodels.evaluation.promotion import split_metrics
-    from recmodels.model_io import load_policy
+    from recmodels.storage.model_io import load_policy
 
     artifacts = download_policy_artifacts(POST_TRAINED_MODEL, version, folder)
     policy, items = load_policy(artifacts["checkpoint"]), read_parquet(artifacts["catalog"])

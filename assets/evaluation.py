@@ -14,7 +14,7 @@ from assets.resources import MlflowTracking, RecalignHome
 def load_policies(pretrained: dict, post_trained: dict[str, dict]) -> tuple[dict, dict, dict]:
     """The policies to evaluate {name: (module, method)}, the skipped variants {name: reason}, and each
     trained variant's telemetry (knobs, selected step, history) for the report."""
-    from recmodels.model_io import load_policy
+    from recmodels.storage.model_io import load_policy
 
     trained = {r["variant"]: r for r in post_trained.values() if "skipped" not in r}
     skipped = {r["variant"]: r["skipped"] for r in post_trained.values() if "skipped" in r}
@@ -86,13 +86,13 @@ def evaluate_and_report(context: dg.AssetExecutionContext, home: RecalignHome, m
     from recmodels.evaluation.oracle import Oracle
     from recmodels.evaluation.report import build_report
     from recmodels.evaluation.report_output import write_report
-    from recmodels.model_io import load_ranker
+    from recmodels.storage.model_io import load_ranker
 
     policies, skipped, training = load_policies(pretrained_policy, post_trained)
     max_len = policies["pretrained"][0].cfg.max_len
     semantic_ids = None
     if pretrained_policy.get("tokenization") == "semantic":
-        from recmodels.tokenizers.semantic_ids import SemanticIds
+        from recmodels.tokenization.semantic_ids import SemanticIds
 
         semantic_ids = SemanticIds.load(pretrained_policy["semantic_ids"])
     table, catalog = read_parquet(interactions["table"]), read_parquet(interactions["catalog"])

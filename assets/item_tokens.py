@@ -13,7 +13,7 @@ import pandas as pd
 
 from assets.metadata import markdown_table
 from assets.resources import RecalignHome
-from recmodels.tokenizers.quality import CHECK_NAME
+from recmodels.tokenization.quality import CHECK_NAME
 
 
 class ItemTokensConfig(dg.Config):
@@ -36,7 +36,7 @@ def item_tokens(context: dg.AssetExecutionContext, config: ItemTokensConfig, int
 
     from assets.model_runs import library_config
     from recmodels.data.tables import read_parquet
-    from recmodels.tokenizers import ItemVectorConfig, SemanticIdConfig, build_item_vectors, build_semantic_ids
+    from recmodels.tokenization import ItemVectorConfig, SemanticIdConfig, build_item_vectors, build_semantic_ids
 
     started = time.perf_counter()
     settings = config.model_dump()
@@ -68,8 +68,8 @@ def item_tokens(context: dg.AssetExecutionContext, config: ItemTokensConfig, int
 def item_tokens_bijection(item_tokens: dict) -> dg.AssetCheckResult:
     import json
 
-    from recmodels.tokenizers.quality import bijection_check
-    from recmodels.tokenizers.semantic_ids import SemanticIds
+    from recmodels.tokenization.quality import bijection_check
+    from recmodels.tokenization.semantic_ids import SemanticIds
 
     outcome = bijection_check(SemanticIds.load(item_tokens["path"]))
     return dg.AssetCheckResult(

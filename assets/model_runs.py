@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import dagster as dg
 
 from assets.resources import MlflowTracking, RecalignHome
-from recmodels.checkpoints import save_checkpoint
+from recmodels.storage.checkpoints import save_checkpoint
 
 POLICY_MODEL = "recalign-pretrained-policy"
 RANKER_MODEL = "recalign-ranker"

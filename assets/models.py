@@ -40,14 +40,14 @@ class PretrainAssetConfig(dg.Config):
 def _train_policy(settings: dict, interactions: dict, item_tokens: dict, callback):
     """(result, tokenization-specific record fields, MLflow params) of the chosen tokenization."""
     from recmodels.data.tables import read_parquet
-    from recmodels.pretraining import PretrainConfig
+    from recmodels.training.pretraining import PretrainConfig
 
     table = read_parquet(interactions["table"])
     train_cfg = library_config(PretrainConfig, settings)
     if settings["tokenization"] == "semantic":
-        from recmodels.semantic_policy import SemanticPolicyConfig
-        from recmodels.semantic_pretraining import pretrain_semantic_policy
-        from recmodels.tokenizers.semantic_ids import SemanticIds
+        from recmodels.models.semantic_policy import SemanticPolicyConfig
+        from recmodels.training.semantic_pretraining import pretrain_semantic_policy
+        from recmodels.tokenization.semantic_ids import SemanticIds
 
         ids = SemanticIds.load(item_tokens["path"])
         if ids.n_items != interactions["n_items"]:
@@ -56,8 +56,8 @@ def _train_policy(settings: dict, interactions: dict, item_tokens: dict, callbac
         policy_cfg = library_config(SemanticPolicyConfig, settings, level_sizes=ids.level_sizes)
         result = pretrain_semantic_policy(table, ids, policy_cfg, train_cfg, callback=callback)
         return result, {"semantic_ids": item_tokens["path"]}, {**vars(train_cfg), **vars(policy_cfg)}
-    from recmodels.policy import PolicyConfig
-    from recmodels.pretraining import pretrain_policy
+    from recmodels.models.policy import PolicyConfig
+    from recmodels.training.pretraining import pretrain_policy
 
     policy_cfg = library_config(PolicyConfig, settings, vocab_size=interactions["n_items"] + 1)
     result = pretrain_policy(table, interactions["n_items"], policy_cfg, train_cfg, callback=callback)
@@ -108,7 +108,7 @@ class RankerAssetConfig(dg.Config):
 def ranker_reward_model(context: dg.AssetExecutionContext, config: RankerAssetConfig, interactions: dict,
                         home: RecalignHome, mlflow: MlflowTracking) -> dict:
     """Reward regressor on logged (history, item) pairs: the 'production ranker' that RL methods optimize."""
-    from recmodels.ranker_training import RankerTrainConfig, train_ranker
+    from recmodels.training.ranker_training import RankerTrainConfig, train_ranker
 
     train_cfg = library_config(RankerTrainConfig, config.model_dump())
     with tracked_training(context, mlflow, interactions["dataset"], interactions["digest"],

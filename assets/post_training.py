@@ -45,12 +45,12 @@ class PostTrainAssetConfig(dg.Config):
 def post_trained_asset(variant: str, method: str, fixed: dict[str, Any]) -> dg.AssetsDefinition:
     @dg.asset(name=f"post_trained_{variant}", group_name="post_training", kinds={"pytorch", "mlflow"},
               tags={"method": method}, description=f"The pretrained policy post-trained with `{method}` "
-              f"{fixed or '(default knobs)'} (design.md §4).")
+              f"{fixed or '(default knobs)'} (docs/design.md §4).")
     def _asset(context: dg.AssetExecutionContext, config: PostTrainAssetConfig, interactions: dict,
                pretrained_policy: dict, ranker_reward_model: dict, home: RecalignHome,
                mlflow: MlflowTracking) -> dict:
         from recmodels.data.tables import read_parquet
-        from recmodels.model_io import load_policy, load_ranker
+        from recmodels.storage.model_io import load_policy, load_ranker
         from recmodels.post_training.loop import PostTrainConfig, post_train
         from recmodels.post_training.registry import MethodNotApplicable
 
@@ -62,7 +62,7 @@ def post_trained_asset(variant: str, method: str, fixed: dict[str, Any]) -> dg.A
             else None
         semantic = {}
         if semantic_path:
-            from recmodels.tokenizers.semantic_ids import SemanticIds
+            from recmodels.tokenization.semantic_ids import SemanticIds
 
             semantic = {"semantic_ids": SemanticIds.load(semantic_path)}
         base = {"dataset": interactions["dataset"], "variant": variant, "method": method,

@@ -1,6 +1,6 @@
 """Great Expectations checks of the reward distribution, run as Dagster asset checks on `interactions`.
 
-The first five are blocking (design.md §2): when one fails, no downstream asset of the run is
+The first five are blocking (docs/design.md §2): when one fails, no downstream asset of the run is
 materialized. Drift (KL of the reward histogram against the last accepted materialization) and the
 positive-reward share only warn. Every check shows its observed values as metadata.
 """

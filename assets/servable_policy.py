@@ -67,7 +67,7 @@ class ServablePolicy(PythonModel):
     """Top-k next items for users given their recent original item ids (history masked)."""
 
     def load_context(self, context) -> None:
-        from recmodels.model_io import load_policy
+        from recmodels.storage.model_io import load_policy
         from recmodels.runtime import default_device
 
         from recmodels.evaluation.evaluate import is_semantic
@@ -76,8 +76,8 @@ class ServablePolicy(PythonModel):
         catalog = pd.read_parquet(context.artifacts["catalog"], columns=["item_idx", "item_id"])
         self.semantic_ids = self.trie = None
         if is_semantic(self.policy):
-            from recmodels.tokenizers.semantic_ids import SemanticIds
-            from recmodels.tokenizers.trie import ItemTrie
+            from recmodels.tokenization.semantic_ids import SemanticIds
+            from recmodels.tokenization.trie import ItemTrie
 
             if "semantic_ids" not in context.artifacts:
                 raise MlflowException(f"checkpoint {context.artifacts['checkpoint']} is a semantic-ID policy but the "
@@ -143,7 +143,7 @@ class ServablePolicy(PythonModel):
         probabilities (k capped at the unseen catalog)."""
         import torch
 
-        from recmodels.beam_search import beam_search
+        from recmodels.decoding.beam_search import beam_search
 
         k = min(k, self.semantic_ids.n_items - len(seen))
         if k < 1:

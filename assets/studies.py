@@ -93,7 +93,7 @@ class StudyRuns:
         self.context.log.info(f"{event['dataset']}: training {event['model']}")
 
     def _checkpoint(self, event: dict) -> None:
-        from recmodels.checkpoints import save_checkpoint
+        from recmodels.storage.checkpoints import save_checkpoint
 
         path = self.checkpoint_dir / event["dataset"] / f"{event['model']}.pt"
         save_checkpoint(path, event["module"], event["module_config"])
@@ -140,7 +140,7 @@ class RobustnessStudyConfig(dg.Config):
 
     def to_library(self):
         from recmodels.post_training.loop import PostTrainConfig
-        from recmodels.ranker_training import RankerTrainConfig
+        from recmodels.training.ranker_training import RankerTrainConfig
         from recmodels.studies.robustness import RobustnessConfig
 
         return RobustnessConfig(
@@ -207,7 +207,7 @@ class CrossDatasetComparisonConfig(dg.Config):
 
     def to_library(self):
         from recmodels.post_training.loop import PostTrainConfig
-        from recmodels.ranker_training import RankerTrainConfig
+        from recmodels.training.ranker_training import RankerTrainConfig
         from recmodels.studies.comparison import ComparisonConfig, method_variants
         from recmodels.studies.cross_dataset import CrossDatasetConfig
 

@@ -44,12 +44,12 @@ def main() -> None:
     import torch
 
     from recmodels.evaluation.hallucination import evaluate_beams
-    from recmodels.model_io import load_policy
-    from recmodels.semantic_policy import SemanticPolicy, SemanticPolicyConfig
-    from recmodels.semantic_pretraining import pretrain_semantic_policy
-    from recmodels.pretraining import PretrainConfig
-    from recmodels.sequences import build_user_sequences, eval_examples
-    from recmodels.tokenizers import ItemTrie, SemanticIds, build_item_vectors, build_semantic_ids
+    from recmodels.storage.model_io import load_policy
+    from recmodels.models.semantic_policy import SemanticPolicy, SemanticPolicyConfig
+    from recmodels.training.semantic_pretraining import pretrain_semantic_policy
+    from recmodels.training.pretraining import PretrainConfig
+    from recmodels.data.sequences import build_user_sequences, eval_examples
+    from recmodels.tokenization import ItemTrie, SemanticIds, build_item_vectors, build_semantic_ids
 
     torch.set_num_threads(args.threads)
     data = movielens_interactions(Path(args.cache_dir))

@@ -46,10 +46,10 @@ def main() -> None:
     from recmodels.data.rewards import RewardSpec
     from recmodels.data.sources import load_raw_logs
     from recmodels.evaluation.ranking import rank_catalog
-    from recmodels.policy import PolicyConfig
-    from recmodels.pretraining import PretrainConfig, pretrain_policy
+    from recmodels.models.policy import PolicyConfig
+    from recmodels.training.pretraining import PretrainConfig, pretrain_policy
     from recmodels.runtime import default_device
-    from recmodels.sequences import build_user_sequences, eval_examples
+    from recmodels.data.sequences import build_user_sequences, eval_examples
 
     device = torch.device(args.device) if args.device else default_device()
     data = build_interactions(load_raw_logs(args.dataset, cache_dir=Path(args.cache_dir)), RewardSpec())

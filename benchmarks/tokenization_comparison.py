@@ -73,11 +73,11 @@ def main() -> None:
     from recmodels.evaluation.report import build_report
     from recmodels.evaluation.report_output import write_report
     from recmodels.post_training.loop import PostTrainConfig, post_train
-    from recmodels.pretraining import PretrainConfig, pretrain_policy
-    from recmodels.ranker_training import RankerTrainConfig, train_ranker
-    from recmodels.semantic_pretraining import pretrain_semantic_policy
-    from recmodels.sequences import build_user_sequences, eval_examples
-    from recmodels.tokenizers import ItemTrie, build_item_vectors, build_semantic_ids
+    from recmodels.training.pretraining import PretrainConfig, pretrain_policy
+    from recmodels.training.ranker_training import RankerTrainConfig, train_ranker
+    from recmodels.training.semantic_pretraining import pretrain_semantic_policy
+    from recmodels.data.sequences import build_user_sequences, eval_examples
+    from recmodels.tokenization import ItemTrie, build_item_vectors, build_semantic_ids
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()

@@ -8,7 +8,7 @@ from recmodels.post_training.adagrpo import AdaGRPOParams, adagrpo_loss, gate_di
 from recmodels.post_training.loop import PostTrainConfig, post_train
 from recmodels.post_training.nll_grpo import NLLGRPOParams, nll_grpo_loss
 from recmodels.post_training.sft import SFTParams, sft_loss
-from recmodels.sequences import build_user_sequences, training_windows
+from recmodels.data.sequences import build_user_sequences, training_windows
 from tests.test_rl_methods import MAX_LEN, grads, item_ranker, make_ctx, make_interactions, tiny_policy
 
 

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from recmodels.beam_search import beam_search, sample_tuples, tuple_log_probs
+from recmodels.decoding.beam_search import beam_search, sample_tuples, tuple_log_probs
 from recmodels.evaluation.hallucination import (beam_items, beam_target_ranks, evaluate_beams,
                                                 hallucination_rate)
-from recmodels.sequences import EvalExamples
-from recmodels.tokenizers import ItemTrie
+from recmodels.data.sequences import EvalExamples
+from recmodels.tokenization import ItemTrie
 from tests.test_semantic_policy import hand_ids, random_policy
 
 SIZES = (4, 4, 3)  # 48 possible tuples

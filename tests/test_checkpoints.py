@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recmodels.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
-from recmodels.model_io import load_policy, load_ranker
-from recmodels.policy import GenerativePolicy, PolicyConfig
+from recmodels.storage.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from recmodels.storage.model_io import load_policy, load_ranker
+from recmodels.models.policy import GenerativePolicy, PolicyConfig
 
 
 def tiny_policy(seed: int = 0) -> GenerativePolicy:

@@ -10,7 +10,7 @@ from recmodels.data.interactions import build_interactions
 from recmodels.data.rewards import RewardSpec
 from recmodels.data.sources import RawLogs, load_raw_logs
 from recmodels.data.tables import frame_digest, read_parquet, write_parquet
-from recmodels.sequences import build_user_sequences, eval_examples
+from recmodels.data.sequences import build_user_sequences, eval_examples
 from tests.synthetic import make_synthetic_logs, write_synthetic_dataset
 
 

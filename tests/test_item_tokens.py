@@ -11,8 +11,8 @@ import pytest
 from assets.data import interactions, raw_logs
 from assets.item_tokens import item_tokens, item_tokens_bijection
 from assets.resources import RecalignHome
-from recmodels.tokenizers import SemanticIdConfig, SemanticIds
-from recmodels.tokenizers.quality import bijection_check
+from recmodels.tokenization import SemanticIdConfig, SemanticIds
+from recmodels.tokenization.quality import bijection_check
 from tests.synthetic import write_synthetic_dataset
 
 pytestmark = pytest.mark.integration

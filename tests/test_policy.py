@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from recmodels.checkpoints import load_checkpoint, save_checkpoint
-from recmodels.policy import GenerativePolicy, PolicyConfig
+from recmodels.storage.checkpoints import load_checkpoint, save_checkpoint
+from recmodels.models.policy import GenerativePolicy, PolicyConfig
 
 
 def tiny_policy(seed=0, **overrides):

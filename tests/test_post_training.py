@@ -8,13 +8,13 @@ import torch
 
 from recmodels.evaluation.metrics import ndcg
 from recmodels.evaluation.ranking import target_ranks
-from recmodels.policy import GenerativePolicy, PolicyConfig
+from recmodels.models.policy import GenerativePolicy, PolicyConfig
 from recmodels.post_training import registry
 from recmodels.post_training.exp_rw_sft import ExpRwSFTParams, exp_rw_sft_loss, prepare, user_mean_rewards
 from recmodels.post_training.loop import MethodContext, PostTrainConfig, post_train
 from recmodels.post_training.registry import METHODS, PostTrainingMethod, get_method
 from recmodels.post_training.sft import SFTParams, sft_loss, target_nll
-from recmodels.sequences import TrainingWindows, build_user_sequences, eval_examples, training_windows
+from recmodels.data.sequences import TrainingWindows, build_user_sequences, eval_examples, training_windows
 from tests.synthetic import cyclic_interactions
 
 N_USERS, N_ITEMS, EVENTS = 20, 12, 8

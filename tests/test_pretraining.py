@@ -4,11 +4,11 @@ import pandas as pd
 import pytest
 import torch
 
-import recmodels.pretraining as pretraining
+import recmodels.training.pretraining as pretraining
 from recmodels.evaluation.ranking import target_ranks
-from recmodels.policy import PolicyConfig
-from recmodels.pretraining import PretrainConfig, pretrain_policy, window_nll
-from recmodels.sequences import build_user_sequences, eval_examples
+from recmodels.models.policy import PolicyConfig
+from recmodels.training.pretraining import PretrainConfig, pretrain_policy, window_nll
+from recmodels.data.sequences import build_user_sequences, eval_examples
 
 N_ITEMS = 40
 
@@ -86,7 +86,7 @@ def test_same_seed_same_numbers_other_seed_other_numbers():
 
 
 def test_window_nll_equals_the_policy_loss():
-    from recmodels.policy import GenerativePolicy
+    from recmodels.models.policy import GenerativePolicy
 
     torch.manual_seed(0)
     policy = GenerativePolicy(TINY).eval()

@@ -4,10 +4,10 @@ import pandas as pd
 import pytest
 import torch
 
-from recmodels.checkpoints import load_checkpoint, save_checkpoint
-from recmodels.ranker import RankerConfig, RewardRanker
-from recmodels.ranker_training import RankerTrainConfig, baseline_rmses, train_event_histories, train_ranker
-from recmodels.sequences import build_user_sequences, eval_examples
+from recmodels.storage.checkpoints import load_checkpoint, save_checkpoint
+from recmodels.models.ranker import RankerConfig, RewardRanker
+from recmodels.training.ranker_training import RankerTrainConfig, baseline_rmses, train_event_histories, train_ranker
+from recmodels.data.sequences import build_user_sequences, eval_examples
 
 N_ITEMS = 20
 

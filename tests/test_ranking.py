@@ -6,8 +6,8 @@ import torch
 from recmodels.evaluation.metrics import hit_rate, ndcg
 from recmodels.evaluation.ranking import (rank_catalog, ranks_from_scores, score_catalog, target_ranks,
                                           top_k_items)
-from recmodels.policy import GenerativePolicy, PolicyConfig
-from recmodels.sequences import EvalExamples
+from recmodels.models.policy import GenerativePolicy, PolicyConfig
+from recmodels.data.sequences import EvalExamples
 
 NEG_INF = float("-inf")
 

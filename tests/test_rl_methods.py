@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from recmodels.policy import GenerativePolicy, PolicyConfig
+from recmodels.models.policy import GenerativePolicy, PolicyConfig
 from recmodels.post_training.contexts import context_log_probs, contexts_at, ranker_rewards, select_contexts
 from recmodels.post_training.dpo import DPOParams, dpo_loss, preference_margins
 from recmodels.post_training.grpo import GRPOParams, clipped_surrogate, group_advantages, grpo_loss, kl_k3
@@ -15,9 +15,9 @@ from recmodels.post_training.ips import IPSParams, ips_loss
 from recmodels.post_training.loop import MethodContext, PostTrainConfig, post_train
 from recmodels.post_training.ppo import PPOParams, ppo_loss
 from recmodels.post_training.registry import MethodNotApplicable, get_method
-from recmodels.ranker import RankerConfig, RewardRanker
-from recmodels.rollouts import history_mask
-from recmodels.sequences import TrainingWindows, build_user_sequences, training_windows
+from recmodels.models.ranker import RankerConfig, RewardRanker
+from recmodels.decoding.rollouts import history_mask
+from recmodels.data.sequences import TrainingWindows, build_user_sequences, training_windows
 from tests.synthetic import cyclic_interactions
 
 N_USERS, N_ITEMS, EVENTS, MAX_LEN = 40, 30, 10, 8

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recmodels.policy import GenerativePolicy, PolicyConfig
+from recmodels.models.policy import GenerativePolicy, PolicyConfig
 from recmodels.post_training.reference_cache import ReferenceCache
-from recmodels.rollouts import (entropy, history_mask, kl_divergence, masked_log_probs, next_item_log_probs,
+from recmodels.decoding.rollouts import (entropy, history_mask, kl_divergence, masked_log_probs, next_item_log_probs,
                                 sample_from_log_probs, sample_rollouts, sequence_logprob, top_k_rollouts)
 
 N_ITEMS, T = 20, 6

@@ -69,8 +69,8 @@ def test_downstream_follows_the_semantic_checkpoint(chain):
     tmp, result = chain
     from mlflow import MlflowClient
 
-    from recmodels.model_io import load_policy
-    from recmodels.semantic_policy import SemanticPolicy
+    from recmodels.storage.model_io import load_policy
+    from recmodels.models.semantic_policy import SemanticPolicy
 
     tokens = result.output_for_node("item_tokens")
     pretrained = result.output_for_node("pretrained_policy")

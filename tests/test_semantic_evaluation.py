@@ -12,10 +12,10 @@ from recmodels.evaluation.promotion import split_metrics
 from recmodels.evaluation.ranking import rank_catalog, target_ranks
 from recmodels.evaluation.report import build_report
 from recmodels.evaluation.report_output import report_markdown, write_report
-from recmodels.policy import GenerativePolicy, PolicyConfig
-from recmodels.ranker import RankerConfig, RewardRanker
-from recmodels.sequences import EvalExamples, build_user_sequences, eval_examples
-from recmodels.tokenizers import ItemTrie
+from recmodels.models.policy import GenerativePolicy, PolicyConfig
+from recmodels.models.ranker import RankerConfig, RewardRanker
+from recmodels.data.sequences import EvalExamples, build_user_sequences, eval_examples
+from recmodels.tokenization import ItemTrie
 from tests.synthetic import cyclic_interactions
 from tests.test_semantic_policy import hand_ids, random_policy
 

@@ -6,7 +6,7 @@ import torch
 from recmodels.data.interactions import build_interactions
 from recmodels.data.rewards import RewardSpec
 from recmodels.data.sources import RawLogs
-from recmodels.tokenizers import (ItemVectorConfig, SemanticIdConfig, SemanticIds, TokenLayout,
+from recmodels.tokenization import (ItemVectorConfig, SemanticIdConfig, SemanticIds, TokenLayout,
                                   build_item_vectors, build_semantic_ids)
 from tests.synthetic import make_synthetic_catalog, make_synthetic_logs
 

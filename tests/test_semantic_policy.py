@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from recmodels.beam_search import beam_search
-from recmodels.checkpoints import load_checkpoint, save_checkpoint
-from recmodels.semantic_policy import SemanticPolicy, SemanticPolicyConfig
-from recmodels.tokenizers import ItemTrie, SemanticIdConfig, SemanticIds
+from recmodels.decoding.beam_search import beam_search
+from recmodels.storage.checkpoints import load_checkpoint, save_checkpoint
+from recmodels.models.semantic_policy import SemanticPolicy, SemanticPolicyConfig
+from recmodels.tokenization import ItemTrie, SemanticIdConfig, SemanticIds
 
 SIZES = (3, 3, 2)  # offsets (1, 4, 7), vocab 9
 

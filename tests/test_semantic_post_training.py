@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from recmodels.beam_search import tuple_log_probs
+from recmodels.decoding.beam_search import tuple_log_probs
 from recmodels.evaluation.hallucination import evaluate_beams
 from recmodels.evaluation.metrics import ndcg
 from recmodels.post_training import grpo
@@ -16,11 +16,11 @@ from recmodels.post_training.grpo import GRPOParams, grpo_terms
 from recmodels.post_training.loop import MethodContext, PostTrainConfig, post_train
 from recmodels.post_training.registry import METHODS
 from recmodels.post_training.tokenization import SemanticItems
-from recmodels.rollouts import (first_code_log_probs, history_exclusions, sample_rollouts, sequence_logprob,
+from recmodels.decoding.rollouts import (first_code_log_probs, history_exclusions, sample_rollouts, sequence_logprob,
                                 tuple_token_log_probs)
-from recmodels.semantic_policy import SemanticPolicy, SemanticPolicyConfig
-from recmodels.sequences import TrainingWindows, build_user_sequences, eval_examples, training_windows
-from recmodels.tokenizers import ItemTrie, SemanticIdConfig, SemanticIds
+from recmodels.models.semantic_policy import SemanticPolicy, SemanticPolicyConfig
+from recmodels.data.sequences import TrainingWindows, build_user_sequences, eval_examples, training_windows
+from recmodels.tokenization import ItemTrie, SemanticIdConfig, SemanticIds
 from tests.test_rl_methods import MAX_LEN, N_ITEMS, item_ranker, make_interactions
 from tests.test_rl_methods import tiny_policy as atomic_policy
 

@@ -3,15 +3,15 @@ import numpy as np
 import pytest
 import torch
 
-from recmodels.checkpoints import CheckpointError, save_checkpoint
+from recmodels.storage.checkpoints import CheckpointError, save_checkpoint
 from recmodels.evaluation.hallucination import evaluate_beams
-from recmodels.model_io import load_policy
-from recmodels.policy import GenerativePolicy, PolicyConfig
-from recmodels.pretraining import PretrainConfig
-from recmodels.semantic_policy import SemanticPolicy, SemanticPolicyConfig
-from recmodels.semantic_pretraining import pretrain_semantic_policy, token_nll
-from recmodels.sequences import build_user_sequences, eval_examples, training_windows
-from recmodels.tokenizers import ItemTrie, SemanticIdConfig, SemanticIds
+from recmodels.storage.model_io import load_policy
+from recmodels.models.policy import GenerativePolicy, PolicyConfig
+from recmodels.training.pretraining import PretrainConfig
+from recmodels.models.semantic_policy import SemanticPolicy, SemanticPolicyConfig
+from recmodels.training.semantic_pretraining import pretrain_semantic_policy, token_nll
+from recmodels.data.sequences import build_user_sequences, eval_examples, training_windows
+from recmodels.tokenization import ItemTrie, SemanticIdConfig, SemanticIds
 from tests.synthetic import cyclic_interactions
 
 N_ITEMS = 48

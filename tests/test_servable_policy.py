@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from recmodels.checkpoints import save_checkpoint
-from recmodels.policy import GenerativePolicy, PolicyConfig
+from recmodels.storage.checkpoints import save_checkpoint
+from recmodels.models.policy import GenerativePolicy, PolicyConfig
 
 ITEM_IDS = ["101", "102", "103", "104", "105", "106", "107"]  # tokens 1..7
 
@@ -106,8 +106,8 @@ def served_semantic(tmp_path_factory):
 
 
 def test_a_semantic_policy_serves_its_constrained_beams_as_original_item_ids(served_semantic):
-    from recmodels.beam_search import beam_search
-    from recmodels.tokenizers import ItemTrie
+    from recmodels.decoding.beam_search import beam_search
+    from recmodels.tokenization import ItemTrie
 
     model, policy, ids = served_semantic
     history = ["103", "101"]

@@ -13,8 +13,8 @@ import torch
 from assets.model_runs import POST_TRAINED_MODEL, log_servable_policy
 from assets.registry import promote
 from assets.resources import MlflowTracking
-from recmodels.checkpoints import save_checkpoint
-from recmodels.policy import GenerativePolicy, PolicyConfig
+from recmodels.storage.checkpoints import save_checkpoint
+from recmodels.models.policy import GenerativePolicy, PolicyConfig
 from scripts.local_servers import HOST, free_port, post_json, running, serve_command, server_env
 
 pytestmark = pytest.mark.integration

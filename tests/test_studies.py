@@ -15,7 +15,7 @@ from recmodels.data.interactions import build_interactions
 from recmodels.data.rewards import RewardSpec
 from recmodels.data.sources import RawLogs
 from recmodels.post_training.loop import PostTrainConfig
-from recmodels.ranker_training import RankerTrainConfig
+from recmodels.training.ranker_training import RankerTrainConfig
 from recmodels.studies.comparison import ComparisonConfig, Variant, method_variants, run_comparison
 from recmodels.studies.cross_dataset import summary_markdown, summary_records, summary_table
 from recmodels.studies.findings import claim_adagrpo, claim_exp_rw_sft, robustness_findings

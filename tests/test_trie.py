@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from recmodels.tokenizers import ItemTrie
+from recmodels.tokenization import ItemTrie
 
 # level sizes (2, 3, 2); items 1..4
 CODES = np.array([[0, 0, 0], [0, 0, 0], [0, 0, 1], [0, 2, 0], [1, 1, 0]])

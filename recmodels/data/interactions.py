@@ -1,6 +1,6 @@
 """The interactions table: raw logs with contiguous ids, rewards and the leave-one-out split.
 
-Contract (design.md §2): sorted by user then time, `user_idx` int32 0..U-1, `item_idx` int32
+Contract (docs/design.md §2): sorted by user then time, `user_idx` int32 0..U-1, `item_idx` int32
 1..n_items (0 is padding), `timestamp` int64, `reward` float32, the raw feedback signals,
 `propensity` when logged, `split` in {train, valid, test}, plus the original `user_id` /
 `item_id` strings. The catalog has one row per logged item, in `item_idx` order.

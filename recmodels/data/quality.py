@@ -1,6 +1,6 @@
 """Reward distribution checks on the interactions table, as Great Expectations 1.x expectations.
 
-design.md §2: five blocking checks (schema, reward not null and finite, reward in the declared
+docs/design.md §2: five blocking checks (schema, reward not null and finite, reward in the declared
 range, reward std above a floor, no duplicate (user, item, timestamp) events) and two warnings
 (reward histogram drift against a reference, share of positive rewards inside a band). Every
 outcome carries its observed values. All expectations run as one suite on one in-memory batch.

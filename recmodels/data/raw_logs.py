@@ -1,4 +1,4 @@
-"""The raw-log contract (design.md §2): checked once at the door, normalized for every later step.
+"""The raw-log contract (docs/design.md §2): checked once at the door, normalized for every later step.
 
 Raw logs hold one row per logged event: `user_id`, `item_id`, `timestamp`, at least one feedback
 signal and optionally `propensity`. The item catalog holds `item_id`, `title` and feature columns

@@ -1,4 +1,4 @@
-"""Simulated, exposure-biased logs with known ground truth (design.md §6).
+"""Simulated, exposure-biased logs with known ground truth (docs/design.md §6).
 
 The world, drawn from `seed`:
 - latent vectors p_u, q_i ~ N(0, I / sqrt(d)) (so p_u . q_i has unit variance) and biases

@@ -1,4 +1,4 @@
-"""Chronological leave-one-out split per user (design.md §2)."""
+"""Chronological leave-one-out split per user (docs/design.md §2)."""
 from __future__ import annotations
 
 import numpy as np

@@ -8,7 +8,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recmodels.atomic_files import atomic_write
+from recmodels.storage.atomic_files import atomic_write
 
 
 def write_parquet(df: pd.DataFrame, path: str | Path) -> Path:

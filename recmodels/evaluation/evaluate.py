@@ -1,4 +1,4 @@
-"""Evaluate several policies on the same test users (design.md §5): ranks, top-10 lists, judged scores.
+"""Evaluate several policies on the same test users (docs/design.md §5): ranks, top-10 lists, judged scores.
 
 Atomic policies (one token per item) rank the full catalog. Semantic-ID policies generate items as
 code tuples with beam search (`BEAM_SIZE` beams, history excluded): their ranks, top-10 list (judged
@@ -23,7 +23,7 @@ from recmodels.evaluation.hallucination import evaluate_beams
 from recmodels.evaluation.metrics import hit_rate, ndcg
 from recmodels.evaluation.ranking import SEEN_TOP_K, rank_catalog
 from recmodels.evaluation.report import PolicyEvaluation
-from recmodels.sequences import EvalExamples, build_user_sequences, eval_examples
+from recmodels.data.sequences import EvalExamples, build_user_sequences, eval_examples
 
 BEAM_SIZE = 20  # beams per user for semantic-ID policies: exact metrics @5/@10/@20
 HALLUCINATION_K = 10  # the hallucination rate is measured over the top-10 unconstrained tuples
@@ -46,7 +46,7 @@ def ranker_list_scores(ranker, examples: EvalExamples, lists: np.ndarray, batch_
 
 def is_semantic(policy) -> bool:
     """A policy over semantic-ID code tokens (generates items with beam search)."""
-    from recmodels.semantic_policy import SemanticPolicy
+    from recmodels.models.semantic_policy import SemanticPolicy
 
     return isinstance(policy, SemanticPolicy)
 
@@ -59,7 +59,7 @@ def semantic_ranks_and_top10(policy, examples: EvalExamples, semantic_ids, beam_
                              trie=None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Constrained ranks [N] (misses at MISS_RANK), constrained top-10 items [N, 10] and the decoding record
     (hallucination rate of the unconstrained top-10 tuples, both modes' HR@10 / NDCG@10)."""
-    from recmodels.tokenizers.trie import ItemTrie
+    from recmodels.tokenization.trie import ItemTrie
 
     if semantic_ids is None:
         raise ValueError("a semantic-ID policy needs the semantic_ids it was trained with to be evaluated")
@@ -92,7 +92,7 @@ def semantic_unmasked_ranks(policy, examples: EvalExamples, semantic_ids, beam_s
                             trie=None) -> tuple[np.ndarray, np.ndarray]:
     """Unmasked-protocol ranks [N] (misses at MISS_RANK) and history items in the top 10 [N]: one constrained
     beam search that does not exclude the history."""
-    from recmodels.tokenizers.trie import ItemTrie
+    from recmodels.tokenization.trie import ItemTrie
 
     trie = trie if trie is not None else ItemTrie.from_semantic_ids(semantic_ids)
     beams = evaluate_beams(policy, examples, semantic_ids, beam_size=beam_size, trie=trie, exclude_history=False)
@@ -122,7 +122,7 @@ def evaluate_policies(policies: dict[str, tuple[torch.nn.Module, str | None]], i
     ids = OracleIds(interactions, catalog) if oracle is not None else None
     trie = None
     if semantic_ids is not None and any(is_semantic(p) for p, _ in policies.values()):
-        from recmodels.tokenizers.trie import ItemTrie
+        from recmodels.tokenization.trie import ItemTrie
 
         trie = ItemTrie.from_semantic_ids(semantic_ids)
     evaluations = []

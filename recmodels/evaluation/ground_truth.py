@@ -1,4 +1,4 @@
-"""Ground-truth metrics on simulated data (design.md §5): what the oracle says a top list is worth.
+"""Ground-truth metrics on simulated data (docs/design.md §5): what the oracle says a top list is worth.
 
 For each user the policy's top-1 and top-10 lists are scored with the oracle's true expected
 reward; the reward-hacking gap is the ranker-judged score of the top-10 list minus its true

@@ -1,4 +1,4 @@
-"""Validity and accuracy of generated code tuples (design.md §5, semantic IDs).
+"""Validity and accuracy of generated code tuples (docs/design.md §5, semantic IDs).
 
 A generated tuple that is no item is a hallucination. `hallucination_rate` is the share of the
 generated top-K tuples that are no item (meaningful for unconstrained decoding; constrained decoding
@@ -8,7 +8,7 @@ the K beams gets rank K + 1, so HR@k, NDCG@k and MRR@k are exact for k <= K (use
 for the report's K = 20), while the untruncated MRR is not.
 
 History masking: the user's already-seen items (except the target, as in `ranking.py`) are passed
-to the decoder as excluded tuples, which it never generates (see `recmodels.beam_search`), so the
+to the decoder as excluded tuples, which it never generates (see `recmodels.decoding.beam_search`), so the
 K beams are K unseen candidates rather than K beams from which seen items are dropped afterwards.
 With `exclude_history=False` nothing is excluded: the unmasked protocol (RecBole's), where seen
 items compete like any other (`recmodels.evaluation.evaluate.semantic_unmasked_ranks`).
@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from recmodels.beam_search import beam_search
-from recmodels.sequences import EvalExamples
-from recmodels.tokenizers.semantic_ids import SemanticIds
-from recmodels.tokenizers.trie import ItemTrie
+from recmodels.decoding.beam_search import beam_search
+from recmodels.data.sequences import EvalExamples
+from recmodels.tokenization.semantic_ids import SemanticIds
+from recmodels.tokenization.trie import ItemTrie
 
 
 def beam_items(tuples, semantic_ids: SemanticIds) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Ranking metrics from 1-based target ranks, bootstrap intervals and reward alignment (design.md §5).
+"""Ranking metrics from 1-based target ranks, bootstrap intervals and reward alignment (docs/design.md §5).
 
 Each user has one held-out item, so every metric is a per-user array; a policy's score is its
 mean over users and its uncertainty a percentile bootstrap over users.

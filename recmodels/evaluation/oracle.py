@@ -1,4 +1,4 @@
-"""The simulator's ground truth: every user's true expected reward for every item (design.md §5, §6).
+"""The simulator's ground truth: every user's true expected reward for every item (docs/design.md §5, §6).
 
 True mean reward on the reward scale r = (rating - 3) / 2:
 

@@ -1,4 +1,4 @@
-"""Figures of the evaluation report (design.md §5): policy comparison, λ sweep, training curves,
+"""Figures of the evaluation report (docs/design.md §5): policy comparison, λ sweep, training curves,
 HR@10 vs hallucination frontier.
 
 Every function reads the JSON-serializable dict of `report.build_report`, draws on its own
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recmodels.atomic_files import atomic_write
+from recmodels.storage.atomic_files import atomic_write
 
 DPI = 110
 

@@ -28,7 +28,7 @@ import pandas as pd
 
 from recmodels.evaluation.metrics import paired_bootstrap_diff, per_user_metrics
 from recmodels.evaluation.ranking import target_ranks
-from recmodels.sequences import build_user_sequences, eval_examples
+from recmodels.data.sequences import build_user_sequences, eval_examples
 
 GATES = ("blocking_data_checks", "hallucination_rate", "beats_champion", "reward_alignment")
 MISS_RANK = 2**31 - 1  # the rank of a held-out item the model cannot produce: beyond every cutoff, 1/rank ~ 0

@@ -1,4 +1,4 @@
-"""Full-catalog ranking (design.md §5): score every item once, rank the held-out target under two protocols.
+"""Full-catalog ranking (docs/design.md §5): score every item once, rank the held-out target under two protocols.
 
 No sampled negatives: the target competes with the whole catalog except the padding token 0.
 - masked (primary): the items already in the user's history are excluded too (the target itself is
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from recmodels.sequences import EvalExamples
+from recmodels.data.sequences import EvalExamples
 
 TIE_SEED = 0  # seed of the tie-breaking draws when no generator is passed
 SEEN_TOP_K = 10  # `seen_in_top10_unmasked` counts history items in the unmasked top 10

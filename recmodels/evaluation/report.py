@@ -1,4 +1,4 @@
-"""The evaluation report (design.md §5): every policy on the same test users, side by side.
+"""The evaluation report (docs/design.md §5): every policy on the same test users, side by side.
 
 `build_report` turns per-user ranks into a JSON-serializable dict: each metric's mean with a
 95% percentile-bootstrap interval over users, the paired difference against the baseline

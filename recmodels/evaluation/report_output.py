@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from recmodels.evaluation.metrics import METRIC_NAMES
-from recmodels.atomic_files import atomic_write
+from recmodels.storage.atomic_files import atomic_write
 from recmodels.evaluation.plots import (plot_hallucination_frontier, plot_lambda_sweep, plot_report,
                                         plot_training_curves)
 from recmodels.evaluation.report import (JUDGED, KEY_KNOBS, KNOB_LABELS, RW_NDCG, TELEMETRY, _fmt, knob_value,

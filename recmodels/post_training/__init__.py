@@ -1,4 +1,4 @@
-"""Post-training of the pretrained policy on logged feedback (design.md §4): one shared loop, one module per method."""
+"""Post-training of the pretrained policy on logged feedback (docs/design.md §4): one shared loop, one module per method."""
 from recmodels.post_training.loop import MethodContext, PostTrainConfig, PostTrainResult, post_train
 from recmodels.post_training.registry import METHODS, PostTrainingMethod, get_method
 

@@ -1,4 +1,4 @@
-"""`adagrpo`: NLL everywhere, GRPO only where the sample is hard AND the ranker can tell (design.md §4).
+"""`adagrpo`: NLL everywhere, GRPO only where the sample is hard AND the ranker can tell (docs/design.md §4).
 
     loss = L_nll + alpha * (1/B) sum_i g_i L_grpo,i,      g_i = hard_i AND disc_i
 
@@ -25,8 +25,8 @@ import torch
 
 from recmodels.post_training.grpo import ADV_EPS, GRPOParams
 from recmodels.post_training.nll_grpo import NLLGRPOParams, nll_and_group_rollouts
-from recmodels.rollouts import entropy
-from recmodels.sequences import TrainingWindows
+from recmodels.decoding.rollouts import entropy
+from recmodels.data.sequences import TrainingWindows
 
 if TYPE_CHECKING:
     from recmodels.post_training.loop import MethodContext

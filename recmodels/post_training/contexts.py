@@ -17,7 +17,7 @@ was the target of an earlier window or is the user's first event) and gets 0, ne
 (rating - 3) / 2 scale.
 
 Rollouts are generated from, and log-probs computed under, the masked next-item distribution of
-`recmodels.rollouts` (padding and the context's history items at -inf; with semantic IDs the
+`recmodels.decoding.rollouts` (padding and the context's history items at -inf; with semantic IDs the
 history items' code tuples are excluded): the items older than the window are not in x and are
 not masked. How x becomes tokens is the tokenization's business (tokenization.py); it may memoize
 that encoding in `RLContexts.encodings`.
@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from recmodels.rollouts import masked_log_probs
-from recmodels.sequences import TrainingWindows
+from recmodels.decoding.rollouts import masked_log_probs
+from recmodels.data.sequences import TrainingWindows
 
 CONTEXT_CHOICES = ("last", "random")
 

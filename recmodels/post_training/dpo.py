@@ -1,4 +1,4 @@
-"""`dpo`: direct preference optimization on preference pairs labelled by the ranker (design.md §4).
+"""`dpo`: direct preference optimization on preference pairs labelled by the ranker (docs/design.md §4).
 
 For each context x (one per window, see contexts.py) K = `samples_per_context` distinct items are
 sampled from the reference pi_ref without replacement (atomic tokens: from its cached next-item
@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from recmodels.post_training.contexts import CONTEXT_CHOICES, dropout, ranker_rewards, select_contexts
-from recmodels.rollouts import kl_divergence
-from recmodels.sequences import TrainingWindows
+from recmodels.decoding.rollouts import kl_divergence
+from recmodels.data.sequences import TrainingWindows
 
 if TYPE_CHECKING:
     from recmodels.post_training.loop import MethodContext

@@ -1,4 +1,4 @@
-"""`exp_rw_sft`: reward-weighted NLL with exponential weights (design.md §4).
+"""`exp_rw_sft`: reward-weighted NLL with exponential weights (docs/design.md §4).
 
     w_i = exp(r_i / lambda)                    (or exp((r_i - b(x_i)) / lambda) with the baseline)
     w_i <- min(w_i, w_max)                     (optional clip)
@@ -21,7 +21,7 @@ import torch
 
 from recmodels.post_training.sft import target_nll
 from recmodels.post_training.tokenization import tokenization_of
-from recmodels.sequences import TrainingWindows
+from recmodels.data.sequences import TrainingWindows
 
 if TYPE_CHECKING:
     from recmodels.post_training.loop import MethodContext

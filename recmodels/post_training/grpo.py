@@ -1,7 +1,7 @@
-"""`grpo`: group-relative policy optimization against the frozen ranker (design.md §4).
+"""`grpo`: group-relative policy optimization against the frozen ranker (docs/design.md §4).
 
 For each context x_i (one per window, see contexts.py) G distinct items o_i1..o_iG are sampled
-from pi_old without replacement (recmodels.rollouts) and scored by the ranker R. An item o is
+from pi_old without replacement (recmodels.decoding.rollouts) and scored by the ranker R. An item o is
 |o| tokens (1 atomic token, or L+1 semantic-ID codes); t runs over them:
 
     A_ij     = (R(x_i, o_ij) - mean_j R) / (std_j R + 1e-4)          (population std of the group)
@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 
 from recmodels.post_training.contexts import CONTEXT_CHOICES, RLContexts, dropout, ranker_rewards, select_contexts
-from recmodels.rollouts import Rollouts, kl_divergence
-from recmodels.sequences import TrainingWindows
+from recmodels.decoding.rollouts import Rollouts, kl_divergence
+from recmodels.data.sequences import TrainingWindows
 
 if TYPE_CHECKING:
     from recmodels.post_training.loop import MethodContext

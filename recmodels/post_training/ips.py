@@ -1,4 +1,4 @@
-"""`ips`: inverse-propensity-weighted NLL of the logged items, self-normalized and clipped (design.md §4).
+"""`ips`: inverse-propensity-weighted NLL of the logged items, self-normalized and clipped (docs/design.md §4).
 
     w_i  = min(max(r_i, 0) / p_i, c)
     loss = -sum_i w_i log pi(a_i|x_i) / sum_i w_i
@@ -21,7 +21,7 @@ import torch
 from recmodels.post_training.exp_rw_sft import effective_sample_size
 from recmodels.post_training.sft import target_nll
 from recmodels.post_training.tokenization import tokenization_of
-from recmodels.sequences import TrainingWindows
+from recmodels.data.sequences import TrainingWindows
 
 if TYPE_CHECKING:
     from recmodels.post_training.loop import MethodContext

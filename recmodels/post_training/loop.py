@@ -1,4 +1,4 @@
-"""The training loop shared by every post-training method (design.md §4).
+"""The training loop shared by every post-training method (docs/design.md §4).
 
 Every method starts from a copy of the pretrained policy and gets the same budget: `steps`
 optimizer steps on batches of `batch_size` training windows (epochs reshuffled with a seeded
@@ -24,14 +24,14 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from recmodels.policy import GenerativePolicy
+from recmodels.models.policy import GenerativePolicy
 from recmodels.post_training.reference_cache import ReferenceCache
 from recmodels.post_training.registry import get_method
 from recmodels.post_training.tokenization import AtomicItems, SemanticItems, kl_to_reference, tokenization_for
 from recmodels.runtime import default_device, seed_everything
-from recmodels.semantic_policy import SemanticPolicy
-from recmodels.sequences import EvalExamples, TrainingWindows, build_user_sequences, eval_examples, training_windows
-from recmodels.tokenizers.semantic_ids import SemanticIds
+from recmodels.models.semantic_policy import SemanticPolicy
+from recmodels.data.sequences import EvalExamples, TrainingWindows, build_user_sequences, eval_examples, training_windows
+from recmodels.tokenization.semantic_ids import SemanticIds
 
 __all__ = ["MethodContext", "PostTrainConfig", "PostTrainResult", "kl_to_reference", "post_train", "valid_ranks"]
 

@@ -1,4 +1,4 @@
-"""`nll_grpo`: next-item NLL plus a fixed share of GRPO (design.md §4).
+"""`nll_grpo`: next-item NLL plus a fixed share of GRPO (docs/design.md §4).
 
     loss = L_nll + alpha * L_grpo
 
@@ -17,7 +17,7 @@ import torch
 
 from recmodels.post_training.contexts import dropout
 from recmodels.post_training.grpo import GroupRollouts, GRPOParams, grpo_terms
-from recmodels.sequences import TrainingWindows
+from recmodels.data.sequences import TrainingWindows
 
 if TYPE_CHECKING:
     from recmodels.post_training.loop import MethodContext

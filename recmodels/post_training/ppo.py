@@ -1,4 +1,4 @@
-"""`ppo`: proximal policy optimization against the frozen ranker, KL-penalized reward (design.md §4).
+"""`ppo`: proximal policy optimization against the frozen ranker, KL-penalized reward (docs/design.md §4).
 
 Rollouts: for each context x (one per window, see contexts.py) K = `samples_per_context` distinct
 items y ~ pi_old (the policy when they are drawn), then
@@ -30,8 +30,8 @@ import torch
 
 from recmodels.post_training.contexts import CONTEXT_CHOICES, RLContexts, dropout, ranker_rewards, select_contexts
 from recmodels.post_training.grpo import clipped_surrogate
-from recmodels.rollouts import Rollouts, kl_divergence
-from recmodels.sequences import TrainingWindows
+from recmodels.decoding.rollouts import Rollouts, kl_divergence
+from recmodels.data.sequences import TrainingWindows
 
 if TYPE_CHECKING:
     from recmodels.post_training.loop import MethodContext

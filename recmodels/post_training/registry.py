@@ -1,4 +1,4 @@
-"""The post-training methods by name (design.md §4).
+"""The post-training methods by name (docs/design.md §4).
 
 A method is a knob dataclass, a loss `loss(policy, batch, ctx) -> (loss, telemetry)` and,
 optionally, a `prepare(params, interactions) -> dict of tensors` that precomputes what the loss

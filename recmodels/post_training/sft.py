@@ -1,4 +1,4 @@
-"""`sft`: more next-item NLL on the same logged data, the control for "just more training" (design.md §4).
+"""`sft`: more next-item NLL on the same logged data, the control for "just more training" (docs/design.md §4).
 
 Also home of `target_nll`, the per-position NLL of the logged targets that every
 likelihood-based method (sft, exp_rw_sft, ips) weights in its own way. With semantic IDs the NLL
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from recmodels.post_training.tokenization import AtomicItems, tokenization_of
-from recmodels.sequences import TrainingWindows
+from recmodels.data.sequences import TrainingWindows
 
 if TYPE_CHECKING:
     from recmodels.post_training.loop import MethodContext

@@ -1,4 +1,4 @@
-"""How post-training sees an item: one atomic token, or a tuple of L+1 semantic-ID codes (design.md §3-4).
+"""How post-training sees an item: one atomic token, or a tuple of L+1 semantic-ID codes (docs/design.md §3-4).
 
 Every method is written once against this interface; `AtomicItems` (GenerativePolicy) and
 `SemanticItems(semantic_ids)` (SemanticPolicy) implement it:
@@ -26,12 +26,12 @@ import torch.nn.functional as F
 
 from recmodels.evaluation.metrics import hit_rate, ndcg
 from recmodels.post_training.contexts import RLContexts, context_log_probs
-from recmodels.rollouts import (Rollouts, first_code_log_probs, history_exclusions, history_mask, masked_log_probs,
+from recmodels.decoding.rollouts import (Rollouts, first_code_log_probs, history_exclusions, history_mask, masked_log_probs,
                                 sample_from_log_probs, sample_tuple_rollouts, tuple_token_log_probs)
-from recmodels.semantic_policy import SemanticPolicy
-from recmodels.sequences import EvalExamples, TrainingWindows
-from recmodels.tokenizers.semantic_ids import SemanticIds
-from recmodels.tokenizers.trie import ItemTrie
+from recmodels.models.semantic_policy import SemanticPolicy
+from recmodels.data.sequences import EvalExamples, TrainingWindows
+from recmodels.tokenization.semantic_ids import SemanticIds
+from recmodels.tokenization.trie import ItemTrie
 
 EVAL_BEAM_SIZE = 10  # enough for the valid NDCG@10 / HR@10 of model selection
 
@@ -124,7 +124,7 @@ class SemanticItems:
 
     - NLL: one forward over `semantic_ids.window_tokens`; an item's NLL is the sum of its L+1
       code NLLs (= -log pi(item), the policy's level-aware logits make codes conditionals).
-    - Rollouts: `recmodels.rollouts.sample_tuple_rollouts`, unconstrained (no trie) with the
+    - Rollouts: `recmodels.decoding.rollouts.sample_tuple_rollouts`, unconstrained (no trie) with the
       context's history items excluded. Per-code log-probs of pi (with grad) and of pi_ref (no
       grad) come from the same scorer, `rollouts.tuple_token_log_probs`: the values of
       `beam_search.tuple_log_probs`, computed with the KV cache when dropout is off.

@@ -1,6 +1,6 @@
 """One comparison of post-training methods on one data set: pretrain -> ranker -> every variant -> report.
 
-The asset chain's steps (design.md §1) in one call, for the robustness study and the cross-data-set
+The asset chain's steps (docs/design.md §1) in one call, for the robustness study and the cross-data-set
 comparison. It chains the library's own functions (`pretrain_policy`, `train_ranker`, `post_train`,
 `evaluate_policies`, `build_report`) and keeps every model in memory; a variant whose method cannot
 run on these logs (ips without propensities) is reported as skipped with its reason.
@@ -26,11 +26,11 @@ from recmodels.data.tables import frame_digest
 from recmodels.evaluation.evaluate import evaluate_policies, oracle_upper_bound
 from recmodels.evaluation.oracle import Oracle
 from recmodels.evaluation.report import PolicyEvaluation, build_report
-from recmodels.policy import PolicyConfig
+from recmodels.models.policy import PolicyConfig
 from recmodels.post_training.loop import PostTrainConfig, PostTrainResult, post_train
 from recmodels.post_training.registry import MethodNotApplicable, get_method
-from recmodels.pretraining import PretrainConfig, PretrainResult, pretrain_policy
-from recmodels.ranker_training import RankerResult, RankerTrainConfig, train_ranker
+from recmodels.training.pretraining import PretrainConfig, PretrainResult, pretrain_policy
+from recmodels.training.ranker_training import RankerResult, RankerTrainConfig, train_ranker
 
 Event = dict[str, Any]
 Callback = Callable[[Event], None]
@@ -172,7 +172,7 @@ def run_comparison(interactions: pd.DataFrame, n_items: int, catalog: pd.DataFra
                    pretrained: PretrainResult | None = None) -> ComparisonResult:
     """Pretrain (unless `pretrained` is given), train the ranker, post-train every variant, evaluate on test.
 
-    `interactions` is the interactions table (design.md §2) and `catalog` its item catalog (needed
+    `interactions` is the interactions table (docs/design.md §2) and `catalog` its item catalog (needed
     with an `oracle`, the simulator's ground truth, to score top-10 lists by true reward). Every
     variant starts from the same pretrained weights with the same budget. Returns the report of
     `build_report` with the pretrained policy as the baseline.

@@ -18,12 +18,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
-from recmodels.atomic_files import atomic_write
+from recmodels.storage.atomic_files import atomic_write
 from recmodels.data.interactions import build_interactions
 from recmodels.data.rewards import RewardSpec
 from recmodels.data.sources import load_raw_logs
 from recmodels.evaluation.oracle import Oracle
-from recmodels.pretraining import PretrainConfig
+from recmodels.training.pretraining import PretrainConfig
 from recmodels.studies.comparison import BASELINE, ComparisonConfig, ComparisonResult, run_comparison
 
 DATASETS = ("movielens-100k", "movielens-1m", "simulator")

@@ -1,4 +1,4 @@
-"""The robustness study (design.md §5-6): how each method's true-reward gain holds up as observed rewards get noisier.
+"""The robustness study (docs/design.md §5-6): how each method's true-reward gain holds up as observed rewards get noisier.
 
 For each noise level of a grid the simulator draws the same world (users, items, logging policy)
 from the same seed, changing only the noise of the observed rewards; every level then runs one
@@ -34,7 +34,7 @@ from recmodels.evaluation.metrics import hit_rate, paired_bootstrap_diff
 from recmodels.evaluation.oracle import Oracle
 from recmodels.evaluation.report import ALPHA, knob_value, method_family
 from recmodels.post_training.loop import PostTrainConfig
-from recmodels.ranker_training import RankerTrainConfig
+from recmodels.training.ranker_training import RankerTrainConfig
 from recmodels.studies.comparison import (BASELINE, Callback, ComparisonConfig, ComparisonResult,
                                           method_variants, pretrain_for_comparison, run_comparison)
 

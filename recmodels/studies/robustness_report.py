@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from recmodels.atomic_files import atomic_write
+from recmodels.storage.atomic_files import atomic_write
 from recmodels.evaluation.report_output import write_report
 from recmodels.studies.findings import fmt_interval
 from recmodels.studies.plots import plot_improvement_vs_noise, plot_lambda_tradeoff

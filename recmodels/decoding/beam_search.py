@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from recmodels.tokenizers.trie import ItemTrie
+from recmodels.tokenization.trie import ItemTrie
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from recmodels.data.quality import _gx_context
-from recmodels.tokenizers.semantic_ids import SemanticIds
+from recmodels.tokenization.semantic_ids import SemanticIds
 
 CHECK_NAME = "item_tokens_bijection"
 

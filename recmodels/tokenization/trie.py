@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from recmodels.tokenizers.semantic_ids import SemanticIds
+from recmodels.tokenization.semantic_ids import SemanticIds
 
 
 class ItemTrie:

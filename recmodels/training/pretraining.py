@@ -1,6 +1,6 @@
 """Pretraining of the generative policy: next-item NLL at every position of the train windows.
 
-Model selection follows design.md §5: after each epoch the policy ranks every user's `valid` item
+Model selection follows docs/design.md §5: after each epoch the policy ranks every user's `valid` item
 over the full catalog (history masked) and training stops when valid NDCG@10 has not improved for
 `patience` evaluations; the best weights are restored.
 """
@@ -14,12 +14,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from recmodels.early_stopping import BestWeights
+from recmodels.training.early_stopping import BestWeights
 from recmodels.evaluation.metrics import hit_rate, ndcg
 from recmodels.evaluation.ranking import target_ranks
-from recmodels.policy import GenerativePolicy, PolicyConfig
+from recmodels.models.policy import GenerativePolicy, PolicyConfig
 from recmodels.runtime import default_device, seed_everything
-from recmodels.sequences import EvalExamples, build_user_sequences, eval_examples, training_windows
+from recmodels.data.sequences import EvalExamples, build_user_sequences, eval_examples, training_windows
 
 REQUIRED_COLUMNS = ("user_idx", "item_idx", "reward", "split")
 

@@ -1,4 +1,4 @@
-"""The "production ranker" (design.md §3): a reward regressor over (history, candidate item).
+"""The "production ranker" (docs/design.md §3): a reward regressor over (history, candidate item).
 
 An asymmetric-SVD-style model, small and fast, whose user side is built from the history only
 (so it scores users it has never seen):

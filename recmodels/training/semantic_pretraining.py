@@ -1,6 +1,6 @@
 """Pretraining of the semantic-ID policy: next-token NLL over the code tokens of the train windows.
 
-The same protocol as `recmodels.pretraining` (design.md §5) with items as L+1 code tokens: the
+The same protocol as `recmodels.training.pretraining` (docs/design.md §5) with items as L+1 code tokens: the
 training windows of `training_windows` become token sequences with `SemanticIds.window_tokens`
 (every target item costs its L+1 codes), and after each evaluated epoch the policy beam-searches
 every user's `valid` item under the prefix trie of real items (constrained decoding, history
@@ -18,12 +18,12 @@ import torch.nn.functional as F
 
 from recmodels.evaluation.hallucination import evaluate_beams
 from recmodels.evaluation.metrics import hit_rate, ndcg
-from recmodels.pretraining import PretrainConfig, check_interactions, check_pretrain_config, run_epochs
+from recmodels.training.pretraining import PretrainConfig, check_interactions, check_pretrain_config, run_epochs
 from recmodels.runtime import default_device, seed_everything
-from recmodels.semantic_policy import SemanticPolicy, SemanticPolicyConfig
-from recmodels.sequences import EvalExamples, build_user_sequences, eval_examples, training_windows
-from recmodels.tokenizers.semantic_ids import SemanticIds
-from recmodels.tokenizers.trie import ItemTrie
+from recmodels.models.semantic_policy import SemanticPolicy, SemanticPolicyConfig
+from recmodels.data.sequences import EvalExamples, build_user_sequences, eval_examples, training_windows
+from recmodels.tokenization.semantic_ids import SemanticIds
+from recmodels.tokenization.trie import ItemTrie
 
 VALID_BEAM_SIZE = 10  # enough for model selection on NDCG@10
 

@@ -1,6 +1,6 @@
 """Per-user chronological sequences and the tensors that models train and evaluate on.
 
-Everything here reads the `interactions` table (design.md §2): one row per event with
+Everything here reads the `interactions` table (docs/design.md §2): one row per event with
 `user_idx`, `item_idx` (1..n_items, 0 is padding), `reward` and `split`, already sorted
 chronologically within each user, and the optional `propensity` (the logging policy's probability
 of each logged item). Histories are left-padded with 0 to `max_len`.

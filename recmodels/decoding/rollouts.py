@@ -22,7 +22,7 @@ loss can sample from, and take gradients through, the same forward pass. `mask` 
 `history_mask`.
 
 Semantic IDs (`SemanticPolicy`, an item = L+1 codes; pass `semantic_ids`): the L+1 codes are
-decoded level by level with the KV cache (`recmodels.beam_search`), UNCONSTRAINED (no trie) but
+decoded level by level with the KV cache (`recmodels.decoding.beam_search`), UNCONSTRAINED (no trie) but
 with the context's history items excluded (`history_exclusions`), so a generated tuple may be no
 item: `Rollouts.valid` is False there and its item id is 0. log pi(item) is the sum of its L+1
 code log-probs. `sample_tuple_rollouts` and `first_code_log_probs` take token histories directly
@@ -44,9 +44,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recmodels.beam_search import admissible_codes, beam_search, build_exclusion, level_log_probs, sample_tuples
-from recmodels.semantic_policy import SemanticPolicy
-from recmodels.tokenizers.semantic_ids import SemanticIds
+from recmodels.decoding.beam_search import admissible_codes, beam_search, build_exclusion, level_log_probs, sample_tuples
+from recmodels.models.semantic_policy import SemanticPolicy
+from recmodels.tokenization.semantic_ids import SemanticIds
 
 
 @dataclass
@@ -199,7 +199,7 @@ def first_code_log_probs(policy: SemanticPolicy, history_tokens: torch.Tensor,
     """[N, V0] level-0 code log-probs after each token history [N, S], masked as the sampler masks them.
 
     One forward in the policy's current mode (grad flows unless the caller disables it). A level-0
-    code is masked only when every tuple under it is excluded (see `recmodels.beam_search`).
+    code is masked only when every tuple under it is excluded (see `recmodels.decoding.beam_search`).
     """
     history = policy.clip_history(history_tokens)
     logits = policy.next_token_logits(history)  # [N, V]

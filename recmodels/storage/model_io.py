@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from recmodels.checkpoints import CheckpointError, load_checkpoint
-from recmodels.policy import GenerativePolicy, PolicyConfig
+from recmodels.storage.checkpoints import CheckpointError, load_checkpoint
+from recmodels.models.policy import GenerativePolicy, PolicyConfig
 
 
 def _build(path: str | Path, payload: dict, model_cls: type, config_cls: type):
@@ -30,7 +30,7 @@ def load_policy(path: str | Path):
     `level_sizes` (semantic-ID tokens), else a GenerativePolicy (one token per item)."""
     payload = load_checkpoint(path)
     if is_semantic_config(payload["config"]):
-        from recmodels.semantic_policy import SemanticPolicy, SemanticPolicyConfig
+        from recmodels.models.semantic_policy import SemanticPolicy, SemanticPolicyConfig
 
         return _build(path, payload, SemanticPolicy, SemanticPolicyConfig)
     return _build(path, payload, GenerativePolicy, PolicyConfig)
@@ -38,6 +38,6 @@ def load_policy(path: str | Path):
 
 def load_ranker(path: str | Path):
     """The ranker reward model saved at `path`, in eval mode on CPU."""
-    from recmodels.ranker import RankerConfig, RewardRanker
+    from recmodels.models.ranker import RankerConfig, RewardRanker
 
     return _rebuild(path, RewardRanker, RankerConfig)

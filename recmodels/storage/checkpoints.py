@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from recmodels.atomic_files import atomic_write
+from recmodels.storage.atomic_files import atomic_write
 
 
 class CheckpointError(RuntimeError):

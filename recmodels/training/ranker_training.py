@@ -2,7 +2,7 @@
 
 Training examples are every train-split event with the (up to `max_len`) events before it; the
 validation examples are each user's `valid` event with its whole train history. Early stopping on
-valid RMSE keeps the best weights. The naive baselines of design.md §3 (global, item-mean and
+valid RMSE keeps the best weights. The naive baselines of docs/design.md §3 (global, item-mean and
 user-mean reward, fitted on train rewards) are reported next to the model's RMSE.
 """
 from __future__ import annotations
@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from recmodels.early_stopping import BestWeights
-from recmodels.pretraining import check_interactions
-from recmodels.ranker import RankerConfig, RewardRanker
+from recmodels.training.early_stopping import BestWeights
+from recmodels.training.pretraining import check_interactions
+from recmodels.models.ranker import RankerConfig, RewardRanker
 from recmodels.runtime import default_device, seed_everything
-from recmodels.sequences import SPLIT_CODES, EvalExamples, build_user_sequences, eval_examples
+from recmodels.data.sequences import SPLIT_CODES, EvalExamples, build_user_sequences, eval_examples
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The generative recommender over semantic-ID tokens: a causal transformer with a key/value cache.
 
-Same nanoGPT style as `recmodels.policy` (pre-LN blocks, learned positions, tied embeddings), but an
-item is L+1 code tokens (see `recmodels.tokenizers.semantic_ids.TokenLayout`), so generating one
+Same nanoGPT style as `recmodels.models.policy` (pre-LN blocks, learned positions, tied embeddings), but an
+item is L+1 code tokens (see `recmodels.tokenization.semantic_ids.TokenLayout`), so generating one
 takes L+1 steps. Two details make incremental decoding exact:
 - positions count real tokens from the left (padding is skipped), so appending a token never
   shifts the positions of the tokens before it and left padding does not change any output;
@@ -23,9 +23,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from recmodels.policy import Block as PolicyBlock
-from recmodels.policy import CausalSelfAttention, init_weights
-from recmodels.tokenizers.semantic_ids import TokenLayout
+from recmodels.models.policy import Block as PolicyBlock
+from recmodels.models.policy import CausalSelfAttention, init_weights
+from recmodels.tokenization.semantic_ids import TokenLayout
 
 
 @dataclass
