@@ -44,8 +44,6 @@ def blocking_check_results(context: dg.AssetExecutionContext,
     A check that never ran, or last ran on an older materialization than the asset's latest one,
     counts as not passed.
     """
-    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
-
     graph = context.job_def.asset_layer.asset_graph
     upstream = graph.get_ancestor_asset_keys(context.asset_key)
     known_keys = {spec.key for spec in known if spec.blocking}  # upstream by construction of the champion
@@ -55,11 +53,11 @@ def blocking_check_results(context: dg.AssetExecutionContext,
         if key not in known_keys and key.asset_key not in upstream:  # a subset run's graph may stop at the parents
             continue
         record = context.instance.get_latest_asset_check_evaluation_record(key)
-        passed = record is not None and record.status == AssetCheckExecutionRecordStatus.SUCCEEDED
-        if passed and record.event is not None and record.event.dagster_event is not None:
-            target = record.event.dagster_event.event_specific_data.target_materialization_data
+        evaluation = record.event.asset_check_evaluation if record is not None and record.event else None
+        passed = evaluation is not None and evaluation.passed  # a dg.AssetCheckEvaluation: planned or failed -> False
+        if passed and evaluation.target_materialization_data is not None:
             latest = context.instance.fetch_materializations(key.asset_key, limit=1).records
-            passed = target is None or not latest or target.storage_id == latest[0].storage_id
+            passed = not latest or evaluation.target_materialization_data.storage_id == latest[0].storage_id
         results[f"{key.asset_key.to_user_string()}:{key.name}"] = passed
     return results
 

@@ -30,7 +30,7 @@ class RawLogsConfig(dg.Config):
 @dg.asset(group_name="data", kinds={"parquet"})
 def raw_logs(context: dg.AssetExecutionContext, config: RawLogsConfig, home: RecalignHome) -> dict:
     """Raw interaction logs in the raw-log contract (user_id, item_id, timestamp, feedback signals)."""
-    from recmodels.evaluation.oracle import Oracle
+    from recmodels.data.oracle import Oracle
 
     raw = load_raw_logs(config.source, path=config.path, catalog_path=config.catalog_path, cache_dir=home.cache_dir,
                         simulator=config.simulator or None, columns=config.columns or None)

@@ -83,7 +83,7 @@ def evaluate_and_report(context: dg.AssetExecutionContext, home: RecalignHome, m
     """Evaluate every policy on the test users, write the report files, log them to MLflow; return the record."""
     from recmodels.data.tables import read_parquet
     from recmodels.evaluation.evaluate import evaluate_policies, oracle_upper_bound
-    from recmodels.evaluation.oracle import Oracle
+    from recmodels.data.oracle import Oracle
     from recmodels.evaluation.report import build_report
     from recmodels.evaluation.report_output import write_report
     from recmodels.storage.model_io import load_ranker

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from recmodels.data.simulator import SimulatorConfig, simulate_logs
-from recmodels.evaluation.oracle import Oracle
+from recmodels.data.oracle import Oracle
 
 
 def tiny_oracle() -> Oracle:

@@ -13,7 +13,7 @@ from recmodels.data.raw_logs import validate_catalog, validate_raw_logs
 from recmodels.data.rewards import RewardSpec
 from recmodels.data.simulator import GENRE_NAMES, SimulatorConfig, sample_exposures, simulate_logs
 from recmodels.data.sources import load_raw_logs
-from recmodels.evaluation.oracle import Oracle
+from recmodels.data.oracle import Oracle
 
 SMALL = dict(n_users=200, n_items=80, dim=8, events_per_user=(3, 12))
 

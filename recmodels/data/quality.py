@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from recmodels.data.expectations import gx_context, plain
 from recmodels.data.rewards import RewardSpec
 from recmodels.data.splitting import SPLITS
 
@@ -51,23 +52,6 @@ def reward_histogram(rewards, low: float, high: float, bins: int = 10) -> dict:
     total = counts.sum()
     weights = counts / total if total else np.full(bins, 1.0 / bins)
     return {"bins": [round(float(e), 12) for e in edges], "weights": [float(w) for w in weights]}
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars -> python numbers, so outcomes serialize as metadata."""
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def _gx_context():
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import (
-        DataContextConfig, InMemoryStoreBackendDefaults, ProgressBarsConfig)
-
-    config = DataContextConfig(store_backend_defaults=InMemoryStoreBackendDefaults(),
-                               analytics_enabled=False, progress_bars=ProgressBarsConfig(globally=False))
-    return gx, gx.get_context(mode="ephemeral", project_config=config)
 
 
 def _validate(gx, ctx, frame: pd.DataFrame, expectations: list) -> dict[tuple, Any]:
@@ -110,7 +94,7 @@ def reward_checks(table: pd.DataFrame, spec: RewardSpec, *, reference_hist: dict
     no_duplicate_events. Warning only: reward_histogram_drift, positive_share_in_band.
     A check whose columns are missing or mistyped fails with "could not run: ...".
     """
-    gx, ctx = _gx_context()
+    gx, ctx = gx_context()
     E = gx.expectations
     present = [c for c in SCHEMA if c in table.columns]
     missing = [c for c in SCHEMA if c not in table.columns]
@@ -212,7 +196,7 @@ def _reward_outcomes(results: dict, reward: np.ndarray, spec: RewardSpec,
         f"column 'reward': {bad} values are NaN or infinite ({n_nan} NaN, {n_inf} inf)" if bad
         else "column 'reward': every value is finite",
         {"n_rows": len(reward), "n_nan": n_nan, "n_inf": n_inf,
-         "unexpected_count": _plain(res.result.get("unexpected_count"))})
+         "unexpected_count": plain(res.result.get("unexpected_count"))})
 
     res = results[("range", "")]
     finite = reward[np.isfinite(reward)]
@@ -226,7 +210,7 @@ def _reward_outcomes(results: dict, reward: np.ndarray, spec: RewardSpec,
         {"min": lo, "max": hi, "low": spec.low, "high": spec.high, "n_out_of_range": n_out})
 
     res = results[("std", "")]
-    std = _plain(res.result.get("observed_value"))
+    std = plain(res.result.get("observed_value"))
     if std is None:
         described = "column 'reward': standard deviation cannot be computed (fewer than 2 finite values)"
     elif res.success:
@@ -244,7 +228,7 @@ def _duplicates_outcome(res, table: pd.DataFrame) -> CheckOutcome:
     err = _error(res)
     n_rows = int(res.result.get("unexpected_count") or 0)
     n_extra = int(table.duplicated(subset=EVENT_KEY).sum()) if not err else None
-    sample = [dict((k, _plain(v)) for k, v in row.items())
+    sample = [dict((k, plain(v)) for k, v in row.items())
               for row in res.result.get("partial_unexpected_list", [])[:3]]
     if err:
         description = f"could not run: {err}"
@@ -267,7 +251,7 @@ def _drift_outcome(res, reward: np.ndarray, spec: RewardSpec, reference: dict | 
     if ref_problem:
         return CheckOutcome("reward_histogram_drift", False, False, f"could not run: {ref_problem}",
                             {"kl": None, "threshold": threshold, "histogram": current})
-    kl = _plain(res.result.get("observed_value"))  # None when the divergence is infinite
+    kl = plain(res.result.get("observed_value"))  # None when the divergence is infinite
     err = _error(res)
     shown = "infinite" if kl is None else f"{kl:.4g}"
     description = (f"could not run: {err}" if err else
@@ -278,7 +262,7 @@ def _drift_outcome(res, reward: np.ndarray, spec: RewardSpec, reference: dict | 
 
 
 def _positive_outcome(res, band: tuple[float, float]) -> CheckOutcome:
-    share = _plain(res.result.get("observed_value"))
+    share = plain(res.result.get("observed_value"))
     inside = bool(res.success)
     shown = "undefined (no finite reward)" if share is None else f"{share:.3f}"
     return CheckOutcome(

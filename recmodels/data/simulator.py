@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from recmodels.evaluation.oracle import RATING_CENTER, RATING_SCALE, Oracle
+from recmodels.data.oracle import RATING_CENTER, RATING_SCALE, Oracle
 
 NOISE_KINDS = ("gaussian", "student_t")
 GENRE_NAMES = ("Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi", "Documentary", "Animation",

@@ -17,7 +17,7 @@ from recmodels.storage.atomic_files import atomic_write
 DPI = 110
 
 
-def _figure(width: float, height: float):
+def figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -26,16 +26,16 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _save(fig, path) -> Path:
+def save_png(fig, path) -> Path:
     return atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
 
 
-def _message(path, title: str, text: str) -> Path:
+def message_figure(path, title: str, text: str) -> Path:
     """A figure that explains why the plot it stands for is empty."""
-    fig = _figure(6, 3)
+    fig = figure(6, 3)
     fig.suptitle(title, fontsize=11)
     fig.text(0.5, 0.45, text, ha="center", va="center", fontsize=10, wrap=True)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _yerr(ivs: list[dict]) -> np.ndarray:
@@ -48,7 +48,7 @@ def plot_report(report: dict, path) -> Path:
     names = list(report["policies"])
     pols = report["policies"]
     x = np.arange(len(names))
-    fig = _figure(4 + 1.6 * len(names), 4.2)
+    fig = figure(4 + 1.6 * len(names), 4.2)
     axes = fig.subplots(1, 3)
 
     def bars(ax, ivs, offset=0.0, width=0.6, label=None):
@@ -65,7 +65,7 @@ def plot_report(report: dict, path) -> Path:
     axes[2].legend(fontsize=8)
     for ax in axes:
         ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_lambda_sweep(report: dict, path) -> Path:
@@ -77,9 +77,9 @@ def plot_lambda_sweep(report: dict, path) -> Path:
     title = "exp_rw_sft λ sweep: improvement vs distance from the pretrained policy"
     points = [r for r in report.get("lambda_sweep", []) if r.get("kl_to_reference") is not None]
     if len(points) < 2:
-        return _message(path, title, f"Needs at least 2 exp_rw_sft policies with a KL to the reference at their "
+        return message_figure(path, title, f"Needs at least 2 exp_rw_sft policies with a KL to the reference at their "
                                      f"selected step; this report has {len(points)}.")
-    fig = _figure(7, 4.6)
+    fig = figure(7, 4.6)
     ax = fig.subplots()
     kl = np.array([r["kl_to_reference"] for r in points])
     for key, label, marker in (("diff_reward_weighted_ndcg@10", "Δ reward-weighted NDCG@10", "o"),
@@ -95,7 +95,7 @@ def plot_lambda_sweep(report: dict, path) -> Path:
     ax.set_ylabel(f"paired difference vs {report['baseline']} (95% CI)", fontsize=9)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_training_curves(report: dict, path) -> Path:
@@ -104,11 +104,11 @@ def plot_training_curves(report: dict, path) -> Path:
     runs = {name: p["training"] for name, p in report["policies"].items()
             if (p.get("training") or {}).get("history")}
     if not runs:
-        return _message(path, title, "No post-training history was passed to the report.")
+        return message_figure(path, title, "No post-training history was passed to the report.")
     import matplotlib
 
     colors = matplotlib.colormaps["tab20"]
-    fig = _figure(11, 4.4)
+    fig = figure(11, 4.4)
     axes = fig.subplots(1, 2)
     for i, (name, training) in enumerate(runs.items()):
         label = name  # on the first panel the policy appears in
@@ -127,7 +127,7 @@ def plot_training_curves(report: dict, path) -> Path:
         ax.set_title(label, fontsize=10)
     fig.suptitle(f"{title} (★ = selected step)", fontsize=11)
     fig.legend(loc="outside right upper", fontsize=7)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_hallucination_frontier(report: dict, path) -> Path:
@@ -136,8 +136,8 @@ def plot_hallucination_frontier(report: dict, path) -> Path:
     title = "HR@10 vs hallucination rate (unconstrained top-10 tuples that are no item)"
     points = report.get("hallucination_frontier") or []
     if not points:
-        return _message(path, title, "No pretrained, nll_grpo or adagrpo policy was evaluated.")
-    fig = _figure(7, 4.6)
+        return message_figure(path, title, "No pretrained, nll_grpo or adagrpo policy was evaluated.")
+    fig = figure(7, 4.6)
     ax = fig.subplots()
     markers = {"nll_grpo": "o", "adagrpo": "*"}
     for r in points:
@@ -154,4 +154,4 @@ def plot_hallucination_frontier(report: dict, path) -> Path:
     ax.set_xlabel("hallucination rate (share of unconstrained top-10 tuples that are no item)", fontsize=9)
     ax.set_ylabel("test HR@10 (95% CI)", fontsize=9)
     ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return save_png(fig, path)

@@ -24,7 +24,7 @@ import pandas as pd
 
 from recmodels.data.tables import frame_digest
 from recmodels.evaluation.evaluate import evaluate_policies, oracle_upper_bound
-from recmodels.evaluation.oracle import Oracle
+from recmodels.data.oracle import Oracle
 from recmodels.evaluation.report import PolicyEvaluation, build_report
 from recmodels.models.policy import PolicyConfig
 from recmodels.post_training.loop import PostTrainConfig, PostTrainResult, post_train

@@ -22,7 +22,7 @@ from recmodels.storage.atomic_files import atomic_write
 from recmodels.data.interactions import build_interactions
 from recmodels.data.rewards import RewardSpec
 from recmodels.data.sources import load_raw_logs
-from recmodels.evaluation.oracle import Oracle
+from recmodels.data.oracle import Oracle
 from recmodels.training.pretraining import PretrainConfig
 from recmodels.studies.comparison import BASELINE, ComparisonConfig, ComparisonResult, run_comparison
 

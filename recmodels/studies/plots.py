@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recmodels.evaluation.plots import _figure, _message, _save  # the report's figure helpers: same look, atomic writes
+from recmodels.evaluation.plots import figure, message_figure, save_png  # the report's figure helpers: same look, atomic writes
 
 Y_LABEL = "Δ true top-10 reward vs pretrained (95% CI)"
 
@@ -27,14 +27,14 @@ def plot_improvement_vs_noise(table: pd.DataFrame, path) -> Path:
     """One line per variant: the paired true top-10 gain over the pretrained policy at each noise level."""
     title = "True top-10 reward gain vs observed-reward noise"
     if table.empty:
-        return _message(path, title, "No post-trained variant was evaluated.")
+        return message_figure(path, title, "No post-trained variant was evaluated.")
     import matplotlib
 
     colors = matplotlib.colormaps["tab10"]
     variants = list(dict.fromkeys(table["variant"]))
     levels = np.sort(table["noise"].unique())
     spacing = float(np.min(np.diff(levels))) if len(levels) > 1 else 1.0
-    fig = _figure(8, 4.8)
+    fig = figure(8, 4.8)
     ax = fig.subplots()
     for i, variant in enumerate(variants):
         rows = table[table["variant"] == variant].sort_values("noise")
@@ -47,7 +47,7 @@ def plot_improvement_vs_noise(table: pd.DataFrame, path) -> Path:
     ax.set_ylabel(Y_LABEL, fontsize=9)
     ax.set_title(title, fontsize=10)
     fig.legend(loc="outside right upper", fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_lambda_tradeoff(table: pd.DataFrame, path) -> Path:
@@ -56,12 +56,12 @@ def plot_lambda_tradeoff(table: pd.DataFrame, path) -> Path:
     exp = table[table["method"] == "exp_rw_sft"] if not table.empty else table
     if exp.empty or exp["lambda"].nunique() < 2:
         n = 0 if exp.empty else exp["lambda"].nunique()
-        return _message(path, title, f"Needs exp_rw_sft at 2 or more λ values; this study has {n}.")
+        return message_figure(path, title, f"Needs exp_rw_sft at 2 or more λ values; this study has {n}.")
     import matplotlib
 
     colors = matplotlib.colormaps["viridis"]
     levels = np.sort(exp["noise"].unique())
-    fig = _figure(7.5, 4.6)
+    fig = figure(7.5, 4.6)
     ax = fig.subplots()
     for i, noise in enumerate(levels):
         rows = exp[exp["noise"] == noise].sort_values("lambda")
@@ -78,4 +78,4 @@ def plot_lambda_tradeoff(table: pd.DataFrame, path) -> Path:
     ax.set_ylabel(Y_LABEL, fontsize=9)
     ax.set_title(f"{title} (★ = λ selected on valid)", fontsize=10)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)

@@ -31,7 +31,7 @@ from recmodels.data.rewards import RewardSpec
 from recmodels.data.simulator import SimulatorConfig
 from recmodels.data.sources import load_raw_logs
 from recmodels.evaluation.metrics import hit_rate, paired_bootstrap_diff
-from recmodels.evaluation.oracle import Oracle
+from recmodels.data.oracle import Oracle
 from recmodels.evaluation.report import ALPHA, knob_value, method_family
 from recmodels.post_training.loop import PostTrainConfig
 from recmodels.training.ranker_training import RankerTrainConfig

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from recmodels.data.quality import _gx_context
+from recmodels.data.expectations import gx_context, plain
 from recmodels.tokenization.semantic_ids import SemanticIds
 
 CHECK_NAME = "item_tokens_bijection"
@@ -28,13 +28,9 @@ class BijectionOutcome:
     observed: dict[str, Any] = field(default_factory=dict)
 
 
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
-
-
 def bijection_check(semantic_ids: SemanticIds) -> BijectionOutcome:
     """Validate that items and code tuples are in one-to-one correspondence (never raises on bad codes)."""
-    gx, ctx = _gx_context()
+    gx, ctx = gx_context()
     E = gx.expectations
     n = semantic_ids.n_items
     frame = semantic_ids.bijection_table()
@@ -56,7 +52,7 @@ def bijection_check(semantic_ids: SemanticIds) -> BijectionOutcome:
 
     problems = []
     if not results["row_count"].success:
-        problems.append(f"{_plain(results['row_count'].result.get('observed_value'))} rows for {n} items")
+        problems.append(f"{plain(results['row_count'].result.get('observed_value'))} rows for {n} items")
     for part, what in (("item_unique", "item_idx values are repeated"),
                        ("item_range", f"item_idx values lie outside 1..{n}"),
                        ("tuple_not_null", "items have no tuple")):
