@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from recmodels.runtime import eval_mode
 from recmodels.tokenization.trie import ItemTrie
 
 
@@ -183,24 +184,8 @@ class _Decoder:
                 torch.cat([self.flat_history, prefix_tokens.reshape(self.B * self.k, -1)], dim=1))
 
 
-class _EvalMode:
-    """No grad and eval mode (no dropout) while decoding; restores the policy's mode after."""
-
-    def __init__(self, policy):
-        self.policy = policy
-
-    def __enter__(self):
-        self.was_training, self.no_grad = self.policy.training, torch.no_grad()
-        self.no_grad.__enter__()
-        self.policy.eval()
-
-    def __exit__(self, *exc):
-        self.policy.train(self.was_training)
-        self.no_grad.__exit__(*exc)
-
-
 def _top_k_decode(policy, history_tokens, k, trie, exclude, use_cache, generator):
-    with _EvalMode(policy):
+    with eval_mode(policy):
         dec = _Decoder(policy, history_tokens, k, trie, exclude, use_cache)
         dec.check_enough_items(k, f"beam_size={k}" if generator is None else f"n={k} distinct samples")
         B = dec.B
@@ -238,7 +223,7 @@ def sample_tuples(policy, history_tokens: torch.Tensor, n: int, generator: torch
     """
     if distinct:
         return _top_k_decode(policy, history_tokens, n, trie, exclude, True, generator)
-    with _EvalMode(policy):
+    with eval_mode(policy):
         dec = _Decoder(policy, history_tokens, n, trie, exclude, use_cache=True)
         dec.check_enough_items(1, "one")
         logp = torch.zeros(dec.B, n, device=dec.history.device)

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from recmodels.data.sequences import EvalExamples
+from recmodels.runtime import eval_mode
 
 TIE_SEED = 0  # seed of the tie-breaking draws when no generator is passed
 SEEN_TOP_K = 10  # `seen_in_top10_unmasked` counts history items in the unmasked top 10
@@ -91,22 +92,15 @@ def _scored_batches(policy, history: torch.Tensor, seen: list[np.ndarray], targe
     batch, in eval mode, no grad: one forward pass per batch serves both protocols."""
     _check_inputs(history, seen, targets)
     dev = _policy_device(policy, device)
-    was_training = getattr(policy, "training", False)
-    if isinstance(policy, nn.Module):
-        policy.eval()
-    try:
-        with torch.no_grad():
-            for start in range(0, history.shape[0], batch_size):
-                rows = slice(start, min(start + batch_size, history.shape[0]))
-                logits = policy.next_item_logits(history[rows].to(dev)).float().cpu().clone()  # [b, V]
-                row_targets = None if targets is None else targets[rows].cpu()
-                if row_targets is not None:
-                    _check_targets_in_catalog(row_targets, start, logits.shape[1])
-                logits[:, 0] = float("-inf")
-                yield rows, logits, seen_items_mask(seen[rows], row_targets, logits.shape[1])
-    finally:
-        if isinstance(policy, nn.Module):
-            policy.train(was_training)
+    with eval_mode(policy):
+        for start in range(0, history.shape[0], batch_size):
+            rows = slice(start, min(start + batch_size, history.shape[0]))
+            logits = policy.next_item_logits(history[rows].to(dev)).float().cpu().clone()  # [b, V]
+            row_targets = None if targets is None else targets[rows].cpu()
+            if row_targets is not None:
+                _check_targets_in_catalog(row_targets, start, logits.shape[1])
+            logits[:, 0] = float("-inf")
+            yield rows, logits, seen_items_mask(seen[rows], row_targets, logits.shape[1])
 
 
 def _masked(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -19,9 +19,8 @@ from recmodels.evaluation.report import (JUDGED, KEY_KNOBS, KNOB_LABELS, RW_NDCG
 
 
 def _md_table(headers: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] * len(headers)) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+    """Cells already formatted as text, as a Markdown (pipe) table; tabulate leaves them as they are."""
+    return pd.DataFrame(rows, columns=headers).to_markdown(index=False, disable_numparse=True)
 
 
 def _num(v) -> str:
