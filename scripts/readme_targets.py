@@ -27,7 +27,8 @@ from pathlib import Path
 from scripts.local_servers import HOST, free_port, server_env, stop, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
-FIRST_TRAINING_STEP = r'STEP_START - Started execution of step "pretrained_policy"'
+# the first model step of full_chain (the executor may start either model first)
+FIRST_TRAINING_STEP = r'STEP_START - Started execution of step "(pretrained_policy|ranker_reward_model)"'
 STEP_STARTED = r"STEP_START - Started execution of step"
 
 
@@ -77,7 +78,7 @@ def targets(logs_csv: Path) -> list[Target]:
         Target("compare-datasets", ["compare-datasets"], ready_pattern=STEP_STARTED, own_home=True),
         Target("compare-tokenizations", ["compare-tokenizations"], ready_pattern=r"pretraining the atomic policy", own_home=True),
         Target("run SOURCE=movielens-1m", ["run", "SOURCE=movielens-1m"], ready_pattern=FIRST_TRAINING_STEP,
-               own_home=True, timeout_s=420),
+               own_home=True, timeout_s=300),
         Target("run SOURCE=simulator", ["run", "SOURCE=simulator"], ready_pattern=FIRST_TRAINING_STEP, own_home=True),
         Target("run SOURCE=file", ["run", "SOURCE=file", f"LOGS={logs_csv}", "COLUMNS=uid=user_id,movie_id=item_id,ts=timestamp"],
                ready_pattern=FIRST_TRAINING_STEP, own_home=True),
