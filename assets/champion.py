@@ -62,23 +62,18 @@ def blocking_check_results(context: dg.AssetExecutionContext,
     return results
 
 
-def _semantic_ids(path):
-    from recmodels.tokenization.semantic_ids import SemanticIds
-
-    return SemanticIds.load(path) if path else None
-
-
 def valid_metrics_of_challengers(trained: dict[str, dict], table: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Per-user valid metrics of each post-trained policy of this run (trained on this table's tokens);
     each frame's `attrs["hallucination_rate"]` is the policy's valid hallucination rate."""
     from recmodels.evaluation.promotion import split_metrics
     from recmodels.storage.model_io import load_policy
+    from recmodels.tokenization.items import load_item_codes
 
     frames = {}
     for variant, record in trained.items():
         policy = load_policy(record["checkpoint"])
         frames[variant] = split_metrics(policy, table, policy.cfg.max_len,
-                                        semantic_ids=_semantic_ids(record.get("semantic_ids")))
+                                        semantic_ids=load_item_codes(record, of=policy))
     return frames
 
 
@@ -87,12 +82,13 @@ def valid_metrics_of_version(version: str, table: pd.DataFrame, folder) -> pd.Da
     from recmodels.data.tables import read_parquet
     from recmodels.evaluation.promotion import split_metrics
     from recmodels.storage.model_io import load_policy
+    from recmodels.tokenization.items import load_item_codes
 
     artifacts = download_policy_artifacts(POST_TRAINED_MODEL, version, folder)
     policy, items = load_policy(artifacts["checkpoint"]), read_parquet(artifacts["catalog"])
     token_of = dict(zip(items["item_id"].astype(str), items["item_idx"].astype(int)))
     return split_metrics(policy, table, policy.cfg.max_len, token_of=token_of,
-                         semantic_ids=_semantic_ids(artifacts.get("semantic_ids")))
+                         semantic_ids=load_item_codes(artifacts, of=policy))
 
 
 def build_champion_asset(upstream: Sequence[dg.AssetsDefinition | dg.AssetChecksDefinition]) -> dg.AssetsDefinition:

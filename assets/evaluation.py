@@ -1,7 +1,8 @@
 """The evaluation report: every policy on the same test users, with intervals and paired differences.
 
-Semantic-ID policies (the pretrained record says `tokenization: semantic`) are evaluated with beam
-search over their semantic IDs: constrained accuracy, unconstrained hallucination rate.
+Every policy is ranked by its tokenization (`recmodels.tokenization`): semantic-ID policies (the pretrained
+record says `tokenization: semantic` and names its `semantic_ids`) are evaluated with beam search over their
+semantic IDs: constrained accuracy, unconstrained hallucination rate.
 """
 
 import dagster as dg
@@ -9,6 +10,7 @@ import dagster as dg
 from assets.metadata import image, markdown_table
 from assets.post_training import post_trained_policies
 from assets.resources import MlflowTracking, RecalignHome
+from recmodels.tokenization.items import DEFAULT_TOKENIZATION, load_item_codes
 
 
 def load_policies(pretrained: dict, post_trained: dict[str, dict]) -> tuple[dict, dict, dict]:
@@ -90,15 +92,10 @@ def evaluate_and_report(context: dg.AssetExecutionContext, home: RecalignHome, m
 
     policies, skipped, training = load_policies(pretrained_policy, post_trained)
     max_len = policies["pretrained"][0].cfg.max_len
-    semantic_ids = None
-    if pretrained_policy.get("tokenization") == "semantic":
-        from recmodels.tokenization.semantic_ids import SemanticIds
-
-        semantic_ids = SemanticIds.load(pretrained_policy["semantic_ids"])
     table, catalog = read_parquet(interactions["table"]), read_parquet(interactions["catalog"])
     oracle = Oracle.load(interactions["oracle"]) if interactions.get("oracle") else None  # simulated data only
     evals = evaluate_policies(policies, table, load_ranker(ranker_reward_model["checkpoint"]), max_len,
-                              oracle=oracle, catalog=catalog, semantic_ids=semantic_ids)
+                              oracle=oracle, catalog=catalog, semantic_ids=load_item_codes(pretrained_policy))
     for evaluation in evals[1:]:  # training telemetry of each post-trained policy, for the report's tables and plots
         evaluation.extra = training[evaluation.name]
     report = build_report(evals, baseline="pretrained", skipped=skipped)
@@ -113,7 +110,8 @@ def evaluate_and_report(context: dg.AssetExecutionContext, home: RecalignHome, m
         mlflow.log_metrics({f"test_hallucination_rate/{name}": p["hallucination_rate"]
                             for name, p in report["policies"].items()}, step=0)
     context.add_output_metadata(report_metadata(report, files))
-    return {"dataset": interactions["dataset"], "tokenization": pretrained_policy.get("tokenization", "atomic"),
+    return {"dataset": interactions["dataset"],
+            "tokenization": pretrained_policy.get("tokenization", DEFAULT_TOKENIZATION),
             "hallucination_rate": {name: p["hallucination_rate"] for name, p in report["policies"].items()},
             **{k: str(v) for k, v in files.items()}}
 

@@ -1,9 +1,9 @@
 """Model assets trained on the interactions: the pretrained policy and the ranker reward model.
 
-The pretrained policy's run config picks its tokenization: `atomic` (default, one token per item)
-or `semantic` (the `item_tokens` semantic IDs, L+1 code tokens per item). Everything downstream
-follows the checkpoint: its config says which policy it is, and the record carries the
-tokenization and the semantic IDs file.
+The pretrained policy's run config picks its tokenization (`recmodels.tokenization.items.TOKENIZATIONS`):
+`atomic` (default, one token per item) or `semantic` (the `item_tokens` semantic IDs, L+1 code tokens
+per item). Everything downstream follows the checkpoint: its config says which policy it is, and the
+record carries the tokenization's name and the file of the item codes it reads (`semantic_ids`).
 """
 
 from typing import Optional
@@ -15,16 +15,14 @@ from assets.model_runs import (POLICY_MODEL, RANKER_MODEL, library_config, save_
                                tracked_training)
 from assets.resources import MlflowTracking, RecalignHome
 from recmodels.data.tables import read_parquet
-
-
-TOKENIZATIONS = ("atomic", "semantic")
+from recmodels.tokenization.items import DEFAULT_TOKENIZATION, TOKENIZATIONS, tokenization_class
 
 
 class PretrainAssetConfig(dg.Config):
     """Knobs of the pretrained policy; a field left empty keeps the library default. `tokenization`:
     "atomic" (one token per item) or "semantic" (the item_tokens semantic IDs)."""
 
-    tokenization: str = "atomic"
+    tokenization: str = DEFAULT_TOKENIZATION
     epochs: Optional[int] = None
     batch_size: Optional[int] = None
     lr: Optional[float] = None
@@ -38,30 +36,18 @@ class PretrainAssetConfig(dg.Config):
 
 
 def _train_policy(settings: dict, interactions: dict, item_tokens: dict, callback):
-    """(result, tokenization-specific record fields, MLflow params) of the chosen tokenization."""
-    from recmodels.data.tables import read_parquet
-    from recmodels.training.pretraining import PretrainConfig
+    """(result, record fields naming the item-codes file it read, MLflow params) of the chosen tokenization."""
+    from recmodels.training.pretraining import PretrainConfig, pretrain_policy
 
-    table = read_parquet(interactions["table"])
+    kind = tokenization_class(settings["tokenization"])
+    tokenization = kind.with_codes(kind.load_codes(item_tokens["path"]))  # reads the semantic IDs, if any codes
+    codes_file = {kind.codes_key: item_tokens["path"]} if kind.codes_key else {}
+    n_items = interactions["n_items"]
     train_cfg = library_config(PretrainConfig, settings)
-    if settings["tokenization"] == "semantic":
-        from recmodels.models.semantic_policy import SemanticPolicyConfig
-        from recmodels.training.semantic_pretraining import pretrain_semantic_policy
-        from recmodels.tokenization.semantic_ids import SemanticIds
-
-        ids = SemanticIds.load(item_tokens["path"])
-        if ids.n_items != interactions["n_items"]:
-            raise ValueError(f"item_tokens {item_tokens['path']} covers {ids.n_items} items but the interactions "
-                             f"have {interactions['n_items']}")
-        policy_cfg = library_config(SemanticPolicyConfig, settings, level_sizes=ids.level_sizes)
-        result = pretrain_semantic_policy(table, ids, policy_cfg, train_cfg, callback=callback)
-        return result, {"semantic_ids": item_tokens["path"]}, {**vars(train_cfg), **vars(policy_cfg)}
-    from recmodels.models.policy import PolicyConfig
-    from recmodels.training.pretraining import pretrain_policy
-
-    policy_cfg = library_config(PolicyConfig, settings, vocab_size=interactions["n_items"] + 1)
-    result = pretrain_policy(table, interactions["n_items"], policy_cfg, train_cfg, callback=callback)
-    return result, {}, {**vars(train_cfg), **vars(policy_cfg)}
+    policy_cfg = library_config(kind.config_class, settings, **tokenization.vocabulary(n_items))
+    result = pretrain_policy(read_parquet(interactions["table"]), n_items, policy_cfg, train_cfg, callback=callback,
+                             tokenization=tokenization)
+    return result, codes_file, {**vars(train_cfg), **vars(policy_cfg)}
 
 
 @dg.asset(group_name="models", kinds={"pytorch", "mlflow"})
@@ -78,8 +64,8 @@ def pretrained_policy(context: dg.AssetExecutionContext, config: PretrainAssetCo
                           {"tokenization": tokenization}) as training:
         result, fields, params = _train_policy(settings, interactions, item_tokens, training.callback)
         training.mlflow.log_params(params)
-        if tokenization == "semantic":
-            training.mlflow.log_artifact(item_tokens["path"], artifact_path="semantic_ids")
+        for artifact_path, path in fields.items():  # the item-codes file, beside the checkpoint
+            training.mlflow.log_artifact(path, artifact_path=artifact_path)
         record = save_and_register(training, home, interactions["dataset"], result.policy, result.policy_config,
                                    "pretrained_policy.pt", POLICY_MODEL,
                                    tags={"role": "pretrained_policy", "tokenization": tokenization})

@@ -3,9 +3,10 @@
 Every registered version of `recalign-post-trained-policy` is this model. It bundles three things:
 the policy checkpoint (artifact `checkpoint`), the item catalog that maps original item ids to the
 policy's tokens (artifact `catalog`: `item_idx`, `item_id`, ...) and the decoding settings (the
-model config: `k`, `mask_history`). A semantic-ID policy also bundles its semantic IDs (artifact
-`semantic_ids`) and recommends by beam search constrained to real items (exclusion of the history),
-its scores being the probabilities of the generated items under that constrained decoding.
+model config: `k`, `mask_history`). The policy's tokenization (`recmodels.tokenization`) decodes its
+recommendations: a semantic-ID policy also bundles its semantic IDs (artifact `semantic_ids`) and
+recommends by beam search constrained to real items (exclusion of the history), its scores being the
+probabilities of the generated items under that constrained decoding.
 `recmodels` travels with it as code, so serving needs only torch, pandas, pyarrow, numpy and mlflow.
 
 Request: a DataFrame (`{"dataframe_records": [...]}` over HTTP) with one row per user and a column
@@ -67,26 +68,18 @@ class ServablePolicy(PythonModel):
     """Top-k next items for users given their recent original item ids (history masked)."""
 
     def load_context(self, context) -> None:
-        from recmodels.storage.model_io import load_policy
         from recmodels.runtime import default_device
+        from recmodels.storage.model_io import load_policy
+        from recmodels.tokenization.items import load_item_codes, tokenization_for
 
-        from recmodels.evaluation.evaluate import is_semantic
-
-        self.policy = load_policy(context.artifacts["checkpoint"]).to(default_device())
+        checkpoint = context.artifacts["checkpoint"]
+        self.policy = load_policy(checkpoint).to(default_device())
+        try:  # the item codes its tokenization reads (semantic IDs) travel as an artifact of the model
+            self.tokenization = tokenization_for(self.policy, load_item_codes(context.artifacts, of=self.policy))
+        except ValueError as exc:
+            raise MlflowException(f"checkpoint {checkpoint}: {exc}") from exc
         catalog = pd.read_parquet(context.artifacts["catalog"], columns=["item_idx", "item_id"])
-        self.semantic_ids = self.trie = None
-        if is_semantic(self.policy):
-            from recmodels.tokenization.semantic_ids import SemanticIds
-            from recmodels.tokenization.trie import ItemTrie
-
-            if "semantic_ids" not in context.artifacts:
-                raise MlflowException(f"checkpoint {context.artifacts['checkpoint']} is a semantic-ID policy but the "
-                                      "model bundles no 'semantic_ids' artifact to decode its code tuples")
-            self.semantic_ids = SemanticIds.load(context.artifacts["semantic_ids"])
-            self.trie = ItemTrie.from_semantic_ids(self.semantic_ids)
-            n_items = self.semantic_ids.n_items
-        else:
-            n_items = self.policy.cfg.vocab_size - 1
+        n_items = self.tokenization.n_items(self.policy)
         idx = catalog["item_idx"].to_numpy()
         if len(catalog) != n_items or not np.array_equal(np.sort(idx), np.arange(1, n_items + 1)):
             raise MlflowException(f"catalog artifact {context.artifacts['catalog']} must hold item_idx 1..{n_items} "
@@ -103,8 +96,6 @@ class ServablePolicy(PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         import torch
-
-        from recmodels.evaluation.ranking import score_catalog
 
         if not isinstance(model_input, pd.DataFrame) or HISTORY_COLUMN not in model_input.columns:
             got = list(model_input.columns) if isinstance(model_input, pd.DataFrame) else type(model_input).__name__
@@ -124,35 +115,11 @@ class ServablePolicy(PythonModel):
             seen.append(np.unique(tokens) if self.decoding["mask_history"] else np.zeros(0, np.int64))
             unknown.append(missing)
         out = {"item_ids": [], "scores": [], "unknown_item_ids": unknown}
-        if len(rows) and self.semantic_ids is not None:
-            for r, k in enumerate(ks):
-                items, scores = self.beam_top_k(torch.as_tensor(history[r:r + 1]), seen[r], k)
+        if len(rows):
+            for items, probs in self.tokenization.recommend(self.policy, torch.as_tensor(history), seen, ks):
                 out["item_ids"].append([str(i) for i in self.item_ids[items]])
-                out["scores"].append([round(float(s), 6) for s in scores])
-        elif len(rows):
-            logits = score_catalog(self.policy, torch.as_tensor(history), seen)  # [B, V], seen and padding -inf
-            probs = torch.softmax(logits, dim=1)
-            for r, k in enumerate(ks):
-                top = probs[r].topk(min(k, int(torch.isfinite(logits[r]).sum())))
-                out["item_ids"].append([str(i) for i in self.item_ids[top.indices.numpy()]])
-                out["scores"].append([round(float(s), 6) for s in top.values])
+                out["scores"].append([round(float(p), 6) for p in probs])
         return pd.DataFrame(out)
-
-    def beam_top_k(self, history, seen: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The k most probable unseen items of one history [1, T] by constrained beam search, and their
-        probabilities (k capped at the unseen catalog)."""
-        import torch
-
-        from recmodels.decoding.beam_search import beam_search
-
-        k = min(k, self.semantic_ids.n_items - len(seen))
-        if k < 1:
-            return np.zeros(0, np.int64), np.zeros(0)
-        device = next(self.policy.parameters()).device
-        tokens = self.semantic_ids.items_to_tokens(history).to(device)
-        exclude = [self.semantic_ids.codes[np.asarray(seen, np.int64)]]
-        tuples, logp = beam_search(self.policy, tokens, k, trie=self.trie, exclude=exclude)
-        return self.semantic_ids.lookup(tuples[0].cpu()), torch.exp(logp[0]).cpu().numpy()
 
 
 mlflow.models.set_model(ServablePolicy())

@@ -46,8 +46,8 @@ def main() -> None:
     from recmodels.evaluation.hallucination import evaluate_beams
     from recmodels.storage.model_io import load_policy
     from recmodels.models.semantic_policy import SemanticPolicy, SemanticPolicyConfig
-    from recmodels.training.semantic_pretraining import pretrain_semantic_policy
-    from recmodels.training.pretraining import PretrainConfig
+    from recmodels.training.pretraining import PretrainConfig, pretrain_policy
+    from recmodels.tokenization.items import SemanticItems, tokenization_class
     from recmodels.data.sequences import build_user_sequences, eval_examples
     from recmodels.tokenization import ItemTrie, SemanticIds, build_item_vectors, build_semantic_ids
 
@@ -56,7 +56,7 @@ def main() -> None:
     out = {"data": "movielens-100k", "n_items": data.n_items, "users": args.users, "beam": args.beam}
     if args.checkpoint:
         ids, policy = SemanticIds.load(args.semantic_ids), load_policy(args.checkpoint)
-        if not isinstance(policy, SemanticPolicy):
+        if tokenization_class(policy) is not SemanticItems:
             parser.error(f"{args.checkpoint} is not a semantic-ID policy checkpoint")
     else:
         ids = build_semantic_ids(build_item_vectors(data.table, data.catalog, data.n_items).vectors)
@@ -67,7 +67,8 @@ def main() -> None:
     out["policy"] = {k: getattr(policy.cfg, k) for k in ("max_len", "d_model", "n_layers", "n_heads")}
     if args.pretrain_epochs:
         cfg = PretrainConfig(epochs=args.pretrain_epochs, patience=args.pretrain_epochs)
-        result = pretrain_semantic_policy(data.table, ids, policy.cfg, cfg, device="cpu")
+        result = pretrain_policy(data.table, ids.n_items, policy.cfg, cfg, device="cpu",
+                                 tokenization=SemanticItems(ids))
         policy = result.policy
         out["pretrain"] = [{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
                            for row in result.history]

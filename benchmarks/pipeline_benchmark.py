@@ -48,10 +48,12 @@ def accuracy_by_protocol(report_json: str) -> dict[str, dict[str, float]]:
 
 
 def main() -> None:
+    from recmodels.tokenization.items import DEFAULT_TOKENIZATION, TOKENIZATIONS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", default="movielens-100k")
     parser.add_argument("--home", default=None, help="recalign home (default: a fresh temp dir)")
-    parser.add_argument("--tokenization", default="atomic", choices=("atomic", "semantic"),
+    parser.add_argument("--tokenization", default=DEFAULT_TOKENIZATION, choices=list(TOKENIZATIONS),
                         help="the pretrained policy's tokenization (everything downstream follows it)")
     args = parser.parse_args()
     home = Path(args.home or tempfile.mkdtemp(prefix="recalign-bench-"))

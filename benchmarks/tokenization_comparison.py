@@ -75,7 +75,7 @@ def main() -> None:
     from recmodels.post_training.loop import PostTrainConfig, post_train
     from recmodels.training.pretraining import PretrainConfig, pretrain_policy
     from recmodels.training.ranker_training import RankerTrainConfig, train_ranker
-    from recmodels.training.semantic_pretraining import pretrain_semantic_policy
+    from recmodels.tokenization.items import SemanticItems
     from recmodels.data.sequences import build_user_sequences, eval_examples
     from recmodels.tokenization import ItemTrie, build_item_vectors, build_semantic_ids
 
@@ -95,7 +95,7 @@ def main() -> None:
     timings["atomic_pretrain_s"] = round(time.perf_counter() - t, 1)
     progress("pretraining the semantic-ID policy")
     t = time.perf_counter()
-    semantic = pretrain_semantic_policy(table, ids, config=cfg, device="cpu")
+    semantic = pretrain_policy(table, data.n_items, config=cfg, device="cpu", tokenization=SemanticItems(ids))
     timings["semantic_pretrain_s"] = round(time.perf_counter() - t, 1)
     out["pretraining"] = {
         name: {"epochs": len(r.history), "best_epoch": r.best_epoch,

@@ -18,8 +18,7 @@ from pathlib import Path
 import yaml
 
 from recmodels.data.sources import SOURCES
-
-TOKENIZATIONS = ("atomic", "semantic")
+from recmodels.tokenization.items import DEFAULT_TOKENIZATION, TOKENIZATIONS
 
 
 class RunConfigError(ValueError):
@@ -41,7 +40,7 @@ def parse_columns(text: str) -> dict[str, str]:
 
 
 def full_chain_run_config(source: str = "movielens-100k", logs: str | None = None, columns: str = "",
-                          tokenization: str = "atomic") -> dict:
+                          tokenization: str = DEFAULT_TOKENIZATION) -> dict:
     """Run config of the `full_chain` job for one data source and tokenization."""
     if source not in SOURCES:
         raise RunConfigError(f"SOURCE={source!r} is not a known source; use one of {', '.join(SOURCES)}")
@@ -68,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", default="movielens-100k")
     parser.add_argument("--logs", default="", help="raw-log file for --source file")
     parser.add_argument("--columns", default="", help="file column -> contract column, e.g. movie_id=item_id,ts=timestamp")
-    parser.add_argument("--tokenization", default="atomic")
+    parser.add_argument("--tokenization", default=DEFAULT_TOKENIZATION)
     parser.add_argument("--out", required=True, type=Path, help="where to write the YAML run config")
     args = parser.parse_args(argv)
     try:

@@ -53,7 +53,7 @@ def test_early_stopping_restores_the_best_weights(monkeypatch):
     scripted = iter([0.1, 0.5, 0.3, 0.2, 0.4, 0.9])
     snapshots = []
 
-    def fake_evaluate(policy, examples, device):
+    def fake_evaluate(policy, examples, device, tokenization):
         snapshots.append({k: v.clone() for k, v in policy.state_dict().items()})
         return {"valid_hr@10": 0.0, "valid_ndcg@10": next(scripted)}
 

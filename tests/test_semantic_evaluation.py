@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from recmodels.evaluation.evaluate import MISS_RANK, evaluate_policies, history_items_in_beams
-from recmodels.evaluation.hallucination import evaluate_beams
+from recmodels.evaluation.evaluate import evaluate_policies
+from recmodels.evaluation.hallucination import evaluate_beams, history_items_in_beams
+from recmodels.evaluation.metrics import MISS_RANK
 from recmodels.evaluation.promotion import split_metrics
 from recmodels.evaluation.ranking import rank_catalog, target_ranks
 from recmodels.evaluation.report import build_report

@@ -9,16 +9,17 @@ import torch
 from recmodels.decoding.beam_search import tuple_log_probs
 from recmodels.evaluation.hallucination import evaluate_beams
 from recmodels.evaluation.metrics import ndcg
-from recmodels.post_training import grpo
-from recmodels.post_training.contexts import select_contexts
+from recmodels.post_training import dpo, grpo, ppo
+from recmodels.post_training.contexts import ranker_rewards, select_contexts
 from recmodels.post_training.dpo import DPOParams, dpo_loss
 from recmodels.post_training.grpo import GRPOParams, grpo_terms
 from recmodels.post_training.loop import MethodContext, PostTrainConfig, post_train
 from recmodels.post_training.registry import METHODS
-from recmodels.post_training.tokenization import SemanticItems
+from recmodels.tokenization.items import SemanticItems
 from recmodels.decoding.rollouts import (first_code_log_probs, history_exclusions, sample_rollouts, sequence_logprob,
                                 tuple_token_log_probs)
 from recmodels.models.semantic_policy import SemanticPolicy, SemanticPolicyConfig
+from recmodels.data.rewards import RewardSpec
 from recmodels.data.sequences import TrainingWindows, build_user_sequences, eval_examples, training_windows
 from recmodels.tokenization import ItemTrie, SemanticIdConfig, SemanticIds
 from tests.test_rl_methods import MAX_LEN, N_ITEMS, item_ranker, make_interactions
@@ -107,6 +108,31 @@ def test_post_train_over_semantic_ids_is_seeded(interactions, semantic_ids):
     assert run() == run()
 
 
+CLICKS = RewardSpec("click", center=0.0, scale=1.0, low=0.0, high=1.0)
+
+
+@pytest.mark.parametrize("method, module", [("dpo", dpo), ("ppo", ppo), ("grpo", grpo), ("adagrpo", grpo)])
+def test_generated_non_items_get_the_reward_specs_lower_bound(interactions, semantic_ids, monkeypatch, method, module):
+    """Click rewards lie in [0, 1]: a tuple that is no item is scored 0 (never below the scale), not -1."""
+    invalid_rewards = []
+
+    def spy(ranker, contexts, items, valid=None, invalid_reward=None):
+        rewards = ranker_rewards(ranker, contexts, items, valid, invalid_reward=invalid_reward)
+        invalid_rewards.append(rewards[~valid])
+        return rewards
+
+    monkeypatch.setattr(module, "ranker_rewards", spy)
+    cfg = PostTrainConfig(steps=2, batch_size=16, lr=1e-2, eval_every=2)
+    result = post_train(method, tiny_policy(), interactions, cfg, ranker=item_ranker(), device="cpu",
+                        semantic_ids=semantic_ids, reward_spec=CLICKS)
+    scored = torch.cat(invalid_rewards)
+    assert len(scored) > 0 and (scored == CLICKS.low).all()
+    assert result.params["invalid_reward"] == CLICKS.low
+    default = post_train(method, tiny_policy(), interactions, cfg, ranker=item_ranker(), device="cpu",
+                         semantic_ids=semantic_ids)
+    assert default.params["invalid_reward"] == RewardSpec().low == -1.0
+
+
 def test_semantic_policy_needs_matching_semantic_ids(interactions, semantic_ids):
     cfg = PostTrainConfig(steps=1)
     with pytest.raises(ValueError, match="semantic_ids"):
@@ -188,9 +214,11 @@ def test_kv_cache_scorer_equals_the_teacher_forced_forward(windows, semantic_ids
 
 
 def test_invalid_rollouts_get_the_invalid_reward(windows, semantic_ids):
-    params = GRPOParams(group_size=8, invalid_reward=-7.0)
+    params = GRPOParams(group_size=8)
     ranker = item_ranker()
-    terms = grpo_terms(tiny_policy(), windows, semantic_ctx(params, semantic_ids, ranker=ranker), params)
+    ctx = semantic_ctx(params, semantic_ids, ranker=ranker)
+    ctx.invalid_reward = -7.0  # post_train sets it to the reward spec's lower bound
+    terms = grpo_terms(tiny_policy(), windows, ctx, params)
     valid, items = terms.rollouts.valid, terms.rollouts.items
     assert (~valid).any() and valid.any()
     assert (semantic_ids.lookup(terms.rollouts.tuples[~valid]) == 0).all()  # really no item

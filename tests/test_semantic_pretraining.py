@@ -1,4 +1,5 @@
-"""Semantic-ID pretraining: next-code NLL falls, constrained-beam valid NDCG, seeds, checkpoint round trip."""
+"""Semantic-ID pretraining (`pretrain_policy` with `SemanticItems`): next-code NLL falls, constrained-beam valid
+NDCG, seeds, checkpoint round trip."""
 import numpy as np
 import pytest
 import torch
@@ -7,9 +8,9 @@ from recmodels.storage.checkpoints import CheckpointError, save_checkpoint
 from recmodels.evaluation.hallucination import evaluate_beams
 from recmodels.storage.model_io import load_policy
 from recmodels.models.policy import GenerativePolicy, PolicyConfig
-from recmodels.training.pretraining import PretrainConfig
+from recmodels.training.pretraining import PretrainConfig, pretrain_policy, window_nll
 from recmodels.models.semantic_policy import SemanticPolicy, SemanticPolicyConfig
-from recmodels.training.semantic_pretraining import pretrain_semantic_policy, token_nll
+from recmodels.tokenization.items import SemanticItems
 from recmodels.data.sequences import build_user_sequences, eval_examples, training_windows
 from recmodels.tokenization import ItemTrie, SemanticIdConfig, SemanticIds
 from tests.synthetic import cyclic_interactions
@@ -30,6 +31,11 @@ def grid_ids() -> SemanticIds:
 TINY = SemanticPolicyConfig(level_sizes=SIZES, max_len=6, d_model=32, n_layers=1, n_heads=2, dropout=0.0)
 
 
+def pretrain_on_semantic_ids(data, ids: SemanticIds, policy_config=None, config=None, **kwargs):
+    """The one pretraining entry point, over the semantic IDs' code tokens."""
+    return pretrain_policy(data, ids.n_items, policy_config, config, tokenization=SemanticItems(ids), **kwargs)
+
+
 @pytest.fixture(scope="module")
 def data():
     return cyclic_interactions(n_users=40, n_items=N_ITEMS, events=12, rewards=(1.0, -0.5), seed=0)
@@ -39,7 +45,7 @@ def data():
 def trained(data):
     rows = []
     cfg = PretrainConfig(epochs=12, batch_size=16, lr=1e-2, weight_decay=0.0, patience=12, seed=3)
-    result = pretrain_semantic_policy(data, grid_ids(), TINY, cfg, callback=rows.append, device="cpu")
+    result = pretrain_on_semantic_ids(data, grid_ids(), TINY, cfg, callback=rows.append, device="cpu")
     return result, rows
 
 
@@ -67,20 +73,20 @@ def test_best_weights_are_restored(trained, data):
     assert valid_ndcg10(result.policy, data) == pytest.approx(result.best_valid_ndcg10)
 
 
-def test_token_nll_equals_the_policy_loss(data):
+def test_window_nll_over_code_tokens_equals_the_policy_loss(data):
     ids = grid_ids()
     windows = training_windows(build_user_sequences(data), TINY.max_len)
     tokens, targets = ids.window_tokens(windows.inputs[:8], windows.targets[:8])
     torch.manual_seed(0)
     policy = SemanticPolicy(TINY).eval()
-    assert token_nll(policy, tokens, targets).item() == pytest.approx(policy(tokens, targets)[1].item(), rel=1e-5)
+    assert window_nll(policy, tokens, targets).item() == pytest.approx(policy(tokens, targets)[1].item(), rel=1e-5)
 
 
 def test_same_seed_same_numbers_other_seed_other_numbers(data):
     cfg = PretrainConfig(epochs=2, batch_size=16, lr=1e-2, seed=5)
-    a = pretrain_semantic_policy(data, grid_ids(), TINY, cfg, device="cpu")
-    b = pretrain_semantic_policy(data, grid_ids(), TINY, cfg, device="cpu")
-    c = pretrain_semantic_policy(data, grid_ids(), TINY, PretrainConfig(epochs=2, batch_size=16, lr=1e-2, seed=6),
+    a = pretrain_on_semantic_ids(data, grid_ids(), TINY, cfg, device="cpu")
+    b = pretrain_on_semantic_ids(data, grid_ids(), TINY, cfg, device="cpu")
+    c = pretrain_on_semantic_ids(data, grid_ids(), TINY, PretrainConfig(epochs=2, batch_size=16, lr=1e-2, seed=6),
                                  device="cpu")
     strip = lambda h: [{k: v for k, v in r.items() if k not in ("seconds", "sequences_per_s")} for r in h]  # noqa: E731
     assert strip(a.history) == strip(b.history) != strip(c.history)
@@ -114,11 +120,11 @@ def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_rejected_naming_the
 def test_bad_configs_and_input_are_rejected_with_the_reason(data):
     ids = grid_ids()
     with pytest.raises(ValueError, match=r"level_sizes=\(6, 4, 3\) differ from the semantic IDs' level sizes"):
-        pretrain_semantic_policy(data, ids, SemanticPolicyConfig(level_sizes=(6, 4, 3), max_len=6),
+        pretrain_on_semantic_ids(data, ids, SemanticPolicyConfig(level_sizes=(6, 4, 3), max_len=6),
                                  PretrainConfig(epochs=1))
     with pytest.raises(ValueError, match="PretrainConfig.max_len=5 differs from SemanticPolicyConfig.max_len=6"):
-        pretrain_semantic_policy(data, ids, TINY, PretrainConfig(epochs=1, max_len=5))
+        pretrain_on_semantic_ids(data, ids, TINY, PretrainConfig(epochs=1, max_len=5))
     bad = data.copy()
     bad.loc[3, "item_idx"] = N_ITEMS + 1
     with pytest.raises(ValueError, match="column item_idx must lie in 1..n_items=48; row 3"):
-        pretrain_semantic_policy(bad, ids, TINY, PretrainConfig(epochs=1))
+        pretrain_on_semantic_ids(bad, ids, TINY, PretrainConfig(epochs=1))

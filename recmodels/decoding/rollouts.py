@@ -8,7 +8,8 @@ context's history are never generated (the distribution the evaluation ranks fro
 - `top_k_rollouts`: the G most likely items (beam search);
 - `sequence_logprob`: log pi(item | context) of given items (grad flows).
 
-These three dispatch on the policy type; the public API speaks of items and contexts only:
+These three ask the policy's tokenization (`recmodels.tokenization.items.tokenization_for`) to do it;
+the public API speaks of items and contexts only:
 
     sample_rollouts(policy, histories[N, T], G, generator, mask=None, semantic_ids=None) -> Rollouts
     top_k_rollouts(policy, histories[N, T], G, mask=None, semantic_ids=None) -> Rollouts
@@ -126,15 +127,16 @@ def top_k_from_log_probs(log_probs: torch.Tensor, k: int) -> Rollouts:
                     first_token_log_probs=log_probs, token_logp=logp.unsqueeze(-1))
 
 
+# The policy's tokenization builds on this module, hence the imports inside the three functions below.
+
 @torch.no_grad()
 def sample_rollouts(policy, histories: torch.Tensor, group_size: int, generator: torch.Generator,
                     mask: torch.Tensor | None = None, semantic_ids: SemanticIds | None = None) -> Rollouts:
     """G distinct items per context sampled without replacement from the masked policy (no grad)."""
-    if isinstance(policy, SemanticPolicy):
-        sem = _semantic_ids_for(policy, semantic_ids, mask)
-        return sample_tuple_rollouts(policy, sem.items_to_tokens(histories), group_size, generator, sem,
-                                     history_exclusions(sem, histories))
-    return sample_from_log_probs(next_item_log_probs(policy, histories, mask), group_size, generator)
+    from recmodels.tokenization.items import tokenization_for
+
+    tokenization = tokenization_for(policy, semantic_ids, strict=False)
+    return tokenization.sample_rollouts(policy, histories, group_size, generator, mask)
 
 
 @torch.no_grad()
@@ -143,12 +145,9 @@ def top_k_rollouts(policy, histories: torch.Tensor, k: int, mask: torch.Tensor |
     """The policy's k best items per context (beam search of width k), most likely first (no grad).
 
     Semantic IDs: unconstrained beam search over code tuples, history items excluded."""
-    if isinstance(policy, SemanticPolicy):
-        sem = _semantic_ids_for(policy, semantic_ids, mask)
-        tokens, exclude = sem.items_to_tokens(histories), history_exclusions(sem, histories)
-        tuples, _ = beam_search(policy, tokens, k, exclude=exclude)
-        return _tuple_rollouts(tuples, *tuple_token_log_probs(policy, tokens, tuples, exclude), sem)
-    return top_k_from_log_probs(next_item_log_probs(policy, histories, mask), k)
+    from recmodels.tokenization.items import tokenization_for
+
+    return tokenization_for(policy, semantic_ids, strict=False).top_k_rollouts(policy, histories, k, mask)
 
 
 def sequence_logprob(policy, histories: torch.Tensor, items: torch.Tensor,
@@ -156,31 +155,14 @@ def sequence_logprob(policy, histories: torch.Tensor, items: torch.Tensor,
     """log pi(item | context) [N, G] of given items under the masked policy (grad flows); -inf if masked.
 
     Semantic IDs: the sum of the item's L+1 code log-probs, one teacher-forced forward per item."""
+    from recmodels.tokenization.items import tokenization_for
+
     if items.dim() != 2 or items.shape[0] != histories.shape[0]:
         raise ValueError(f"items must be [N={histories.shape[0]}, G], got {tuple(items.shape)}")
-    if isinstance(policy, SemanticPolicy):
-        sem = _semantic_ids_for(policy, semantic_ids, mask)
-        if items.numel() and (int(items.min()) < 1 or int(items.max()) > sem.n_items):
-            raise ValueError(f"items must be item ids 1..{sem.n_items}, got min {int(items.min())}, "
-                             f"max {int(items.max())}")
-        tuples = torch.as_tensor(sem.codes, device=items.device)[items]  # [N, G, L+1]
-        token_logp, _ = tuple_token_log_probs(policy, sem.items_to_tokens(histories), tuples,
-                                              history_exclusions(sem, histories))
-        return token_logp.sum(dim=-1)
-    return next_item_log_probs(policy, histories, mask).gather(1, items)
+    return tokenization_for(policy, semantic_ids, strict=False).sequence_logprob(policy, histories, items, mask)
 
 
 # --- semantic IDs: an item is a tuple of L+1 codes -------------------------------------------------------------
-
-def _semantic_ids_for(policy: SemanticPolicy, semantic_ids: SemanticIds | None, mask) -> SemanticIds:
-    if semantic_ids is None:
-        raise ValueError("a SemanticPolicy generates code tuples: pass semantic_ids= to map items to codes")
-    if tuple(semantic_ids.level_sizes) != tuple(policy.layout.level_sizes):
-        raise ValueError(f"semantic_ids level sizes {tuple(semantic_ids.level_sizes)} differ from the policy's "
-                         f"{tuple(policy.layout.level_sizes)}")
-    if mask is not None:
-        raise ValueError("mask is an atomic-token [N, V] mask; a SemanticPolicy excludes the history's items itself")
-    return semantic_ids
 
 
 def history_exclusions(semantic_ids: SemanticIds, histories: torch.Tensor) -> list[np.ndarray]:
@@ -210,8 +192,9 @@ def first_code_log_probs(policy: SemanticPolicy, history_tokens: torch.Tensor,
     return level_log_probs(logits[:, None], layout.offsets[0], layout.level_sizes[0], allowed)[:, 0]
 
 
-def _tuple_rollouts(tuples: torch.Tensor, token_logp: torch.Tensor, first: torch.Tensor,
-                    semantic_ids: SemanticIds) -> Rollouts:
+def tuple_rollouts(tuples: torch.Tensor, token_logp: torch.Tensor, first: torch.Tensor,
+                   semantic_ids: SemanticIds) -> Rollouts:
+    """Rollouts of generated code tuples [N, G, L+1] and their per-code log-probs [N, G, L+1]."""
     items = torch.as_tensor(semantic_ids.lookup(tuples), device=tuples.device)  # [N, G], 0 = no item
     return Rollouts(items=items, logp=token_logp.sum(dim=-1), valid=items > 0, first_token_log_probs=first,
                     token_logp=token_logp, tuples=tuples)
@@ -283,7 +266,15 @@ def sample_tuple_rollouts(policy: SemanticPolicy, history_tokens: torch.Tensor, 
     tuples, _ = sample_tuples(policy, history_tokens, group_size, generator, exclude=exclude, distinct=True)
     with torch.set_grad_enabled(grad):
         token_logp, first = tuple_token_log_probs(policy, history_tokens, tuples, exclude)
-    return _tuple_rollouts(tuples, token_logp, first, semantic_ids)
+    return tuple_rollouts(tuples, token_logp, first, semantic_ids)
+
+
+def top_k_tuple_rollouts(policy: SemanticPolicy, history_tokens: torch.Tensor, k: int, semantic_ids: SemanticIds,
+                         exclude: Sequence | None = None) -> Rollouts:
+    """The k most likely code tuples per token history [N, S] (unconstrained beam search, `exclude`d tuples
+    never generated), scored like the sampler's: most likely first."""
+    tuples, _ = beam_search(policy, history_tokens, k, exclude=exclude)
+    return tuple_rollouts(tuples, *tuple_token_log_probs(policy, history_tokens, tuples, exclude), semantic_ids)
 
 
 def entropy(log_probs: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,11 @@ History masking: the user's already-seen items (except the target, as in `rankin
 to the decoder as excluded tuples, which it never generates (see `recmodels.decoding.beam_search`), so the
 K beams are K unseen candidates rather than K beams from which seen items are dropped afterwards.
 With `exclude_history=False` nothing is excluded: the unmasked protocol (RecBole's), where seen
-items compete like any other (`recmodels.evaluation.evaluate.semantic_unmasked_ranks`).
+items compete like any other (`recmodels.tokenization.semantic_items.SemanticItems.rank`).
+
+Beam sizes: model selection (pretraining, post-training) ranks the valid targets among
+`VALID_BEAM_SIZE` beams, the test evaluation and the promotion gates among `BEAM_SIZE`, with a
+target outside the beams at `MISS_RANK` (`beam_ranks`).
 """
 from __future__ import annotations
 
@@ -22,8 +26,14 @@ import torch
 
 from recmodels.decoding.beam_search import beam_search
 from recmodels.data.sequences import EvalExamples
+from recmodels.evaluation.metrics import MISS_RANK
+from recmodels.evaluation.ranking import SEEN_TOP_K
 from recmodels.tokenization.semantic_ids import SemanticIds
 from recmodels.tokenization.trie import ItemTrie
+
+VALID_BEAM_SIZE = 10  # enough for the valid NDCG@10 / HR@10 of model selection
+BEAM_SIZE = 20  # beams per user at test time: exact metrics @5/@10/@20
+HALLUCINATION_K = 10  # the hallucination rate is measured over the top-10 unconstrained tuples
 
 
 def beam_items(tuples, semantic_ids: SemanticIds) -> np.ndarray:
@@ -133,3 +143,18 @@ def evaluate_beams(policy, examples: EvalExamples, semantic_ids: SemanticIds, be
     return BeamEvaluation(ranks=beam_target_ranks(items_all, examples.targets), items=items_all,
                           scores=np.concatenate(scores), hallucination_rate=float((items_all[real] == 0).mean()),
                           beam_size=beam_size, constrained=trie is not None, n_beams=n_all)
+
+
+def beam_ranks(beams: BeamEvaluation) -> np.ndarray:
+    """[N] the target ranks of `beams`, a target outside the beams at MISS_RANK (a miss at every cutoff)."""
+    return np.where(beams.ranks <= beams.beam_size, beams.ranks, MISS_RANK)
+
+
+def history_items_in_beams(items: np.ndarray, n_beams: np.ndarray, examples: EvalExamples,
+                           k: int = SEEN_TOP_K) -> np.ndarray:
+    """[N] history items (other than the target) among each row's first k real beams [N, K]."""
+    counts = np.empty(len(examples), dtype=np.int64)
+    for row, (seen, target) in enumerate(zip(examples.seen, examples.targets.tolist())):
+        top = items[row, :min(k, int(n_beams[row]))]
+        counts[row] = int(np.isin(top, seen[seen != target]).sum())
+    return counts

@@ -10,6 +10,7 @@ import pandas as pd
 
 KS = (5, 10, 20)
 METRIC_NAMES = tuple(f"{m}@{k}" for k in KS for m in ("hr", "ndcg", "mrr"))  # hr@5, ndcg@5, mrr@5, hr@10, ...
+MISS_RANK = 2**31 - 1  # the rank of a target the policy cannot produce: beyond every cutoff, 1/rank ~ 0
 
 
 def _ranks(ranks) -> np.ndarray:

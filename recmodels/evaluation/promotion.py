@@ -14,9 +14,9 @@ A challenger is promoted when every gate passes:
 - `reward_alignment`: the mean difference of the reward-alignment metric is >= -tolerance.
 Without a champion (the first promotion) the two comparison gates pass: the best challenger wins.
 
-Semantic-ID policies are ranked with constrained beam search (a target outside the beams is a miss)
-and their hallucination rate is measured with unconstrained beam search, both on the same split
-(see `recmodels.evaluation.evaluate`).
+Each policy is ranked by its tokenization (`ItemTokenization.rank`, masked protocol only): semantic-ID
+policies with constrained beam search (a target outside the beams is a miss) and their hallucination
+rate with unconstrained beam search, both on the same split (see `recmodels.evaluation.evaluate`).
 """
 from __future__ import annotations
 
@@ -26,12 +26,11 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from recmodels.evaluation.metrics import paired_bootstrap_diff, per_user_metrics
-from recmodels.evaluation.ranking import target_ranks
 from recmodels.data.sequences import build_user_sequences, eval_examples
+from recmodels.evaluation.metrics import MISS_RANK, paired_bootstrap_diff, per_user_metrics
+from recmodels.tokenization.items import tokenization_for
 
 GATES = ("blocking_data_checks", "hallucination_rate", "beats_champion", "reward_alignment")
-MISS_RANK = 2**31 - 1  # the rank of a held-out item the model cannot produce: beyond every cutoff, 1/rank ~ 0
 
 
 @dataclass
@@ -71,15 +70,11 @@ def split_metrics(policy, interactions: pd.DataFrame, max_len: int, token_of: Ma
     `token_of` maps original item ids (the table's `item_id`) to the policy's tokens; None means the
     policy was trained on this table's `item_idx`. Users come in the table's order either way.
     A semantic-ID policy needs the `semantic_ids` it was trained with (over the same item_idx as
-    `token_of`); its frame then has a `hallucination_rate` attribute (`frame.attrs`).
+    `token_of`). The frame's `attrs["hallucination_rate"]` is the policy's (0 for atomic tokens).
     """
-    from recmodels.evaluation.evaluate import is_semantic, semantic_ranks_and_top10
-
-    semantic = is_semantic(policy)
-    if semantic and semantic_ids is None:
-        raise ValueError("a semantic-ID policy needs the semantic_ids it was trained with to be evaluated")
+    tokenization = tokenization_for(policy, semantic_ids, strict=False)
     table = interactions[["user_idx", "item_idx", "reward", "split"]].copy()
-    n_items = semantic_ids.n_items if semantic else policy.cfg.vocab_size - 1
+    n_items = tokenization.n_items(policy)
     if token_of is not None:
         if "item_id" not in interactions.columns:
             raise ValueError("interactions needs an 'item_id' column to evaluate a policy with its own catalog")
@@ -93,17 +88,14 @@ def split_metrics(policy, interactions: pd.DataFrame, max_len: int, token_of: Ma
     table.loc[unknown_target, "item_idx"] = 1  # a placeholder so the user keeps its row; counted as a miss below
     table = table[known | held_out]
     examples = eval_examples(build_user_sequences(table), split, max_len)
-    decoding = None
-    if semantic:
-        ranks, _, decoding = semantic_ranks_and_top10(policy, examples, semantic_ids)
-    else:
-        ranks = target_ranks(policy, examples)
+    ranking = tokenization.rank(policy, examples, unmasked=False)
+    ranks = ranking.ranks
     missed_users = set(interactions["user_idx"].to_numpy()[unknown_target].tolist())
     missed = np.isin(examples.users.numpy(), list(missed_users))
     ranks[missed] = MISS_RANK
     frame = per_user_metrics(ranks, examples.target_rewards.numpy())
     frame.insert(0, "user_idx", examples.users.numpy())
-    frame.attrs["hallucination_rate"] = decoding["hallucination_rate"] if decoding else 0.0
+    frame.attrs["hallucination_rate"] = ranking.decoding["hallucination_rate"]
     return frame
 
 

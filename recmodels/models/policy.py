@@ -102,6 +102,11 @@ class GenerativePolicy(nn.Module):
         logits[..., 0] = float("-inf")
         return logits
 
+    def target_logits(self, items: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Logits [n, V] at the n positions of items [B, T] whose target [B, T] is not padding 0: only those
+        are projected onto the catalog (training windows are often mostly padding)."""
+        return self.logits(self.hidden(items)[targets != 0])
+
     def forward(self, items: torch.Tensor, targets: torch.Tensor | None = None):
         """items [B, T] -> logits [B, T, V]; with targets [B, T] (0 = ignore) also the mean NLL."""
         logits = self.logits(self.hidden(items))

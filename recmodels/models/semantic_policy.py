@@ -200,6 +200,12 @@ class SemanticPolicy(nn.Module):
         logits = hidden @ self.tok_emb.weight.T
         return logits.masked_fill(~self.level_allowed[self.next_level[last_tokens]], float("-inf"))
 
+    def target_logits(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Logits [n, V] at the n positions of tokens [B, S] whose target [B, S] is not padding 0 (other
+        levels at -inf): only those are projected onto the vocabulary (windows are often mostly padding)."""
+        real = targets != 0
+        return self.logits(self.hidden(tokens)[0][real], tokens[real])
+
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None):
         """tokens [B, S] -> logits [B, S, V]; with targets [B, S] (0 = ignore) also the mean code NLL."""
         self.check_tokens(tokens)

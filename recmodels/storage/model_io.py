@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from recmodels.storage.checkpoints import CheckpointError, load_checkpoint
-from recmodels.models.policy import GenerativePolicy, PolicyConfig
+from recmodels.tokenization.items import tokenization_class
 
 
 def _build(path: str | Path, payload: dict, model_cls: type, config_cls: type):
@@ -20,20 +20,15 @@ def _rebuild(path: str | Path, model_cls: type, config_cls: type):
     return _build(path, load_checkpoint(path), model_cls, config_cls)
 
 
-def is_semantic_config(config: dict) -> bool:
-    """A saved policy config of the semantic-ID policy (it names its code levels)."""
-    return "level_sizes" in config
-
-
 def load_policy(path: str | Path):
-    """The policy saved at `path`, in eval mode on CPU: a SemanticPolicy when its config has
-    `level_sizes` (semantic-ID tokens), else a GenerativePolicy (one token per item)."""
+    """The policy saved at `path`, in eval mode on CPU: the policy class of the tokenization whose config the
+    checkpoint holds (a SemanticPolicy for `level_sizes`, a GenerativePolicy for `vocab_size`)."""
     payload = load_checkpoint(path)
-    if is_semantic_config(payload["config"]):
-        from recmodels.models.semantic_policy import SemanticPolicy, SemanticPolicyConfig
-
-        return _build(path, payload, SemanticPolicy, SemanticPolicyConfig)
-    return _build(path, payload, GenerativePolicy, PolicyConfig)
+    try:
+        kind = tokenization_class(payload["config"])
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint {path}: {exc}") from exc
+    return _build(path, payload, kind.policy_class, kind.config_class)
 
 
 def load_ranker(path: str | Path):

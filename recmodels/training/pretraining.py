@@ -1,25 +1,29 @@
-"""Pretraining of the generative policy: next-item NLL at every position of the train windows.
+"""Pretraining of the generative policy: next-token NLL at every position of the train windows.
 
-Model selection follows docs/design.md §5: after each epoch the policy ranks every user's `valid` item
-over the full catalog (history masked) and training stops when valid NDCG@10 has not improved for
-`patience` evaluations; the best weights are restored.
+One loop for every tokenization (`recmodels.tokenization.items`): the tokenization turns the item
+windows into token windows (atomic: the items themselves; semantic IDs: L+1 codes per item, every
+target item costing its L+1 codes), builds the policy's config and ranks the valid items.
+
+Model selection follows docs/design.md §5: after each evaluated epoch the policy ranks every user's
+`valid` item (history masked: over the full catalog for atomic tokens, among constrained beams for
+semantic IDs) and training stops when valid NDCG@10 has not improved for `patience` evaluations;
+the best weights are restored.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Any, Callable
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from recmodels.training.early_stopping import BestWeights
-from recmodels.evaluation.metrics import hit_rate, ndcg
-from recmodels.evaluation.ranking import target_ranks
-from recmodels.models.policy import GenerativePolicy, PolicyConfig
-from recmodels.runtime import default_device, seed_everything
 from recmodels.data.sequences import EvalExamples, build_user_sequences, eval_examples, training_windows
+from recmodels.evaluation.metrics import hit_rate, ndcg
+from recmodels.runtime import default_device, seed_everything
+from recmodels.tokenization.items import AtomicItems, ItemTokenization
+from recmodels.training.early_stopping import BestWeights
 
 REQUIRED_COLUMNS = ("user_idx", "item_idx", "reward", "split")
 
@@ -39,8 +43,8 @@ class PretrainConfig:
 
 @dataclass
 class PretrainResult:
-    policy: GenerativePolicy
-    policy_config: PolicyConfig
+    policy: torch.nn.Module  # the tokenization's policy class, best weights, eval mode
+    policy_config: Any  # its config
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
     best_valid_ndcg10: float = float("-inf")
@@ -66,34 +70,30 @@ def check_interactions(interactions: pd.DataFrame, n_items: int) -> None:
         raise ValueError("column reward holds NaN or infinite values")
 
 
-def window_nll(policy: GenerativePolicy, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-item NLL over the non-zero targets; equals `policy(inputs, targets)[1]` but only
-    projects the positions that have a target onto the catalog (windows are often mostly padding)."""
-    h = policy.hidden(inputs)[targets != 0]  # [n, d]
-    logits = h @ policy.tok_emb.weight.T  # [n, V]
-    logits[:, 0] = float("-inf")
-    return F.cross_entropy(logits, targets[targets != 0])
+def window_nll(policy, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token NLL over the non-zero targets; equals `policy(tokens, targets)[1]` but only projects
+    the positions that have a target (`policy.target_logits`: windows are often mostly padding)."""
+    return F.cross_entropy(policy.target_logits(tokens, targets), targets[targets != 0])
 
 
-def evaluate_valid(policy: GenerativePolicy, examples: EvalExamples, device: torch.device) -> dict[str, float]:
-    ranks = target_ranks(policy, examples, device=device)
+def evaluate_valid(policy, examples: EvalExamples, device: torch.device,
+                   tokenization: ItemTokenization) -> dict[str, float]:
+    ranks = tokenization.valid_ranks(policy, examples, device)
     return {"valid_hr@10": float(hit_rate(ranks, 10).mean()), "valid_ndcg@10": float(ndcg(ranks, 10).mean())}
 
 
-def _resolve_configs(n_items: int, policy_config: PolicyConfig | None,
-                     config: PretrainConfig) -> tuple[PolicyConfig, PretrainConfig]:
+def _resolve_configs(n_items: int, tokenization: ItemTokenization, policy_config: Any,
+                     config: PretrainConfig) -> tuple[Any, PretrainConfig]:
     if policy_config is None:
-        policy_config = PolicyConfig(vocab_size=n_items + 1)
+        policy_config = tokenization.config_class(**tokenization.vocabulary(n_items))
         if config.max_len is not None:
             policy_config = replace(policy_config, max_len=config.max_len)
-    if policy_config.vocab_size != n_items + 1:
-        raise ValueError(f"policy_config.vocab_size={policy_config.vocab_size} but n_items={n_items} "
-                         f"needs {n_items + 1} (token 0 is padding)")
+    tokenization.check_config(policy_config, n_items)
     if config.max_len is None:
         config = replace(config, max_len=policy_config.max_len)
     if config.max_len != policy_config.max_len:
         raise ValueError(f"PretrainConfig.max_len={config.max_len} differs from "
-                         f"PolicyConfig.max_len={policy_config.max_len}")
+                         f"{type(policy_config).__name__}.max_len={policy_config.max_len}")
     check_pretrain_config(config)
     return policy_config, config
 
@@ -107,28 +107,35 @@ def check_pretrain_config(config: PretrainConfig) -> None:
         raise ValueError(f"PretrainConfig.stride must lie in 1..max_len={config.max_len}, got {config.stride}")
 
 
-def pretrain_policy(interactions: pd.DataFrame, n_items: int, policy_config: PolicyConfig | None = None,
+def pretrain_policy(interactions: pd.DataFrame, n_items: int, policy_config: Any = None,
                     config: PretrainConfig | None = None, callback: Callable[[dict], None] | None = None,
-                    device: torch.device | str | None = None) -> PretrainResult:
-    """Train a GenerativePolicy on the train split; early-stop on valid NDCG@10, keep the best weights."""
+                    device: torch.device | str | None = None,
+                    tokenization: ItemTokenization | None = None) -> PretrainResult:
+    """Train the policy of `tokenization` (default: atomic items, a GenerativePolicy) on the train split;
+    early-stop on valid NDCG@10, keep the best weights. `policy_config` defaults to the tokenization's
+    vocabulary with the library's knobs."""
     config = config or PretrainConfig()
+    tokenization = tokenization or AtomicItems()
     check_interactions(interactions, n_items)
-    policy_config, config = _resolve_configs(n_items, policy_config, config)
+    policy_config, config = _resolve_configs(n_items, tokenization, policy_config, config)
     device = torch.device(device) if device is not None else default_device()
 
     seqs = build_user_sequences(interactions)
     windows = training_windows(seqs, config.max_len, config.stride)
+    tokens, targets = tokenization.window_tokens(windows.inputs, windows.targets)
     valid = eval_examples(seqs, "valid", config.max_len)
 
     gen = seed_everything(config.seed)
-    policy = GenerativePolicy(policy_config).to(device)
+    policy = tokenization.policy_class(policy_config).to(device)
     result = PretrainResult(policy=policy, policy_config=policy_config)
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
-        return window_nll(policy, windows.inputs[idx].to(device), windows.targets[idx].to(device))
+        return window_nll(policy, tokens[idx].to(device), targets[idx].to(device))
 
-    return run_epochs(policy, len(windows), batch_loss, lambda: evaluate_valid(policy, valid, device), config,
-                      gen, result, callback)
+    def evaluate() -> dict[str, float]:
+        return evaluate_valid(policy, valid, device, tokenization)
+
+    return run_epochs(policy, len(windows), batch_loss, evaluate, config, gen, result, callback)
 
 
 def run_epochs(policy: torch.nn.Module, n_windows: int, batch_loss: Callable[[torch.Tensor], torch.Tensor],

@@ -1,0 +1,168 @@
+"""Atomic item tokens: one token per item (docs/design.md §3).
+
+Item i is token i (0 = padding), so a history's next-item distribution over the whole catalog is one
+forward pass of a `GenerativePolicy`, ranking is full-catalog (`recmodels.evaluation.ranking`), a
+rollout is one token and no generated id can be a non-item (the hallucination rate is 0).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from recmodels.data.sequences import EvalExamples, TrainingWindows
+from recmodels.decoding.rollouts import (Rollouts, history_mask, masked_log_probs, next_item_log_probs,
+                                         sample_from_log_probs, top_k_from_log_probs)
+from recmodels.evaluation.hallucination import BEAM_SIZE
+from recmodels.evaluation.ranking import rank_catalog, score_catalog, target_ranks
+from recmodels.models.policy import GenerativePolicy, PolicyConfig
+from recmodels.tokenization.interface import (ItemTokenization, Ranking, TokenLogProbs, decoding_record,
+                                              window_cross_entropy)
+
+if TYPE_CHECKING:  # post_training builds on this package: its types are hints only here
+    from recmodels.post_training.contexts import RLContexts
+
+
+@torch.no_grad()
+def kl_to_reference(policy, reference, history: torch.Tensor, device: torch.device, batch_size: int = 256) -> float:
+    """Mean KL(pi || pi_ref) of the next-item distributions over the catalog (padding excluded)."""
+    was_training = policy.training
+    policy.eval()
+    total = 0.0
+    for s in range(0, history.shape[0], batch_size):
+        h = history[s:s + batch_size].to(device)
+        logp = F.log_softmax(policy.next_item_logits(h)[:, 1:].float(), dim=-1)  # [b, V-1]
+        logq = F.log_softmax(reference.next_item_logits(h)[:, 1:].float(), dim=-1)
+        total += (logp.exp() * (logp - logq)).sum().item()
+    policy.train(was_training)
+    return total / history.shape[0]
+
+
+def _context_log_probs(policy, contexts: RLContexts, mask: torch.Tensor, window_logits=None) -> torch.Tensor:
+    from recmodels.post_training.contexts import context_log_probs  # post_training builds on this package
+
+    return context_log_probs(policy, contexts, mask, window_logits)
+
+
+class AtomicItems(ItemTokenization):
+    """One token per item: a context's next-item distribution is one forward pass."""
+
+    name = "atomic"
+    policy_class = GenerativePolicy
+    config_class = PolicyConfig
+
+    # --- building -----------------------------------------------------------------------------------------------
+
+    @classmethod
+    def speaks(cls, of) -> bool:
+        """Also any policy that scores the next item over the catalog (`next_item_logits`, see ranking.py)."""
+        return super().speaks(of) or callable(getattr(of, "next_item_logits", None))
+
+    @classmethod
+    def with_codes(cls, codes=None, strict: bool = True) -> "AtomicItems":
+        if codes is not None and strict:
+            raise ValueError(f"semantic_ids were given but the pretrained policy is a {cls.policy_class.__name__} "
+                             "over atomic item tokens, which read no item codes")
+        return cls()
+
+    def vocabulary(self, n_items: int) -> dict:
+        return {"vocab_size": n_items + 1}
+
+    def check_config(self, config: PolicyConfig, n_items: int) -> None:
+        if config.vocab_size != n_items + 1:
+            raise ValueError(f"policy_config.vocab_size={config.vocab_size} but n_items={n_items} "
+                             f"needs {n_items + 1} (token 0 is padding)")
+
+    def n_items(self, policy) -> int:
+        return policy.cfg.vocab_size - 1
+
+    # --- training and model selection ---------------------------------------------------------------------------
+
+    def window_tokens(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return inputs, targets
+
+    def window_nll(self, policy, batch: TrainingWindows):
+        """-log pi(a_t | x_<=t) [B, T], real-target mask [B, T] and the window logits [B, T, V]."""
+        logits, _ = policy(batch.inputs)  # [B, T, V]
+        return window_cross_entropy(logits, batch.targets), batch.targets != 0, logits
+
+    def valid_ranks(self, policy, examples: EvalExamples, device=None) -> np.ndarray:
+        """Full-catalog ranks of the valid targets, history masked (the evaluation protocol)."""
+        return target_ranks(policy, examples, device=device)
+
+    # --- evaluation ---------------------------------------------------------------------------------------------
+
+    def rank(self, policy, examples: EvalExamples, beam_size: int = BEAM_SIZE, unmasked: bool = True) -> Ranking:
+        """Full-catalog ranks (no beams: `beam_size` is unused); with `unmasked`, both protocols and the top 10
+        from one scoring pass. An atomic policy cannot hallucinate."""
+        if not unmasked:
+            ranks = target_ranks(policy, examples)
+            return Ranking(ranks=ranks, decoding=decoding_record(self.name, None, 0.0, ranks, ranks))
+        both = rank_catalog(policy, examples, k=10)
+        return Ranking(ranks=both.ranks, decoding=decoding_record(self.name, None, 0.0, both.ranks, both.ranks),
+                       top10=both.top_items, ranks_unmasked=both.ranks_unmasked,
+                       seen_in_top10_unmasked=both.seen_in_top10_unmasked)
+
+    # --- rollouts over item histories ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample_rollouts(self, policy, histories: torch.Tensor, group_size: int, generator: torch.Generator,
+                        mask: torch.Tensor | None = None) -> Rollouts:
+        return sample_from_log_probs(next_item_log_probs(policy, histories, mask), group_size, generator)
+
+    @torch.no_grad()
+    def top_k_rollouts(self, policy, histories: torch.Tensor, k: int, mask: torch.Tensor | None = None) -> Rollouts:
+        return top_k_from_log_probs(next_item_log_probs(policy, histories, mask), k)
+
+    def sequence_logprob(self, policy, histories: torch.Tensor, items: torch.Tensor,
+                         mask: torch.Tensor | None = None) -> torch.Tensor:
+        return next_item_log_probs(policy, histories, mask).gather(1, items)
+
+    # --- rollouts over RL contexts ------------------------------------------------------------------------------
+
+    def sample(self, policy, contexts: RLContexts, n: int, generator: torch.Generator,
+               window_logits: torch.Tensor | None = None) -> Rollouts:
+        """n distinct items per context by Gumbel-top-k on the forward whose log-probs carry the grad."""
+        mask = history_mask(contexts.history, policy.cfg.vocab_size)
+        return sample_from_log_probs(_context_log_probs(policy, contexts, mask, window_logits), n, generator)
+
+    def sample_reference(self, ctx, contexts: RLContexts, n: int, generator: torch.Generator) -> Rollouts:
+        return sample_from_log_probs(self._reference_log_probs(ctx, contexts), n, generator)
+
+    def score(self, policy, contexts: RLContexts, rollouts: Rollouts) -> TokenLogProbs:
+        logp_all = _context_log_probs(policy, contexts, history_mask(contexts.history, policy.cfg.vocab_size))
+        return TokenLogProbs(tokens=logp_all.gather(1, rollouts.items)[..., None], first_token=logp_all)
+
+    def reference(self, ctx, contexts: RLContexts, rollouts: Rollouts | None = None) -> TokenLogProbs:
+        ref_all = self._reference_log_probs(ctx, contexts)
+        tokens = None if rollouts is None else ref_all.gather(1, rollouts.items)[..., None]
+        return TokenLogProbs(tokens=tokens, first_token=ref_all)
+
+    def _reference_log_probs(self, ctx, contexts: RLContexts) -> torch.Tensor:
+        """[N, V] masked next-item log-probs of pi_ref, from the memoized reference cache."""
+        mask = history_mask(contexts.history, ctx.reference.cfg.vocab_size)
+        return masked_log_probs(ctx.reference_cache.log_probs(contexts.history), mask)
+
+    def reference_telemetry(self, ctx) -> dict[str, float]:
+        return {"ref_cache_hit_rate": ctx.reference_cache.last_hit_rate}
+
+    def first_token_choices(self, policy) -> int:
+        return policy.cfg.vocab_size - 1  # the catalog, padding excluded
+
+    def kl_to_reference(self, policy, reference, history: torch.Tensor, device: torch.device) -> float:
+        return kl_to_reference(policy, reference, history, device)
+
+    # --- serving ------------------------------------------------------------------------------------------------
+
+    def recommend(self, policy, history: torch.Tensor, seen: list[np.ndarray],
+                  ks: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The top k of each row's softmax over the catalog minus its `seen` items (one scoring pass)."""
+        logits = score_catalog(policy, history, seen)  # [B, V], seen and padding at -inf
+        probs = torch.softmax(logits, dim=1)
+        out = []
+        for row, k in enumerate(ks):
+            top = probs[row].topk(min(k, int(torch.isfinite(logits[row]).sum())))
+            out.append((top.indices.numpy(), top.values.numpy()))
+        return out
