@@ -1,34 +1,23 @@
-"""One asset per post-trained policy, `post_trained_<variant>`, built from the method registry.
+"""One asset per post-trained policy, `post_trained_<variant>`, one per row of the variants table.
 
-A variant is a method with fixed knobs: every method of `recmodels.post_training.registry.METHODS`
-once with its defaults, plus the λ sweep of `exp_rw_sft` and the fixed α values of `nll_grpo`.
+A variant is a method with fixed knobs (`recmodels.post_training.variants.VARIANTS`, built from the
+method specs of the registry: every method once with its defaults, then each method's default
+sweep, e.g. the λ sweep of `exp_rw_sft` and the α values of `nll_grpo`; docs/design.md §4).
 Every variant starts from the pretrained weights and gets the same optimizer-step budget and batch
 size; its run config may change the learning rate and the method's knobs. A semantic-ID pretrained
 policy (record `tokenization: semantic`) is post-trained with its semantic IDs, and the servable
 model bundles them.
 """
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import dagster as dg
 
 from assets.metadata import history_table, model_record_metadata
 from assets.model_runs import POST_TRAINED_MODEL, library_config, save_and_register_servable, tracked_training
 from assets.resources import MlflowTracking, RecalignHome
-from recmodels.post_training.registry import METHODS
-
-LAMBDA_SWEEP = (0.1, 0.3, 3.0)  # besides exp_rw_sft's default λ = 1
-NLL_GRPO_ALPHAS = (0.1, 0.3, 1.0)
-
-
-def _suffix(value: float) -> str:
-    return f"{value:g}".replace(".", "_")
-
-
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    **{m: (m, {}) for m in METHODS if m != "nll_grpo"},
-    **{f"exp_rw_sft_lambda_{_suffix(lam)}": ("exp_rw_sft", {"lam": lam}) for lam in LAMBDA_SWEEP},
-    **{f"nll_grpo_alpha_{_suffix(a)}": ("nll_grpo", {"alpha": a}) for a in NLL_GRPO_ALPHAS},
-}
+from recmodels.data.rewards import RewardSpec
+from recmodels.post_training.variants import VARIANTS, Variant
+from recmodels.tokenization.items import DEFAULT_TOKENIZATION, load_item_codes, tokenization_class
 
 
 class PostTrainAssetConfig(dg.Config):
@@ -58,22 +47,17 @@ def post_trained_asset(variant: str, method: str, fixed: dict[str, Any]) -> dg.A
         settings["method_params"] = {**fixed, **settings["method_params"]}
         train_cfg = library_config(PostTrainConfig, settings)
         policy = load_policy(pretrained_policy["checkpoint"])
-        semantic_path = pretrained_policy.get("semantic_ids") if pretrained_policy.get("tokenization") == "semantic" \
-            else None
-        semantic = {}
-        if semantic_path:
-            from recmodels.tokenization.semantic_ids import SemanticIds
-
-            semantic = {"semantic_ids": SemanticIds.load(semantic_path)}
+        kind = tokenization_class(pretrained_policy.get("tokenization", DEFAULT_TOKENIZATION))
+        codes_file = {kind.codes_key: pretrained_policy[kind.codes_key]} if kind.codes_key else {}
         base = {"dataset": interactions["dataset"], "variant": variant, "method": method,
-                "tokenization": pretrained_policy.get("tokenization", "atomic"),
-                **({"semantic_ids": semantic_path} if semantic_path else {})}
+                "tokenization": kind.name, **codes_file}
         with tracked_training(context, mlflow, interactions["dataset"], interactions["digest"],
                               {**base, **vars(train_cfg)}) as training:
             try:
                 result = post_train(method, policy, read_parquet(interactions["table"]), train_cfg,
                                     ranker=load_ranker(ranker_reward_model["checkpoint"]), callback=training.callback,
-                                    **semantic)
+                                    reward_spec=RewardSpec(**interactions["reward_spec"]),
+                                    semantic_ids=load_item_codes(pretrained_policy))
             except MethodNotApplicable as skip:  # e.g. ips on logs without propensities: a result, not an error
                 training.mlflow.set_tag("skipped", str(skip))
                 context.add_output_metadata({"status": dg.MetadataValue.md(f"**{skip}**")})
@@ -82,7 +66,7 @@ def post_trained_asset(variant: str, method: str, fixed: dict[str, Any]) -> dg.A
                 training, home, interactions["dataset"], result.policy, policy.cfg, f"post_trained_{variant}.pt",
                 interactions["catalog"], POST_TRAINED_MODEL,
                 tags={"role": "post_trained_policy", "method": method, "variant": variant,
-                      "tokenization": base["tokenization"]}, semantic_ids=semantic_path)
+                      "tokenization": kind.name}, semantic_ids=codes_file.get(kind.codes_key))
         record.update(base, params=result.params, best_step=result.best_step, steps=result.steps,
                       steps_per_s=round(result.steps_per_s, 2), best_valid_ndcg10=result.best_valid_ndcg10,
                       history=result.history)
@@ -95,4 +79,9 @@ def post_trained_asset(variant: str, method: str, fixed: dict[str, Any]) -> dg.A
     return _asset
 
 
-post_trained_policies = [post_trained_asset(v, m, fixed) for v, (m, fixed) in VARIANTS.items()]
+def post_trained_assets(variants: Mapping[str, Variant]) -> list[dg.AssetsDefinition]:
+    """One `post_trained_<variant>` asset per row of a variants table."""
+    return [post_trained_asset(name, v.method, dict(v.method_params)) for name, v in variants.items()]
+
+
+post_trained_policies = post_trained_assets(VARIANTS)

@@ -103,9 +103,3 @@ def download_policy_artifacts(name: str, version: str, dst: str | Path) -> dict[
         raise RegistryError(f"{name} v{version} is not a servable policy: its model lacks the artifacts "
                             f"{sorted(missing)}")
     return {key: local / value["path"] for key, value in artifacts.items()}
-
-
-def download_policy(name: str, version: str, dst: str | Path) -> tuple[Path, Path]:
-    """Download a registered servable policy; return the local (checkpoint, catalog) paths inside it."""
-    artifacts = download_policy_artifacts(name, version, dst)
-    return artifacts["checkpoint"], artifacts["catalog"]

@@ -17,7 +17,8 @@ import dagster as dg
 from assets.metadata import image, markdown_table
 from assets.model_runs import library_config
 from assets.resources import MlflowTracking, RecalignHome
-from recmodels.studies.comparison import DEFAULT_VARIANTS
+from recmodels.post_training.registry import METHODS
+from recmodels.studies.comparison import COMPARISON_SWEEPS
 from recmodels.studies.cross_dataset import DATASETS
 from recmodels.studies.robustness import (DEFAULT_EVAL_EVERY, DEFAULT_LAMBDAS, DEFAULT_METHODS, DEFAULT_NOISE_LEVELS,
                                           DEFAULT_PRETRAIN, DEFAULT_STEPS, STUDY_SIMULATOR)
@@ -188,9 +189,9 @@ class CrossDatasetComparisonConfig(dg.Config):
     """
 
     datasets: list[str] = list(DATASETS)
-    lambdas: list[float] = [v.method_params["lam"] for v in DEFAULT_VARIANTS if v.method == "exp_rw_sft"]
-    nll_grpo_alphas: list[float] = [v.method_params["alpha"] for v in DEFAULT_VARIANTS if v.method == "nll_grpo"]
-    methods: list[str] = [v.method for v in DEFAULT_VARIANTS if v.method not in ("exp_rw_sft", "nll_grpo")]
+    lambdas: list[float] = list(COMPARISON_SWEEPS["exp_rw_sft"])
+    nll_grpo_alphas: list[float] = list(COMPARISON_SWEEPS["nll_grpo"])
+    methods: list[str] = [m for m in METHODS if m not in COMPARISON_SWEEPS]  # every other registered method
     pretrain_epochs: int = 30
     pretrain_epochs_cap: dict[str, int] = {"movielens-1m": 10}
     pretrain: dict[str, Any] = {}

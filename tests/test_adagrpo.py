@@ -88,9 +88,9 @@ def test_adagrpo_trains_and_logs_its_gate(interactions):
 
 
 def test_bad_gate_knobs_are_rejected():
-    with pytest.raises(ValueError, match="hard must be one of"):
+    with pytest.raises(ValueError, match=r"for adagrpo\nhard\n  Input should be 'entropy' or 'truth_not_sampled'"):
         AdaGRPOParams(hard="loss")
-    with pytest.raises(ValueError, match="disc must be one of"):
+    with pytest.raises(ValueError, match=r"for adagrpo\ndisc\n  Input should be 'zscore' or 'truth_first'"):
         AdaGRPOParams(disc="margin")
-    with pytest.raises(ValueError, match="alpha must be"):
+    with pytest.raises(ValueError, match=r"for adagrpo\nalpha\n  Input should be greater than or equal to 0"):
         AdaGRPOParams(alpha=-1.0)

@@ -109,7 +109,7 @@ def test_models_are_registered_with_lineage_tags(chain):
         assert run.data.tags["data_digest"]
     post = client.search_model_versions(f"name='{POST_TRAINED_MODEL}'")
     assert sorted(v.tags["variant"] for v in post) == sorted(v for v in VARIANTS if v != "ips")
-    assert {v.tags["method"] for v in post} == {m for m, _ in VARIANTS.values()} - {"ips"}
+    assert {v.tags["method"] for v in post} == {v.method for v in VARIANTS.values()} - {"ips"}
     assert all(v.source.startswith("models:/m-") for v in post)  # a logged (pyfunc) model, not a bare file
     run = client.get_run(post[0].run_id)
     assert any(k.startswith("valid_ndcg") for k in run.data.metrics)

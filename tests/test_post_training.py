@@ -205,7 +205,8 @@ def test_unknown_method_and_knobs_rejected(interactions):
         get_method("sft").parse_params({"lambda": 1.0})
     with pytest.raises(ValueError, match="normalization"):
         get_method("exp_rw_sft").parse_params({"normalization": "softmax"})
-    with pytest.raises(ValueError, match="lambda must be a positive"):
+    with pytest.raises(ValueError, match=r"parameter 'lambda' of post-training method 'exp_rw_sft': Input should be "
+                                         r"greater than 0, got 0"):
         get_method("exp_rw_sft").parse_params({"lambda": 0})
     with pytest.raises(ValueError, match="given twice"):
         get_method("exp_rw_sft").parse_params({"lambda": 1.0, "lam": 2.0})

@@ -8,7 +8,7 @@ import pytest
 
 from recmodels.evaluation.metrics import METRIC_NAMES
 from recmodels.evaluation.plots import plot_lambda_sweep, plot_report, plot_training_curves
-from recmodels.evaluation.report import PolicyEvaluation, _fmt, build_report
+from recmodels.evaluation.report import PolicyEvaluation, format_interval, build_report
 from recmodels.evaluation.report_output import comparison_table, report_markdown, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -191,7 +191,7 @@ def test_skipped_methods_in_json_and_markdown(sweep_report):
 
 
 def test_lambda_sweep_table_lists_lambda_in_order(sweep_report):
-    assert [r["lambda"] for r in sweep_report["lambda_sweep"]] == [0.1, 0.3, 1.0, 3.0]  # 0.1 from the name
+    assert [r["lambda"] for r in sweep_report["lambda_sweep"]] == [0.1, 0.3, 1.0, 3.0]  # 0.1 from the variants table
     rows = _table_rows(_section(report_markdown(sweep_report), "λ sweep of exp_rw_sft"))
     assert [(r[0], r[1], r[4]) for r in rows] == [("0.1", "exp_rw_sft_lambda_0_1", "0.5"),
                                                   ("0.3", "exp_rw_sft_lambda_0_3", "0.2"),
@@ -207,7 +207,7 @@ def test_telemetry_table_shows_what_each_method_reports(sweep_report):
     assert rows["adagrpo"][1:] == ["adagrpo", "α=0.3, τ_H=0.5", "50", "0.1", "0.2", "-", "0.2", "0.25", "0.5", "0.4"]
     assert rows["exp_rw_sft_lambda_0_3"][2:7] == ["λ=0.3", "100", "0.2", "0.3", "90"]
     assert rows["dpo"][6:] == ["-", "0.1", "-", "-", "-"]
-    assert rows["exp_rw_sft_lambda_0_1"][2] == "λ=0.1"  # no params: λ read from the name
+    assert rows["exp_rw_sft_lambda_0_1"][2] == "λ=0.1"  # no params: λ read from the variants table
 
 
 def test_verdict_names_the_winners(sweep_report):
@@ -329,7 +329,7 @@ def test_markdown_accuracy_table_has_the_unmasked_columns(both_report):
                            "history items in unmasked top-10"]
     rows = {r[0]: r for r in _table_rows(table)}
     unmasked = both_report["policies"]["pretrained"]["unmasked"]["metrics"]
-    assert rows["pretrained"][-3] == _fmt(unmasked["hr@10"]) and rows["pretrained"][-2] == _fmt(unmasked["ndcg@10"])
+    assert rows["pretrained"][-3] == format_interval(unmasked["hr@10"]) and rows["pretrained"][-2] == format_interval(unmasked["ndcg@10"])
     assert rows["pretrained"][-1].startswith("4.000 [")
     assert rows["exp_rw_sft"][-3:] == ["-", "-", "-"]
     assert "- unmasked: full ranking over the catalog, history items included" in md

@@ -293,10 +293,12 @@ def test_each_rl_method_improves_its_objective_and_moves_weights(interactions, m
 def test_rollout_methods_need_a_ranker_and_check_their_knobs(interactions):
     with pytest.raises(ValueError, match="'grpo' takes its rewards from the ranker"):
         post_train("grpo", tiny_policy(), interactions, PostTrainConfig(steps=1), device="cpu")
-    with pytest.raises(ValueError, match="group_size must be an integer >= 2"):
+    with pytest.raises(ValueError, match=r"parameter 'G' of post-training method 'grpo': Input should be greater "
+                                         r"than or equal to 2, got 1"):
         get_method("grpo").parse_params({"G": 1})
-    with pytest.raises(ValueError, match="contexts must be one of"):
+    with pytest.raises(ValueError, match=r"parameter 'contexts' of post-training method 'ppo': Input should be "
+                                         r"'last' or 'random', got 'first'"):
         get_method("ppo").parse_params({"contexts": "first"})
-    with pytest.raises(ValueError, match="samples_per_context"):
+    with pytest.raises(ValueError, match=r"parameter 'samples_per_context' of post-training method 'dpo'"):
         get_method("dpo").parse_params({"samples_per_context": 1})
     assert get_method("grpo").parse_params({"G": 4, "epsilon": 0.1}).group_size == 4

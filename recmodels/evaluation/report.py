@@ -12,29 +12,22 @@ Rendering (Markdown, the comparison table, the files on disk) lives in report_ou
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 
 from recmodels.evaluation.metrics import (KS, METRIC_NAMES, bootstrap_ci, paired_bootstrap_diff, per_user_metrics,
                                          reward_alignment)
+from recmodels.post_training.registry import METHODS, get_method, methods_of_family, needs_ranker
+from recmodels.post_training.variants import variant_knobs, variants_table
 
 ALPHA = 0.05
 REPORTED = (*METRIC_NAMES, "mrr", "reward_weighted_ndcg@10")  # every metric with an interval and a paired diff
 JUDGED = "ranker_top10_score"
 RW_NDCG = "reward_weighted_ndcg@10"
-KNOWN_METHODS = ("exp_rw_sft", "nll_grpo", "adagrpo", "grpo", "sft", "ips", "dpo", "ppo")
-RANKER_METHODS = ("dpo", "ppo", "grpo", "nll_grpo", "adagrpo")  # methods whose signal is the ranker reward model
-RIVALS_OF_EXP_RW_SFT = ("dpo", "ppo", "grpo")
-FRONTIER_METHODS = ("nll_grpo", "adagrpo")  # with the baseline: the points of the HR@10 vs hallucination frontier
 TELEMETRY = ("ess", "rollout_reward", "gate_open_rate", "hard_rate", "disc_rate")
-KEY_KNOBS = {"exp_rw_sft": ("lam", "lambda", "baseline", "w_max"), "ips": ("clip",), "dpo": ("beta",),
-             "ppo": ("eps", "beta"), "grpo": ("group_size", "eps", "beta"), "nll_grpo": ("alpha",),
-             "adagrpo": ("alpha", "tau_h", "delta")}
-KNOB_LABELS = {"lam": "λ", "lambda": "λ", "alpha": "α", "beta": "β", "eps": "ε", "tau_h": "τ_H", "delta": "δ",
-               "group_size": "G"}
 
 PROTOCOL = (
     "Each user's held-out test item is ranked against the full catalog given the whole history before it; "
@@ -135,25 +128,42 @@ def _check_skipped(skipped: dict | None, names: list[str]) -> dict[str, str]:
     return skipped
 
 
-def method_family(name: str, method: str | None) -> str | None:
-    """The post-training method a policy comes from: its `method`, else its name's known prefix."""
-    for s in (method, name):
-        for m in sorted(KNOWN_METHODS, key=len, reverse=True):
-            if s and (s == m or s.startswith(m + "_")):
-                return m
-    return method
+def method_of(name: str, method: str | None) -> str | None:
+    """The post-training method a policy comes from: its recorded `method`, else its variant's in the variants table."""
+    if method is not None:
+        return method
+    variant = variants_table().get(name)
+    return variant.method if variant is not None else None
 
 
-def knob_value(name: str, params: dict, keys: tuple[str, ...], default: float | None = None) -> float | None:
-    """A numeric knob (λ, α) from the policy's params, else from its name (`..._lambda_0_3` -> 0.3)."""
-    for k in keys:
-        if params.get(k) is not None:
-            try:
-                return float(params[k])
-            except (TypeError, ValueError):
-                raise ValueError(f"policy {name!r}: params[{k!r}] must be a number, got {params[k]!r}") from None
-    m = re.search(r"_(?:lambda|lam|alpha)_(\d+(?:_\d+)?)$", name)
-    return float(m.group(1).replace("_", ".", 1)) if m else default
+def _known_knobs(name: str, method: str | None, params: dict) -> dict[str, Any]:
+    """The policy's knobs by knob name: its training record's params (aliases resolved) over its variant's."""
+    spec = METHODS.get(method)
+    return {**variant_knobs(name), **(spec.canonical_knobs(params) if spec is not None else params)}
+
+
+def knob_value(name: str, method: str | None, params: dict, knob: str,
+               default: float | None = None) -> float | None:
+    """A numeric knob (λ, α) of a policy: from its record's params, else its variant's in the table, else `default`."""
+    value = _known_knobs(name, method, params).get(knob)
+    if value is None:
+        return default
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"policy {name!r}: params[{knob!r}] must be a number, got {value!r}") from None
+
+
+def shown_knobs(name: str, method: str | None, params: dict) -> dict[str, Any]:
+    """The knobs the report's tables show, by label ({"λ": 0.3}): the method's key knobs (registry) from the record
+    or the variants table; every recorded knob, by name, for a method that is not registered."""
+    method = method_of(name, method)
+    spec = METHODS.get(method)
+    if spec is None:
+        return {k: v for k, v in params.items() if v is not None}
+    knobs = _known_knobs(name, method, params)
+    keys = spec.key_knobs if spec.key_knobs is not None else tuple(knobs)
+    return {spec.label(k): knobs[k] for k in keys if knobs.get(k) is not None}
 
 
 def _training_section(e: PolicyEvaluation) -> dict | None:
@@ -186,11 +196,13 @@ def _lambda_sweep(policies: dict, baseline: str) -> list[dict]:
     """One row per exp_rw_sft policy, sorted by λ: paired gains vs the baseline and the KL at the selected step."""
     rows = []
     for name, p in policies.items():
-        if name == baseline or method_family(name, p["method"]) != "exp_rw_sft":
+        if name == baseline or method_of(name, p["method"]) != "exp_rw_sft":
             continue
         training = p["training"] or {}
         at_best = training.get("at_best_step") or {}
-        rows.append({"policy": name, "lambda": knob_value(name, training.get("params") or {}, ("lam", "lambda"), 1.0),
+        lam = knob_value(name, "exp_rw_sft", training.get("params") or {}, "lam",
+                         default=get_method("exp_rw_sft").default("lam"))
+        rows.append({"policy": name, "lambda": lam,
                      f"diff_{RW_NDCG}": p["diff_vs_baseline"][RW_NDCG],
                      "diff_ndcg@10": p["diff_vs_baseline"]["ndcg@10"],
                      "kl_to_reference": at_best.get("kl_to_reference"), "valid_ndcg@10": at_best.get("valid_ndcg@10")})
@@ -219,14 +231,15 @@ def _judged_vs_accuracy(df: pd.DataFrame, base: pd.DataFrame) -> dict:
     return {"judged_sd": judged, "ndcg@10_sd": accuracy, "gap_sd": gap}
 
 
-def _head_to_head(frames: dict, families: dict, best: dict | None, n_boot: int, seed: int) -> list[dict]:
-    """Paired differences a - b: best exp_rw_sft vs dpo/ppo/grpo, adagrpo vs every nll_grpo α."""
+def _head_to_head(frames: dict, methods: dict, best: dict | None, n_boot: int, seed: int) -> list[dict]:
+    """Paired differences a - b: best exp_rw_sft vs each rival (the "rlhf" family: dpo/ppo/grpo), adagrpo vs
+    every nll_grpo α. `methods`: policy -> method."""
     pairs = []
+    rivals = methods_of_family("rlhf")
     if best is not None:
-        pairs += [(best["policy"], b, m) for b, f in families.items() if f in RIVALS_OF_EXP_RW_SFT
-                  for m in ("ndcg@10", RW_NDCG)]
-    pairs += [(a, b, "hr@10") for a, fa in families.items() if fa == "adagrpo"
-              for b, fb in families.items() if fb == "nll_grpo"]
+        pairs += [(best["policy"], b, m) for b, f in methods.items() if f in rivals for m in ("ndcg@10", RW_NDCG)]
+    pairs += [(a, b, "hr@10") for a, fa in methods.items() if fa == "adagrpo"
+              for b, fb in methods.items() if fb == "nll_grpo"]
     return [{"a": a, "b": b, "metric": m,
              "diff": _interval(*paired_bootstrap_diff(frames[a][m], frames[b][m], n_boot, ALPHA, seed))}
             for a, b, m in pairs]
@@ -246,14 +259,16 @@ def _decoding(e: PolicyEvaluation, frame: pd.DataFrame) -> dict:
 
 
 def _frontier(policies: dict, baseline: str) -> list[dict]:
-    """HR@10 vs hallucination rate of the baseline, every nll_grpo α and adagrpo, one point each."""
+    """HR@10 vs hallucination rate of the baseline and of every policy of the "nll_plus_rl" family (each nll_grpo α,
+    adagrpo), one point each."""
     rows = []
+    frontier = methods_of_family("nll_plus_rl")
     for name, p in policies.items():
-        family = method_family(name, p["method"])
-        if name != baseline and family not in FRONTIER_METHODS:
+        method = method_of(name, p["method"])
+        if name != baseline and method not in frontier:
             continue
         params = (p.get("training") or {}).get("params") or {}
-        rows.append({"policy": name, "method": family, "alpha": knob_value(name, params, ("alpha",)),
+        rows.append({"policy": name, "method": method, "alpha": knob_value(name, method, params, "alpha"),
                      "hallucination_rate": p["hallucination_rate"], "hr@10": p["metrics"]["hr@10"]["mean"],
                      "hr@10_low": p["metrics"]["hr@10"]["low"], "hr@10_high": p["metrics"]["hr@10"]["high"]})
     return rows
@@ -324,7 +339,7 @@ def build_report(evals: list[PolicyEvaluation], baseline: str = "pretrained", n_
         policies[e.name]["hallucination_rate"] = float(decoding["hallucination_rate"])
     sweep = _lambda_sweep(policies, baseline)
     best = _best_lambda(sweep)
-    families = {e.name: method_family(e.name, e.method) for e in evals if e.name != baseline}
+    methods = {e.name: method_of(e.name, e.method) for e in evals if e.name != baseline}
     report = _jsonable({
         "protocol": PROTOCOL.format(n_boot=n_boot, seed=seed, beam_size=_beam_sizes(policies)),
         "protocols": PROTOCOLS,
@@ -332,14 +347,17 @@ def build_report(evals: list[PolicyEvaluation], baseline: str = "pretrained", n_
         "ks": list(KS), "metrics": list(reported), "extra_metrics": list(_extra_metrics(evals)),
         "policies": policies, "skipped": skipped,
         "lambda_sweep": sweep, "exp_rw_sft_best": best,
-        "head_to_head": _head_to_head(frames, families, best, n_boot, seed),
+        "head_to_head": _head_to_head(frames, methods, best, n_boot, seed),
         "hallucination_frontier": _frontier(policies, baseline),
     })
     report["verdict"] = verdict(report)
     return report
 
 
-def _fmt(iv: dict, signed: bool = False) -> str:
+def format_interval(iv: Mapping[str, float], signed: bool = False, percent: bool = False) -> str:
+    """'0.109 [0.093, 0.125]'; signed: '+0.002 [-0.001, +0.004]'; percent (always signed): '+2.1% [-5.0%, +9.2%]'."""
+    if percent:
+        return "{:+.1f}% [{:+.1f}%, {:+.1f}%]".format(*(100 * iv[k] for k in ("mean", "low", "high")))
     f = "{:+.3f}" if signed else "{:.3f}"
     return f"{f.format(iv['mean'])} [{f.format(iv['low'])}, {f.format(iv['high'])}]"
 
@@ -367,18 +385,18 @@ def verdict(report: dict) -> list[str]:
     others = [n for n in pols if n != base]
     if not others:
         return []
-    families = {n: method_family(n, pols[n]["method"]) for n in others}
+    methods = {n: method_of(n, pols[n]["method"]) for n in others}
     out = []
     for metric, label in (("ndcg@10", "NDCG@10"), (RW_NDCG, "reward-weighted NDCG@10")):
         name = max(others, key=lambda n: pols[n]["diff_vs_baseline"][metric]["mean"])
         iv = pols[name]["diff_vs_baseline"][metric]
         lead = (f"`{name}` has the largest paired {label} gain over `{base}`" if iv["mean"] > 0
                 else f"No policy has a higher {label} than `{base}`; the closest is `{name}`")
-        out.append(f"{lead}: {_fmt(iv, signed=True)} ({_significance(iv)}).")
+        out.append(f"{lead}: {format_interval(iv, signed=True)} ({_significance(iv)}).")
 
     h2h = {(r["a"], r["b"], r["metric"]): r["diff"] for r in report.get("head_to_head", [])}
     best = report.get("exp_rw_sft_best")
-    for b in (n for f in RIVALS_OF_EXP_RW_SFT for n in others if families[n] == f):
+    for b in (n for f in methods_of_family("rlhf") for n in others if methods[n] == f):
         a = (best or {}).get("policy")
         if (a, b, RW_NDCG) not in h2h:
             continue
@@ -386,29 +404,30 @@ def verdict(report: dict) -> list[str]:
                  for m, label in (("ndcg@10", "NDCG@10"), (RW_NDCG, "reward-weighted NDCG@10"))]
         out.append(f"`{a}` (λ={best['lambda']:g}, best λ by {best['selected_on']}) {parts[0]} and {parts[1]}.")
 
-    nll = [n for n in others if families[n] == "nll_grpo"]
-    for a in (n for n in others if families[n] == "adagrpo"):
+    nll = [n for n in others if methods[n] == "nll_grpo"]
+    for a in (n for n in others if methods[n] == "adagrpo"):
         if not nll or any((a, b, "hr@10") not in h2h for b in nll):
             continue
         diffs = {b: h2h[(a, b, "hr@10")] for b in nll}
-        alpha = {b: knob_value(b, (pols[b].get("training") or {}).get("params") or {}, ("alpha",)) for b in nll}
+        alpha = {b: knob_value(b, "nll_grpo", (pols[b].get("training") or {}).get("params") or {}, "alpha")
+                 for b in nll}
         beats = all(iv["mean"] > 0 for iv in diffs.values())
         unclear = [f"α={alpha[b]:g}" if alpha[b] is not None else f"`{b}`" for b, iv in diffs.items()
                    if iv["low"] <= 0 <= iv["high"]]
-        detail = "; ".join(f"vs `{b}`{f' (α={alpha[b]:g})' if alpha[b] is not None else ''} {_fmt(iv, signed=True)}"
+        detail = "; ".join(f"vs `{b}`{f' (α={alpha[b]:g})' if alpha[b] is not None else ''} {format_interval(iv, signed=True)}"
                            for b, iv in diffs.items())
         note = (f", with no significant difference against {', '.join(unclear)}" if unclear
                 else ", every interval excluding 0")
         out.append(f"`{a}` {'beats' if beats else 'does not beat'} every nll_grpo α on HR@10{note}: {detail}.")
 
-    hackable = [n for n in others if families[n] in RANKER_METHODS
+    hackable = [n for n in others if needs_ranker(methods[n])
                 and (pols[n].get("judged_vs_accuracy") or {}).get("gap_sd") is not None]
     if hackable:
         name = max(hackable, key=lambda n: pols[n]["judged_vs_accuracy"]["gap_sd"])
         p = pols[name]
         eff, judged = p["judged_vs_accuracy"], p["diff_vs_baseline"][JUDGED]
-        numbers = (f"ranker top-10 score {_fmt(judged, signed=True)} ({eff['judged_sd']:+.2f} sd of `{base}`) "
-                   f"vs NDCG@10 {_fmt(p['diff_vs_baseline']['ndcg@10'], signed=True)} ({eff['ndcg@10_sd']:+.2f} sd)")
+        numbers = (f"ranker top-10 score {format_interval(judged, signed=True)} ({eff['judged_sd']:+.2f} sd of `{base}`) "
+                   f"vs NDCG@10 {format_interval(p['diff_vs_baseline']['ndcg@10'], signed=True)} ({eff['ndcg@10_sd']:+.2f} sd)")
         if eff["gap_sd"] > 0 and judged["low"] > 0:
             out.append(f"Reward-hacking hint: `{name}` has the largest ranker-judged top-10 gain relative to its "
                        f"accuracy change: {numbers}.")

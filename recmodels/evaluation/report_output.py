@@ -14,13 +14,17 @@ from recmodels.evaluation.metrics import METRIC_NAMES
 from recmodels.storage.atomic_files import atomic_write
 from recmodels.evaluation.plots import (plot_hallucination_frontier, plot_lambda_sweep, plot_report,
                                         plot_training_curves)
-from recmodels.evaluation.report import (JUDGED, KEY_KNOBS, KNOB_LABELS, RW_NDCG, TELEMETRY, _fmt, knob_value,
-                                         method_family, unmasked_metrics, verdict)
+from recmodels.evaluation.report import (JUDGED, RW_NDCG, TELEMETRY, format_interval, shown_knobs, unmasked_metrics,
+                                         verdict)
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A frame as a Markdown (pipe) table, every cell as its text: tabulate reformats nothing."""
+    return frame.astype(str).to_markdown(index=False, disable_numparse=True)
 
 
 def _md_table(headers: list[str], rows: list[list[str]]) -> str:
-    """Cells already formatted as text, as a Markdown (pipe) table; tabulate leaves them as they are."""
-    return pd.DataFrame(rows, columns=headers).to_markdown(index=False, disable_numparse=True)
+    return markdown_table(pd.DataFrame(rows, columns=headers))
 
 
 def _num(v) -> str:
@@ -28,12 +32,8 @@ def _num(v) -> str:
 
 
 def _knobs(name: str, method: str | None, params: dict) -> str:
-    family = method_family(name, method) or ""
-    key = {"exp_rw_sft": "lam", "nll_grpo": "alpha"}.get(family)
-    if key and not any(params.get(k) is not None for k in (key, "lambda")):  # λ / α only in the name
-        params = {key: knob_value(name, params, (key,)), **params}
-    keys = KEY_KNOBS.get(family, tuple(params))
-    return ", ".join(f"{KNOB_LABELS.get(k, k)}={_num(params[k])}" for k in keys if params.get(k) is not None) or "-"
+    """The policy's key knobs ("λ=0.3, baseline=True"), from its record or its variant in the variants table."""
+    return ", ".join(f"{label}={_num(value)}" for label, value in shown_knobs(name, method, params).items()) or "-"
 
 
 def _telemetry_md(pols: dict) -> str:
@@ -55,8 +55,8 @@ def _sweep_md(report: dict) -> str:
         return "_no exp_rw_sft policy was evaluated_"
     return _md_table(["λ", "policy", f"Δ reward-weighted ndcg@10 vs `{report['baseline']}`", "Δ ndcg@10",
                       "KL to reference"],
-                     [[f"{r['lambda']:g}", r["policy"], _fmt(r[f"diff_{RW_NDCG}"], signed=True),
-                       _fmt(r["diff_ndcg@10"], signed=True), _num(r["kl_to_reference"])] for r in sweep])
+                     [[f"{r['lambda']:g}", r["policy"], format_interval(r[f"diff_{RW_NDCG}"], signed=True),
+                       format_interval(r["diff_ndcg@10"], signed=True), _num(r["kl_to_reference"])] for r in sweep])
 
 
 def _decoding_md(pols: dict) -> str:
@@ -77,7 +77,7 @@ UNMASKED_LABEL = "unmasked (RecBole-comparable)"
 
 
 def _interval_or_dash(iv: dict | None) -> str:
-    return "-" if iv is None else _fmt(iv)
+    return "-" if iv is None else format_interval(iv)
 
 
 def _unmasked_cells(p: dict) -> list[str]:
@@ -97,11 +97,11 @@ def report_markdown(report: dict) -> str:
     metrics, baseline, pols = report["metrics"], report["baseline"], report["policies"]
     acc = _md_table(["policy", "method", *metrics, *(f"{m} {UNMASKED_LABEL}" for m in UNMASKED_COLUMNS),
                      "history items in unmasked top-10"],
-                    [[name, p["method"] or "-", *(_fmt(p["metrics"][m]) for m in metrics), *_unmasked_cells(p)]
+                    [[name, p["method"] or "-", *(format_interval(p["metrics"][m]) for m in metrics), *_unmasked_cells(p)]
                      for name, p in pols.items()])
     diff_cols = [*metrics, JUDGED]
     diff = _md_table(["policy", *diff_cols],
-                     [[name, *(_fmt(p["diff_vs_baseline"][m], signed=True) for m in diff_cols)]
+                     [[name, *(format_interval(p["diff_vs_baseline"][m], signed=True) for m in diff_cols)]
                       for name, p in pols.items() if name != baseline])
 
     def opt(v):
@@ -112,7 +112,7 @@ def report_markdown(report: dict) -> str:
          "ranker top-10 score"],
         [[name, opt(p["reward_alignment"]["hr@10_liked"]), opt(p["reward_alignment"]["hr@10_disliked"]),
           str(p["reward_alignment"]["n_liked"]), str(p["reward_alignment"]["n_disliked"]),
-          _fmt(p["metrics"][RW_NDCG]), _fmt(p[JUDGED])] for name, p in pols.items()])
+          format_interval(p["metrics"][RW_NDCG]), format_interval(p[JUDGED])] for name, p in pols.items()])
     sentences = verdict(report)
     skipped = report.get("skipped") or {}
     return "\n\n".join([

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Literal
 
 import torch
+from pydantic import AliasChoices, ConfigDict, Field
 
-from recmodels.post_training.grpo import ADV_EPS, GRPOParams
+from recmodels.post_training.grpo import ADV_EPS
+from recmodels.post_training.knobs import NotNaN
 from recmodels.post_training.nll_grpo import NLLGRPOParams, nll_and_group_rollouts
 from recmodels.decoding.rollouts import entropy
 from recmodels.data.sequences import TrainingWindows
@@ -31,30 +33,15 @@ from recmodels.data.sequences import TrainingWindows
 if TYPE_CHECKING:
     from recmodels.post_training.loop import MethodContext
 
-HARD_CHOICES = ("entropy", "truth_not_sampled")
-DISC_CHOICES = ("zscore", "truth_first")
 
-
-@dataclass
 class AdaGRPOParams(NLLGRPOParams):
-    tau_h: float = 0.5  # hard when the normalized entropy is at least this
-    delta: float = 1.0  # discriminable when the truth's reward z-score is at least this
-    hard: str = "entropy"
-    disc: str = "zscore"
+    model_config = ConfigDict(title="adagrpo")
 
-    ALIASES: ClassVar[dict[str, str]] = {**GRPOParams.ALIASES, "tau_H": "tau_h"}
-
-    def __post_init__(self):
-        super().__post_init__()
-        name = type(self).__name__
-        if self.hard not in HARD_CHOICES:
-            raise ValueError(f"{name}: hard must be one of {HARD_CHOICES}, got {self.hard!r}")
-        if self.disc not in DISC_CHOICES:
-            raise ValueError(f"{name}: disc must be one of {DISC_CHOICES}, got {self.disc!r}")
-        if not isinstance(self.tau_h, (int, float)) or math.isnan(self.tau_h):
-            raise ValueError(f"{name}: tau_h must be a number, got {self.tau_h!r}")
-        if not isinstance(self.delta, (int, float)) or math.isnan(self.delta):
-            raise ValueError(f"{name}: delta must be a number, got {self.delta!r}")
+    tau_h: NotNaN = Field(0.5, validation_alias=AliasChoices("tau_h", "tau_H"),
+                          title="τ_H")  # hard when the normalized entropy is at least this
+    delta: NotNaN = Field(1.0, title="δ")  # discriminable when the truth's reward z-score is at least this
+    hard: Literal["entropy", "truth_not_sampled"] = "entropy"
+    disc: Literal["zscore", "truth_first"] = "zscore"
 
 
 @dataclass

@@ -19,20 +19,23 @@ was the target of an earlier window or is the user's first event) and gets 0, ne
 Rollouts are generated from, and log-probs computed under, the masked next-item distribution of
 `recmodels.decoding.rollouts` (padding and the context's history items at -inf; with semantic IDs the
 history items' code tuples are excluded): the items older than the window are not in x and are
-not masked. How x becomes tokens is the tokenization's business (tokenization.py); it may memoize
+not masked. How x becomes tokens is the tokenization's business (`recmodels/tokenization/`); it may memoize
 that encoding in `RLContexts.encodings`.
 """
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import torch
 
 from recmodels.decoding.rollouts import masked_log_probs
 from recmodels.data.sequences import TrainingWindows
+from recmodels.runtime import eval_mode
 
-CONTEXT_CHOICES = ("last", "random")
+ContextChoice = Literal["last", "random"]  # the `contexts` knob of the RL methods
+CONTEXT_CHOICES = get_args(ContextChoice)
 
 
 @dataclass
@@ -108,16 +111,15 @@ def context_log_probs(policy, contexts: RLContexts, mask: torch.Tensor,
 
 @torch.no_grad()
 def ranker_rewards(ranker, contexts: RLContexts, items: torch.Tensor, valid: torch.Tensor | None = None,
-                   invalid_reward: float = -1.0) -> torch.Tensor:
-    """R(x, y) [N, K] of the frozen ranker for items [N, K]; items that are no real item get `invalid_reward`."""
+                   invalid_reward: float | None = None) -> torch.Tensor:
+    """R(x, y) [N, K] of the frozen ranker for items [N, K]; items that are no real item (`valid` False) get
+    `invalid_reward`, which the methods take from `MethodContext.invalid_reward` (the reward spec's lower bound)."""
     if ranker is None:
         raise ValueError("this post-training method needs the ranker reward model: pass ranker= to post_train")
-    was_training = ranker.training
-    ranker.eval()
-    try:
+    if valid is not None and invalid_reward is None:
+        raise ValueError("ranker_rewards: items marked invalid need an invalid_reward (the reward spec's lower bound)")
+    with eval_mode(ranker, no_grad=False):  # frozen: no parameter needs a gradient, none is recorded
         r_hat, _ = ranker(contexts.history, contexts.history_rewards, items)
-    finally:
-        ranker.train(was_training)
     r_hat = r_hat.float()
     if valid is not None:
         r_hat = torch.where(valid, r_hat, torch.full_like(r_hat, invalid_reward))

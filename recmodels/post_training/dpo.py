@@ -3,7 +3,7 @@
 For each context x (one per window, see contexts.py) K = `samples_per_context` distinct items are
 sampled from the reference pi_ref without replacement (atomic tokens: from its cached next-item
 distribution, so no extra model call once a context is cached; semantic IDs: K distinct code
-tuples, unconstrained, so a sample may be no item and then gets `invalid_reward`, the minimum)
+tuples, unconstrained, so a sample may be no item and then gets the reward spec's lower bound)
 and ordered by the ranker R. log pi(y|x) is the sum of y's token log-probs (its L+1 codes with
 semantic IDs). Every pair with R(x, y_w) > R(x, y_l) (ties give no preference) contributes
 
@@ -14,14 +14,14 @@ the loss is log 2. Dropout is off by default: pi's log-ratios to pi_ref are the 
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from pydantic import ConfigDict, Field
 
-from recmodels.post_training.contexts import CONTEXT_CHOICES, dropout, ranker_rewards, select_contexts
+from recmodels.post_training.contexts import ContextChoice, dropout, ranker_rewards, select_contexts
+from recmodels.post_training.knobs import MethodKnobs
 from recmodels.decoding.rollouts import kl_divergence
 from recmodels.data.sequences import TrainingWindows
 
@@ -29,24 +29,13 @@ if TYPE_CHECKING:
     from recmodels.post_training.loop import MethodContext
 
 
-@dataclass
-class DPOParams:
-    beta: float = 0.1
-    samples_per_context: int = 4  # K items from pi_ref per context -> up to K(K-1)/2 pairs
-    contexts: str = "last"
-    dropout: bool = False
-    invalid_reward: float = -1.0  # reward of a sampled code tuple that is no item (semantic IDs)
+class DPOParams(MethodKnobs):
+    model_config = ConfigDict(title="dpo")
 
-    def __post_init__(self):
-        if not (isinstance(self.beta, (int, float)) and self.beta > 0 and math.isfinite(self.beta)):
-            raise ValueError(f"dpo: beta must be a positive finite number, got {self.beta!r}")
-        if not (isinstance(self.samples_per_context, int) and self.samples_per_context >= 2):
-            raise ValueError(f"dpo: samples_per_context must be an integer >= 2 (a pair), "
-                             f"got {self.samples_per_context!r}")
-        if self.contexts not in CONTEXT_CHOICES:
-            raise ValueError(f"dpo: contexts must be one of {CONTEXT_CHOICES}, got {self.contexts!r}")
-        if not isinstance(self.dropout, bool):
-            raise ValueError(f"dpo: dropout must be true or false, got {self.dropout!r}")
+    beta: float = Field(0.1, gt=0, allow_inf_nan=False, title="β")
+    samples_per_context: int = Field(4, ge=2)  # K items from pi_ref per context -> up to K(K-1)/2 pairs
+    contexts: ContextChoice = "last"
+    dropout: bool = False
 
 
 def preference_margins(log_ratio: torch.Tensor, rewards: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,7 +54,8 @@ def dpo_loss(policy, batch: TrainingWindows, ctx: MethodContext) -> tuple[torch.
     tokenization = ctx.tokenization
     contexts = select_contexts(batch, params.contexts, ctx.generator)
     samples = tokenization.sample_reference(ctx, contexts, params.samples_per_context, ctx.generator)  # y ~ pi_ref
-    rewards = ranker_rewards(ctx.ranker, contexts, samples.items, samples.valid, params.invalid_reward)  # [N, K]
+    rewards = ranker_rewards(ctx.ranker, contexts, samples.items, samples.valid,
+                             invalid_reward=ctx.invalid_reward)  # [N, K]
     with dropout(policy, params.dropout):
         scored = tokenization.score(policy, contexts, samples)
     log_ratio = scored.tokens.sum(dim=2) - samples.token_logp.sum(dim=2)  # [N, K] log pi - log pi_ref

@@ -12,42 +12,32 @@ batch's best-rewarded targets.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import AliasChoices, ConfigDict, Field
 
+from recmodels.post_training.knobs import MethodKnobs
 from recmodels.post_training.sft import target_nll
-from recmodels.post_training.tokenization import tokenization_of
+from recmodels.tokenization.items import tokenization_of
 from recmodels.data.sequences import TrainingWindows
 
 if TYPE_CHECKING:
     from recmodels.post_training.loop import MethodContext
 
-NORMALIZATIONS = ("batch", "none")
+Normalization = Literal["batch", "none"]
 
 
-@dataclass
-class ExpRwSFTParams:
-    lam: float = 1.0  # temperature lambda; `method_params` may call it "lambda"
-    normalization: str = "batch"
+class ExpRwSFTParams(MethodKnobs):
+    model_config = ConfigDict(title="exp_rw_sft")
+
+    lam: float = Field(1.0, gt=0, allow_inf_nan=False, validation_alias=AliasChoices("lam", "lambda"),
+                       title="λ")  # temperature lambda
+    normalization: Normalization = "batch"
     baseline: bool = False  # subtract the user's mean train reward ("advantage" variant)
-    w_max: float | None = None  # clip on the weights (before batch normalization)
-
-    ALIASES: ClassVar[dict[str, str]] = {"lambda": "lam"}
-
-    def __post_init__(self):
-        if not (isinstance(self.lam, (int, float)) and self.lam > 0 and math.isfinite(self.lam)):
-            raise ValueError(f"exp_rw_sft: lambda must be a positive finite number, got {self.lam!r}")
-        if self.normalization not in NORMALIZATIONS:
-            raise ValueError(f"exp_rw_sft: normalization must be one of {NORMALIZATIONS}, "
-                             f"got {self.normalization!r}")
-        if not isinstance(self.baseline, bool):
-            raise ValueError(f"exp_rw_sft: baseline must be true or false, got {self.baseline!r}")
-        if self.w_max is not None and not (isinstance(self.w_max, (int, float)) and self.w_max > 0):
-            raise ValueError(f"exp_rw_sft: w_max must be a positive number or None, got {self.w_max!r}")
+    w_max: float | None = Field(None, gt=0)  # clip on the weights (before batch normalization)
 
 
 def user_mean_rewards(interactions: pd.DataFrame) -> torch.Tensor:

@@ -14,20 +14,21 @@ Every optimizer step draws fresh rollouts and takes one update on them, so pi_ol
 current policy of the same forward pass: rho = 1 at the sample and the gradient flows through pi
 (the clip only acts when rollouts are reused). Rollouts that are no real item (code tuples that
 name no item, possible with semantic IDs since sampling is unconstrained) are not scored by the
-ranker: they get `invalid_reward`, the bottom of the reward range.
+ranker: they get `ctx.invalid_reward`, the reward spec's lower bound (the bottom of the reward range).
 
 `grpo_terms` is the shared computation that nll_grpo and adagrpo weight in their own way; the
-tokenization (tokenization.py) does the sampling and the per-token log-probs.
+tokenization (`recmodels/tokenization/`) does the sampling and the per-token log-probs.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 import torch
+from pydantic import AliasChoices, ConfigDict, Field
 
-from recmodels.post_training.contexts import CONTEXT_CHOICES, RLContexts, dropout, ranker_rewards, select_contexts
+from recmodels.post_training.contexts import ContextChoice, RLContexts, dropout, ranker_rewards, select_contexts
+from recmodels.post_training.knobs import MethodKnobs
 from recmodels.decoding.rollouts import Rollouts, kl_divergence
 from recmodels.data.sequences import TrainingWindows
 
@@ -37,30 +38,15 @@ if TYPE_CHECKING:
 ADV_EPS = 1e-4
 
 
-@dataclass
-class GRPOParams:
-    group_size: int = 8  # G rollouts per context
-    eps: float = 0.2  # ratio clip
-    beta: float = 0.04  # weight of the k3 KL to the reference
-    contexts: str = "last"  # which window positions are contexts: "last" or "random"
-    invalid_reward: float = -1.0  # reward of a generated id that is no item
+class GRPOParams(MethodKnobs):
+    model_config = ConfigDict(title="grpo")
+
+    group_size: int = Field(8, ge=2, validation_alias=AliasChoices("group_size", "G"),
+                            title="G")  # G rollouts per context; >= 2: advantages compare rollouts
+    eps: float = Field(0.2, gt=0, lt=1, validation_alias=AliasChoices("eps", "epsilon"), title="ε")  # ratio clip
+    beta: float = Field(0.04, ge=0, allow_inf_nan=False, title="β")  # weight of the k3 KL to the reference
+    contexts: ContextChoice = "last"  # which window positions are contexts: "last" or "random"
     dropout: bool = False  # run the policy with dropout (as in its training mode) while computing log-probs
-
-    ALIASES: ClassVar[dict[str, str]] = {"G": "group_size", "epsilon": "eps"}
-
-    def __post_init__(self):
-        name = type(self).__name__
-        if not (isinstance(self.group_size, int) and self.group_size >= 2):
-            raise ValueError(f"{name}: group_size must be an integer >= 2 (advantages compare rollouts), "
-                             f"got {self.group_size!r}")
-        if not 0 < self.eps < 1:
-            raise ValueError(f"{name}: eps must lie in (0, 1), got {self.eps!r}")
-        if not (self.beta >= 0 and math.isfinite(self.beta)):
-            raise ValueError(f"{name}: beta must be a finite number >= 0, got {self.beta!r}")
-        if self.contexts not in CONTEXT_CHOICES:
-            raise ValueError(f"{name}: contexts must be one of {CONTEXT_CHOICES}, got {self.contexts!r}")
-        if not isinstance(self.dropout, bool):
-            raise ValueError(f"{name}: dropout must be true or false, got {self.dropout!r}")
 
 
 def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
@@ -90,7 +76,7 @@ class GroupRollouts:
 
     contexts: RLContexts
     rollouts: Rollouts  # items [N, G] (0 = no item), token_logp [N, G, n_tokens] with grad, first_token_log_probs
-    rewards: torch.Tensor  # [N, G] R(x, o) (invalid rollouts at invalid_reward)
+    rewards: torch.Tensor  # [N, G] R(x, o) (invalid rollouts at ctx.invalid_reward)
     truth_reward_hat: torch.Tensor  # [N] R(x, a) of the logged next item, from the same ranker call
     advantages: torch.Tensor  # [N, G]
     per_context_loss: torch.Tensor  # [N] L_grpo,i (grad flows)
@@ -112,7 +98,7 @@ def grpo_terms(policy, batch: TrainingWindows, ctx: MethodContext, params: GRPOP
     G = params.group_size
     candidates = torch.cat([rollouts.items, contexts.truth[:, None]], dim=1)  # [N, G+1]: rollouts + truth
     valid = torch.cat([rollouts.valid, torch.ones_like(contexts.truth[:, None], dtype=torch.bool)], dim=1)
-    scores = ranker_rewards(ctx.ranker, contexts, candidates, valid, params.invalid_reward)
+    scores = ranker_rewards(ctx.ranker, contexts, candidates, valid, invalid_reward=ctx.invalid_reward)
     rewards, truth_reward_hat = scores[:, :G], scores[:, G]
     advantages = group_advantages(rewards)
 

@@ -11,16 +11,16 @@ without bound. Only applicable when the logs carry propensities: `prepare` raise
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
+from pydantic import AliasChoices, ConfigDict, Field
 
 from recmodels.post_training.exp_rw_sft import effective_sample_size
+from recmodels.post_training.knobs import MethodKnobs
 from recmodels.post_training.sft import target_nll
-from recmodels.post_training.tokenization import tokenization_of
+from recmodels.tokenization.items import tokenization_of
 from recmodels.data.sequences import TrainingWindows
 
 if TYPE_CHECKING:
@@ -29,15 +29,11 @@ if TYPE_CHECKING:
 NO_PROPENSITIES = "skipped: the logs carry no propensities"
 
 
-@dataclass
-class IPSParams:
-    clip: float = 100.0  # c, the largest weight r / p; `method_params` may call it "c"
+class IPSParams(MethodKnobs):
+    model_config = ConfigDict(title="ips")
 
-    ALIASES: ClassVar[dict[str, str]] = {"c": "clip"}
-
-    def __post_init__(self):
-        if not (isinstance(self.clip, (int, float)) and self.clip > 0 and math.isfinite(self.clip)):
-            raise ValueError(f"ips: clip must be a positive finite number, got {self.clip!r}")
+    clip: float = Field(100.0, gt=0, allow_inf_nan=False,
+                        validation_alias=AliasChoices("clip", "c"))  # c, the largest weight r / p
 
 
 def prepare(params: IPSParams, interactions: pd.DataFrame) -> dict[str, torch.Tensor]:

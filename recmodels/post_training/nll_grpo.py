@@ -9,11 +9,10 @@ window end read its last row. Dropout is on by default, as for sft, so that alph
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+from pydantic import ConfigDict, Field
 
 from recmodels.post_training.contexts import dropout
 from recmodels.post_training.grpo import GroupRollouts, GRPOParams, grpo_terms
@@ -23,15 +22,11 @@ if TYPE_CHECKING:
     from recmodels.post_training.loop import MethodContext
 
 
-@dataclass
 class NLLGRPOParams(GRPOParams):
-    alpha: float = 0.3  # weight of the GRPO term
-    dropout: bool = True  # the window forward serves the NLL too: train it like sft
+    model_config = ConfigDict(title="nll_grpo")
 
-    def __post_init__(self):
-        super().__post_init__()
-        if not (isinstance(self.alpha, (int, float)) and self.alpha >= 0 and math.isfinite(self.alpha)):
-            raise ValueError(f"{type(self).__name__}: alpha must be a finite number >= 0, got {self.alpha!r}")
+    alpha: float = Field(0.3, ge=0, allow_inf_nan=False, title="α")  # weight of the GRPO term
+    dropout: bool = True  # the window forward serves the NLL too: train it like sft
 
 
 def nll_and_group_rollouts(policy, batch: TrainingWindows, ctx: MethodContext,

@@ -7,11 +7,11 @@ items y ~ pi_old (the policy when they are drawn), then
     A       = reward - mean of the rollout batch's rewards            (batch-mean baseline)
     loss    = -mean min(rho A, clip(rho, 1-eps, 1+eps) A),   rho = pi(y|x) / pi_old(y|x)
 
-Semantic IDs: y is a code tuple sampled unconstrained (a tuple that is no item gets R =
-`invalid_reward`, the minimum) and log pi(y|x) is the sum of its L+1 code log-probs. The ratio is
-the SEQUENCE ratio rho = pi(y|x) / pi_old(y|x) = exp(sum_t log-ratio of code t): the clip acts on
-the item's own probability, the quantity the KL-shaped reward is defined on (GRPO is the
-method with token-level ratios). With atomic tokens both are the same.
+Semantic IDs: y is a code tuple sampled unconstrained (a tuple that is no item gets R = the
+reward spec's lower bound, `ctx.invalid_reward`) and log pi(y|x) is the sum of its L+1 code
+log-probs. The ratio is the SEQUENCE ratio rho = pi(y|x) / pi_old(y|x) = exp(sum_t log-ratio of
+code t): the clip acts on the item's own probability, the quantity the KL-shaped reward is defined
+on (GRPO is the method with token-level ratios). With atomic tokens both are the same.
 
 Step accounting: each inner epoch is ONE optimizer step of the shared budget, so ppo takes exactly
 as many optimizer steps as every other method. Every `inner_epochs` steps the method draws fresh
@@ -22,14 +22,15 @@ log-probs for those contexts come from the shared cache.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+from pydantic import ConfigDict, Field
 
-from recmodels.post_training.contexts import CONTEXT_CHOICES, RLContexts, dropout, ranker_rewards, select_contexts
+from recmodels.post_training.contexts import ContextChoice, RLContexts, dropout, ranker_rewards, select_contexts
 from recmodels.post_training.grpo import clipped_surrogate
+from recmodels.post_training.knobs import MethodKnobs
 from recmodels.decoding.rollouts import Rollouts, kl_divergence
 from recmodels.data.sequences import TrainingWindows
 
@@ -39,29 +40,15 @@ if TYPE_CHECKING:
 BUFFER_KEY = "ppo_rollouts"
 
 
-@dataclass
-class PPOParams:
-    eps: float = 0.2
-    beta: float = 0.05  # KL penalty in the reward
-    inner_epochs: int = 2  # optimizer steps per rollout batch
-    samples_per_context: int = 4
-    contexts: str = "last"
-    invalid_reward: float = -1.0
-    dropout: bool = False  # off: pi / pi_old and pi / pi_ref compare deterministic forward passes
+class PPOParams(MethodKnobs):
+    model_config = ConfigDict(title="ppo")
 
-    def __post_init__(self):
-        if not 0 < self.eps < 1:
-            raise ValueError(f"ppo: eps must lie in (0, 1), got {self.eps!r}")
-        if not (self.beta >= 0 and math.isfinite(self.beta)):
-            raise ValueError(f"ppo: beta must be a finite number >= 0, got {self.beta!r}")
-        for name in ("inner_epochs", "samples_per_context"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and value >= 1):
-                raise ValueError(f"ppo: {name} must be an integer >= 1, got {value!r}")
-        if self.contexts not in CONTEXT_CHOICES:
-            raise ValueError(f"ppo: contexts must be one of {CONTEXT_CHOICES}, got {self.contexts!r}")
-        if not isinstance(self.dropout, bool):
-            raise ValueError(f"ppo: dropout must be true or false, got {self.dropout!r}")
+    eps: float = Field(0.2, gt=0, lt=1, title="ε")
+    beta: float = Field(0.05, ge=0, allow_inf_nan=False, title="β")  # KL penalty in the reward
+    inner_epochs: int = Field(2, ge=1)  # optimizer steps per rollout batch
+    samples_per_context: int = Field(4, ge=1)
+    contexts: ContextChoice = "last"
+    dropout: bool = False  # off: pi / pi_old and pi / pi_ref compare deterministic forward passes
 
 
 @dataclass
@@ -85,7 +72,7 @@ def _fresh_rollouts(policy, batch: TrainingWindows, ctx: MethodContext,
     with dropout(policy, params.dropout):
         rollouts = tokenization.sample(policy, contexts, params.samples_per_context, ctx.generator)
     logp_old = rollouts.logp.detach()
-    scores = ranker_rewards(ctx.ranker, contexts, rollouts.items, rollouts.valid, params.invalid_reward)
+    scores = ranker_rewards(ctx.ranker, contexts, rollouts.items, rollouts.valid, invalid_reward=ctx.invalid_reward)
     ref = tokenization.reference(ctx, contexts, rollouts)
     penalty = params.beta * (logp_old - ref.tokens.sum(dim=2))  # [N, K]
     reward = scores - penalty

@@ -18,6 +18,8 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 
+from recmodels.runtime import eval_mode
+
 
 class ReferenceCache:
     def __init__(self, reference, max_mib: float = 64.0):
@@ -40,12 +42,8 @@ class ReferenceCache:
 
     @torch.no_grad()
     def _compute(self, histories: torch.Tensor) -> torch.Tensor:
-        was_training = self.reference.training
-        self.reference.eval()
-        try:
+        with eval_mode(self.reference):
             return F.log_softmax(self.reference.next_item_logits(histories).float(), dim=-1)
-        finally:
-            self.reference.train(was_training)
 
     @torch.no_grad()
     def log_probs(self, histories: torch.Tensor) -> torch.Tensor:
@@ -86,7 +84,3 @@ class ReferenceCache:
                 _, slot = self.slot_of.popitem(last=False)
             self.table[slot] = value
             self.slot_of[key] = slot
-
-    def hit_rate(self) -> float:
-        total = self.hits + self.misses
-        return self.hits / total if total else 0.0

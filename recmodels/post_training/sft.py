@@ -2,25 +2,27 @@
 
 Also home of `target_nll`, the per-position NLL of the logged targets that every
 likelihood-based method (sft, exp_rw_sft, ips) weights in its own way. With semantic IDs the NLL
-of an item is the sum of its L+1 code NLLs (tokenization.py).
+of an item is the sum of its L+1 code NLLs (`recmodels/tokenization/`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+from pydantic import ConfigDict
 
-from recmodels.post_training.tokenization import AtomicItems, tokenization_of
+from recmodels.post_training.knobs import MethodKnobs
+from recmodels.tokenization.items import AtomicItems, tokenization_of
 from recmodels.data.sequences import TrainingWindows
 
 if TYPE_CHECKING:
     from recmodels.post_training.loop import MethodContext
 
 
-@dataclass
-class SFTParams:
+class SFTParams(MethodKnobs):
     """sft has no knobs: any key in `method_params` is rejected."""
+
+    model_config = ConfigDict(title="sft")
 
 
 def target_nll(policy, batch: TrainingWindows, tokenization=None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,13 +22,15 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
+from recmodels.data.rewards import RewardSpec
 from recmodels.data.tables import frame_digest
 from recmodels.evaluation.evaluate import evaluate_policies, oracle_upper_bound
 from recmodels.data.oracle import Oracle
 from recmodels.evaluation.report import PolicyEvaluation, build_report
 from recmodels.models.policy import PolicyConfig
 from recmodels.post_training.loop import PostTrainConfig, PostTrainResult, post_train
-from recmodels.post_training.registry import MethodNotApplicable, get_method
+from recmodels.post_training.registry import METHODS, MethodNotApplicable, get_method
+from recmodels.post_training.variants import Variant, swept_variants
 from recmodels.training.pretraining import PretrainConfig, PretrainResult, pretrain_policy
 from recmodels.training.ranker_training import RankerResult, RankerTrainConfig, train_ranker
 
@@ -39,18 +41,9 @@ PRETRAIN_KEYS = frozenset(f.name for f in dataclasses.fields(PretrainConfig)) - 
 POLICY_KEYS = frozenset(f.name for f in dataclasses.fields(PolicyConfig)) - {"vocab_size"}
 
 
-@dataclass(frozen=True)
-class Variant:
-    """A post-training method with fixed knobs, evaluated under `name`."""
-
-    name: str
-    method: str
-    method_params: Mapping[str, Any] = field(default_factory=dict)
-
-
-def knob_suffix(value: float) -> str:
-    """0.3 -> "0_3": the knob in a variant name, as the chain's variants spell it."""
-    return f"{value:g}".replace(".", "_").replace("-", "m")
+# The comparison's sweep override of the chain's variants table: exp_rw_sft at three λ (its default λ = 1 included,
+# as `exp_rw_sft_lambda_1`) and nll_grpo at its default α only.
+COMPARISON_SWEEPS: dict[str, tuple[float, ...]] = {"exp_rw_sft": (0.3, 1.0, 3.0), "nll_grpo": (0.3,)}
 
 
 def method_variants(methods: Sequence[str], lambdas: Sequence[float] = (),
@@ -58,19 +51,14 @@ def method_variants(methods: Sequence[str], lambdas: Sequence[float] = (),
     """exp_rw_sft once per λ (`exp_rw_sft_lambda_<λ>`), nll_grpo once per α, every other method with defaults.
 
     `methods` may name `exp_rw_sft` / `nll_grpo` too: they then run with their default knob unless
-    λs / αs are given.
+    λs / αs are given. Names and knobs follow the method specs (post_training/variants.py).
     """
-    out = [Variant(f"exp_rw_sft_lambda_{knob_suffix(lam)}", "exp_rw_sft", {"lam": float(lam)}) for lam in lambdas]
-    out += [Variant(f"nll_grpo_alpha_{knob_suffix(a)}", "nll_grpo", {"alpha": float(a)}) for a in nll_grpo_alphas]
-    for m in methods:
-        if (m == "exp_rw_sft" and lambdas) or (m == "nll_grpo" and nll_grpo_alphas):
-            continue
-        out.append(Variant(m, m, {}))
-    return tuple(out)
+    return swept_variants(methods, {"exp_rw_sft": lambdas, "nll_grpo": nll_grpo_alphas})
 
 
-DEFAULT_VARIANTS = method_variants(("sft", "ips", "ppo", "dpo", "grpo", "adagrpo"), lambdas=(0.3, 1.0, 3.0),
-                                   nll_grpo_alphas=(0.3,))
+def default_variants() -> tuple[Variant, ...]:
+    """Every registered method, in registry order, exp_rw_sft and nll_grpo at the sweeps of COMPARISON_SWEEPS."""
+    return swept_variants(tuple(METHODS), COMPARISON_SWEEPS)
 
 
 @dataclass
@@ -86,7 +74,7 @@ class ComparisonConfig:
     pretrain: dict[str, Any] = field(default_factory=dict)
     ranker: RankerTrainConfig = field(default_factory=RankerTrainConfig)
     post_train: PostTrainConfig = field(default_factory=PostTrainConfig)
-    variants: Sequence[Variant | tuple] = DEFAULT_VARIANTS
+    variants: Sequence[Variant | tuple] = field(default_factory=default_variants)
     seed: int = 0
     n_boot: int = 1000
 
@@ -169,13 +157,15 @@ def pretrain_for_comparison(interactions: pd.DataFrame, n_items: int, config: Co
 def run_comparison(interactions: pd.DataFrame, n_items: int, catalog: pd.DataFrame | None,
                    oracle: Oracle | Mapping | None = None, config: ComparisonConfig | None = None,
                    callback: Callback | None = None, *, dataset: str = "data",
-                   pretrained: PretrainResult | None = None) -> ComparisonResult:
+                   pretrained: PretrainResult | None = None,
+                   reward_spec: RewardSpec | None = None) -> ComparisonResult:
     """Pretrain (unless `pretrained` is given), train the ranker, post-train every variant, evaluate on test.
 
     `interactions` is the interactions table (docs/design.md §2) and `catalog` its item catalog (needed
-    with an `oracle`, the simulator's ground truth, to score top-10 lists by true reward). Every
-    variant starts from the same pretrained weights with the same budget. Returns the report of
-    `build_report` with the pretrained policy as the baseline.
+    with an `oracle`, the simulator's ground truth, to score top-10 lists by true reward); `reward_spec`
+    the labeling of its rewards (default `RewardSpec()`), whose lower bound generated non-items get in
+    post-training. Every variant starts from the same pretrained weights with the same budget. Returns
+    the report of `build_report` with the pretrained policy as the baseline.
     """
     config = config or ComparisonConfig()
     if isinstance(oracle, Mapping):
@@ -205,7 +195,7 @@ def run_comparison(interactions: pd.DataFrame, n_items: int, catalog: pd.DataFra
              params={"variant": v.name, "method": v.method, **vars(train_cfg)}, data_digest=digest)
         try:
             result = post_train(v.method, pretrained.policy, interactions, train_cfg, ranker=ranker.ranker,
-                                callback=emit.rows(v.name))
+                                callback=emit.rows(v.name), reward_spec=reward_spec)
         except MethodNotApplicable as skip:
             skipped[v.name] = str(skip)
             emit("model_skipped", v.name, reason=str(skip))

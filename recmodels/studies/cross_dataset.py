@@ -23,6 +23,8 @@ from recmodels.data.interactions import build_interactions
 from recmodels.data.rewards import RewardSpec
 from recmodels.data.sources import load_raw_logs
 from recmodels.data.oracle import Oracle
+from recmodels.evaluation.report import format_interval
+from recmodels.evaluation.report_output import markdown_table
 from recmodels.training.pretraining import PretrainConfig
 from recmodels.studies.comparison import BASELINE, ComparisonConfig, ComparisonResult, run_comparison
 
@@ -101,14 +103,9 @@ def run_cross_dataset(config: CrossDatasetConfig | None = None, cache_dir: str |
         inter = build_interactions(raw, config.reward)
         oracle = Oracle.from_dict(raw.oracle) if raw.oracle else None
         comparisons[dataset] = run_comparison(inter.table, inter.n_items, inter.catalog, oracle,
-                                              config.comparison_for(dataset), tagged, dataset=dataset)
+                                              config.comparison_for(dataset), tagged, dataset=dataset,
+                                              reward_spec=config.reward)
     return CrossDatasetResult(config=config, comparisons=comparisons)
-
-
-def format_interval(iv: Mapping[str, float], signed: bool = False) -> str:
-    """'0.109 [0.093, 0.125]' (signed: '+0.002 [-0.001, +0.004]')."""
-    f = "{:+.3f}" if signed else "{:.3f}"
-    return f"{f.format(iv['mean'])} [{f.format(iv['low'])}, {f.format(iv['high'])}]"
 
 
 def _policy_order(reports: Mapping[str, dict]) -> list[str]:
@@ -163,24 +160,19 @@ def summary_records(reports: Mapping[str, dict],
     return pd.DataFrame(rows)
 
 
-def _md(df: pd.DataFrame) -> str:
-    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "|".join(["---"] * len(df.columns)) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in df.itertuples(index=False)])
-
-
 def summary_markdown(reports: Mapping[str, dict]) -> str:
     """The cross-data-set summary: the main metric, its paired gain, the true reward on simulated data, skips."""
     parts = ["# Cross-data-set comparison",
              "Methods as rows, data sets as columns; mean [95% bootstrap CI over test users]. Test users: "
              + ", ".join(f"{d} {r['n_users']}" for d, r in reports.items()) + ".",
-             f"## Test {MAIN_METRIC.upper()}", _md(summary_table(reports, MAIN_METRIC)),
+             f"## Test {MAIN_METRIC.upper()}", markdown_table(summary_table(reports, MAIN_METRIC)),
              f"## Paired {MAIN_METRIC.upper()} difference vs `{BASELINE}`",
-             _md(summary_table(reports, MAIN_METRIC, "diff_vs_baseline"))]
+             markdown_table(summary_table(reports, MAIN_METRIC, "diff_vs_baseline"))]
     if any(TRUE_METRIC in r["metrics"] for r in reports.values()):
         parts += ["## True top-10 reward (simulated data: the oracle's expected reward of each top-10 list)",
-                  _md(summary_table(reports, TRUE_METRIC)),
+                  markdown_table(summary_table(reports, TRUE_METRIC)),
                   f"## Paired true top-10 reward difference vs `{BASELINE}`",
-                  _md(summary_table(reports, TRUE_METRIC, "diff_vs_baseline"))]
+                  markdown_table(summary_table(reports, TRUE_METRIC, "diff_vs_baseline"))]
     skips = [f"- {d}: `{n}`: {why}" for d, r in reports.items() for n, why in (r.get("skipped") or {}).items()]
     parts += ["## Skipped", "\n".join(skips) or "_none_"]
     return "\n\n".join(parts) + "\n"

@@ -19,16 +19,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from recmodels.evaluation.report import format_interval
+from recmodels.post_training.registry import methods_of_family
+
 HELD, PARTLY, NOT_HELD = "held", "partly held", "did not hold"
 CLAIMED_RELATIVE_HR = 0.10
-RIVALS = ("ppo", "dpo", "grpo")
 
 
 def fmt_interval(mean: float, low: float, high: float, percent: bool = False) -> str:
-    """'+0.012 [+0.004, +0.020]' (or '+2.1% [-5.0%, +9.2%]')."""
-    if percent:
-        return f"{100 * mean:+.1f}% [{100 * low:+.1f}%, {100 * high:+.1f}%]"
-    return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
+    """'+0.012 [+0.004, +0.020]' (or '+2.1% [-5.0%, +9.2%]'): `format_interval` of a signed difference."""
+    return format_interval({"mean": mean, "low": low, "high": high}, signed=True, percent=percent)
 
 
 def _levels(values) -> str:
@@ -88,7 +88,9 @@ def claim_exp_rw_sft(table: pd.DataFrame, head_to_head: pd.DataFrame) -> str:
         top = rows.iloc[-1]
         parts.append(f"vs `{b}` it won at {sum(won)} of {len(rows)} levels and lost at {lost} "
                      f"(noise {top['noise']:g}: {fmt_interval(top['diff'], top['diff_low'], top['diff_high'])})")
-    missing = [m for m in RIVALS if not any(str(b).startswith(m) for b in vs["b"])]
+    method_of_variant = dict(zip(table["variant"], table["method"]))
+    studied = {method_of_variant.get(b) for b in vs["b"]}
+    missing = [m for m in methods_of_family("rlhf") if m not in studied]  # exp_rw_sft's rivals
     note = f" ({', '.join(missing)} not in the study)" if missing else ""
     if vs.empty:
         return (f"{claim} {verdict_of(robust)} for its robustness part only; no rival was in the study{note}: "

@@ -32,8 +32,9 @@ from recmodels.data.simulator import SimulatorConfig
 from recmodels.data.sources import load_raw_logs
 from recmodels.evaluation.metrics import hit_rate, paired_bootstrap_diff
 from recmodels.data.oracle import Oracle
-from recmodels.evaluation.report import ALPHA, knob_value, method_family
+from recmodels.evaluation.report import ALPHA, knob_value, method_of
 from recmodels.post_training.loop import PostTrainConfig
+from recmodels.post_training.registry import NLL_ANCHORED, get_method, methods_of_family
 from recmodels.training.ranker_training import RankerTrainConfig
 from recmodels.studies.comparison import (BASELINE, Callback, ComparisonConfig, ComparisonResult,
                                           method_variants, pretrain_for_comparison, run_comparison)
@@ -41,14 +42,21 @@ from recmodels.studies.comparison import (BASELINE, Callback, ComparisonConfig, 
 STUDY_SIMULATOR = {"n_users": 1000, "n_items": 500, "events_per_user": (10, 40)}  # ~25k events
 DEFAULT_NOISE_LEVELS = (0.1, 0.3, 0.6, 1.0)
 DEFAULT_LAMBDAS = (0.3, 1.0, 3.0)
-DEFAULT_METHODS = ("ppo", "dpo", "grpo", "adagrpo", "nll_grpo")  # nll_grpo: the NLL-anchored baseline of adagrpo
+STUDY_REWARD = RewardSpec()  # the simulator's own scale: reward = (rating - 3) / 2 in [-1, 1]
 DEFAULT_PRETRAIN = {"epochs": 20}
 DEFAULT_STEPS, DEFAULT_EVAL_EVERY = 60, 20
 SET_BY_STUDY = ("noise", "noise_kind")
-EXP_RW_SFT_RIVALS = ("ppo", "dpo", "grpo")  # the RLHF-style methods trained against the learned ranker
-NLL_ANCHORED = ("sft", "nll_grpo")  # the baselines AdaGRPO is claimed to beat on HR@10
 TRUE_METRIC = "true_top10"
 DIFF_METRICS = ("true_top10", "ndcg@10", "hr@10", "hacking_gap_top10")
+
+
+def claim_methods() -> tuple[str, ...]:
+    """The methods the study's claims are about, besides exp_rw_sft (swept over `lambdas`): its rivals (the "rlhf"
+    family: ppo, dpo, grpo) and the "nll_plus_rl" family (adagrpo and nll_grpo, its NLL-anchored baseline)."""
+    return methods_of_family("rlhf", "nll_plus_rl")
+
+
+DEFAULT_METHODS = claim_methods()
 
 
 @dataclass
@@ -63,7 +71,7 @@ class RobustnessConfig:
     noise_levels: tuple[float, ...] = DEFAULT_NOISE_LEVELS
     noise_kind: str = "gaussian"
     lambdas: tuple[float, ...] = DEFAULT_LAMBDAS
-    methods: tuple[str, ...] = DEFAULT_METHODS
+    methods: tuple[str, ...] = field(default_factory=claim_methods)
     pretrain: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_PRETRAIN))
     ranker: RankerTrainConfig = field(default_factory=RankerTrainConfig)
     post_train: PostTrainConfig = field(
@@ -135,7 +143,7 @@ def simulate_level(config: RobustnessConfig, noise: float) -> SimulatedLevel:
     """The interactions (reward = (rating - 3) / 2, the simulator's own scale) and the oracle at one noise level."""
     settings = dataclasses.asdict(config.simulator_config(noise))
     raw = load_raw_logs("simulator", cache_dir=None, simulator=settings)  # the simulator reads no cache
-    return SimulatedLevel(noise, build_interactions(raw, RewardSpec()), Oracle.from_dict(raw.oracle))
+    return SimulatedLevel(noise, build_interactions(raw, STUDY_REWARD), Oracle.from_dict(raw.oracle))
 
 
 def same_logged_items(a: pd.DataFrame, b: pd.DataFrame) -> bool:
@@ -175,7 +183,7 @@ def run_robustness_study(config: RobustnessConfig | None = None,
         inter = lv.interactions
         comparisons[lv.noise] = run_comparison(
             inter.table, inter.n_items, inter.catalog, lv.oracle, comparison, _tagged(callback, noise=lv.noise),
-            dataset=config.dataset_name(lv.noise), pretrained=pretrained)
+            dataset=config.dataset_name(lv.noise), pretrained=pretrained, reward_spec=STUDY_REWARD)
     table = tidy_table({noise: c.report for noise, c in comparisons.items()})
     h2h = head_to_head_table(comparisons, config.n_boot, config.seed)
     return RobustnessResult(
@@ -206,9 +214,9 @@ def tidy_table(reports: Mapping[float, dict]) -> pd.DataFrame:
                 continue
             training = p.get("training") or {}
             at_best = training.get("at_best_step") or {}
-            family = method_family(name, p["method"])
-            lam = knob_value(name, training.get("params") or {}, ("lam", "lambda"), 1.0) \
-                if family == "exp_rw_sft" else np.nan
+            lam = knob_value(name, "exp_rw_sft", training.get("params") or {}, "lam",
+                             default=get_method("exp_rw_sft").default("lam")) \
+                if method_of(name, p["method"]) == "exp_rw_sft" else np.nan
             row = {"noise": float(noise), "variant": name, "method": p["method"], "lambda": lam,
                    "selected_lambda": name == selected, TRUE_METRIC: p["metrics"][TRUE_METRIC]["mean"],
                    f"pretrained_{TRUE_METRIC}": pols[base]["metrics"][TRUE_METRIC]["mean"]}
@@ -229,18 +237,21 @@ def head_to_head_table(comparisons: Mapping[float, ComparisonResult], n_boot: in
                        seed: int = 0) -> pd.DataFrame:
     """Paired bootstrap differences a - b over the same test users, per noise level.
 
-    - the exp_rw_sft variant selected on valid vs each ppo / dpo / grpo variant, on true_top10;
-    - each adagrpo variant vs each NLL-anchored baseline (sft, nll_grpo variants), on hr@10, with the
-      difference relative to b's mean HR@10 (`relative`, `relative_low`, `relative_high`).
+    - the exp_rw_sft variant selected on valid vs each variant of its rivals (the "rlhf" family: ppo / dpo /
+      grpo), on true_top10;
+    - each adagrpo variant vs each NLL-anchored baseline (the other variants of the "nll" and "nll_plus_rl"
+      families: sft, nll_grpo), on hr@10, with the difference relative to b's mean HR@10 (`relative`,
+      `relative_low`, `relative_high`).
     """
+    rivals, nll_anchored = methods_of_family("rlhf"), methods_of_family(*NLL_ANCHORED)
     rows = []
     for noise, comp in comparisons.items():
         evals = {e.name: e for e in comp.evaluations}
-        families = {e.name: method_family(e.name, e.method) for e in comp.evaluations if e.name != BASELINE}
+        methods = {e.name: method_of(e.name, e.method) for e in comp.evaluations if e.name != BASELINE}
         selected = (comp.report.get("exp_rw_sft_best") or {}).get("policy")
-        pairs = [(selected, b, TRUE_METRIC) for b, f in families.items() if selected and f in EXP_RW_SFT_RIVALS]
-        pairs += [(a, b, "hr@10") for a, fa in families.items() if fa == "adagrpo"
-                  for b, fb in families.items() if fb in NLL_ANCHORED]
+        pairs = [(selected, b, TRUE_METRIC) for b, f in methods.items() if selected and f in rivals]
+        pairs += [(a, b, "hr@10") for a, fa in methods.items() if fa == "adagrpo"
+                  for b, fb in methods.items() if fb in nll_anchored and fb != fa]
         for a, b, metric in pairs:
             va, vb = (_per_user(evals[n], metric) for n in (a, b))
             mean, low, high = paired_bootstrap_diff(va, vb, n_boot, ALPHA, seed)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from recmodels.storage.atomic_files import atomic_write
-from recmodels.evaluation.report_output import write_report
+from recmodels.evaluation.report_output import markdown_table, write_report
 from recmodels.studies.findings import fmt_interval
 from recmodels.studies.plots import plot_improvement_vs_noise, plot_lambda_tradeoff
 from recmodels.studies.robustness import RobustnessResult
@@ -25,13 +25,6 @@ GAIN_TABLES = (("true_top10", "True top-10 reward: paired gain vs the pretrained
                ("ndcg@10", "NDCG@10 (observed test items): paired difference vs the pretrained policy"),
                ("hacking_gap_top10", "Reward-hacking gap (ranker-judged minus true top-10 reward): "
                                      "paired difference vs the pretrained policy"))
-
-
-def md_table(df: pd.DataFrame) -> str:
-    headers = [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] * len(headers)) + "|"]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
 
 
 def gain_table(table: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -56,7 +49,7 @@ def head_to_head_md(h2h: pd.DataFrame) -> str:
                     else fmt_interval(r.relative, r.relative_low, r.relative_high, percent=True))
         rows.append({"noise": f"{r.noise:g}", "a": f"`{r.a}`", "b": f"`{r.b}`", "metric": r.metric,
                      "a - b": fmt_interval(r.diff, r.diff_low, r.diff_high), "relative to b": relative})
-    return md_table(pd.DataFrame(rows))
+    return markdown_table(pd.DataFrame(rows))
 
 
 def setup_text(result: RobustnessResult) -> str:
@@ -81,13 +74,13 @@ def robustness_markdown(result: RobustnessResult) -> str:
     parts = ["# Robustness study: post-training methods under observed-reward noise", "## Setup", setup_text(result),
              "## Findings", "\n".join(f"- {s}" for s in result.findings) or "_none_"]
     for metric, title in GAIN_TABLES:
-        parts += [f"## {title}", md_table(gain_table(table, metric)) if not table.empty else "_no variant_"]
+        parts += [f"## {title}", markdown_table(gain_table(table, metric)) if not table.empty else "_no variant_"]
     parts += ["## Head-to-head (paired differences over the same test users)", head_to_head_md(result.head_to_head)]
     bounds = [{"noise": f"{noise:g}",
                "pretrained true top-10": f"{r['policies'][r['baseline']]['metrics']['true_top10']['mean']:.3f}",
                "oracle best top-10": f"{r.get('oracle_best_top10_true', float('nan')):.3f}",
                "ranker valid RMSE": f"{r['ranker']['valid_rmse']:.3f}"} for noise, r in result.reports.items()]
-    parts += ["## Per level: the baseline, the best possible list, the ranker", md_table(pd.DataFrame(bounds))]
+    parts += ["## Per level: the baseline, the best possible list, the ranker", markdown_table(pd.DataFrame(bounds))]
     skipped = [f"- noise {noise:g}: `{name}`: {reason}" for noise, s in result.skipped.items()
                for name, reason in s.items()]
     parts += ["## Skipped variants", "\n".join(skipped) or "_none_",
