@@ -278,12 +278,17 @@ def top_k_tuple_rollouts(policy: SemanticPolicy, history_tokens: torch.Tensor, k
 
 
 def entropy(log_probs: torch.Tensor) -> torch.Tensor:
-    """[N] entropy of each row of log-probs [N, V] (masked -inf entries contribute 0)."""
+    """[N] entropy of each row of log-probs [N, V] (masked -inf entries contribute 0).
+
+    Not `Categorical(logits=...).entropy()`: it renormalizes the already normalized log-probs, which moves
+    the result in the last bits (the AdaGRPO gate compares it with a threshold)."""
     p = log_probs.exp()
     return -torch.where(p > 0, p * log_probs, torch.zeros_like(p)).sum(dim=1)
 
 
 def kl_divergence(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """[N] KL(p || q) of rows of log-probs [N, V] sharing the same support (-inf entries skipped)."""
+    """[N] KL(p || q) of rows of log-probs [N, V] sharing the same support (-inf entries skipped).
+
+    Not `F.kl_div(log_target=True)`: masked entries are -inf in both rows, where it gives 0 * nan = nan."""
     p = log_p.exp()
     return torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(dim=1)

@@ -89,6 +89,8 @@ def bootstrap_ci(values, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0)
 
     Users are resampled with replacement `n_boot` times from `np.random.default_rng(seed)`, so
     calls with the same seed and the same number of users draw the same resamples.
+    `scipy.stats.bootstrap(method="percentile")` draws the same resamples but its interval ends differ
+    in the last bits; this stays so that every interval published in docs/ reproduces to the digit.
     """
     v = _values(values)
     if n_boot < 1 or not 0 < alpha < 1:

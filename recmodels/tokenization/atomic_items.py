@@ -18,6 +18,7 @@ from recmodels.decoding.rollouts import (Rollouts, history_mask, masked_log_prob
 from recmodels.evaluation.hallucination import BEAM_SIZE
 from recmodels.evaluation.ranking import rank_catalog, score_catalog, target_ranks
 from recmodels.models.policy import GenerativePolicy, PolicyConfig
+from recmodels.runtime import eval_mode
 from recmodels.tokenization.interface import (ItemTokenization, Ranking, TokenLogProbs, decoding_record,
                                               window_cross_entropy)
 
@@ -28,15 +29,13 @@ if TYPE_CHECKING:  # post_training builds on this package: its types are hints o
 @torch.no_grad()
 def kl_to_reference(policy, reference, history: torch.Tensor, device: torch.device, batch_size: int = 256) -> float:
     """Mean KL(pi || pi_ref) of the next-item distributions over the catalog (padding excluded)."""
-    was_training = policy.training
-    policy.eval()
     total = 0.0
-    for s in range(0, history.shape[0], batch_size):
-        h = history[s:s + batch_size].to(device)
-        logp = F.log_softmax(policy.next_item_logits(h)[:, 1:].float(), dim=-1)  # [b, V-1]
-        logq = F.log_softmax(reference.next_item_logits(h)[:, 1:].float(), dim=-1)
-        total += (logp.exp() * (logp - logq)).sum().item()
-    policy.train(was_training)
+    with eval_mode(policy):
+        for s in range(0, history.shape[0], batch_size):
+            h = history[s:s + batch_size].to(device)
+            logp = F.log_softmax(policy.next_item_logits(h)[:, 1:].float(), dim=-1)  # [b, V-1]
+            logq = F.log_softmax(reference.next_item_logits(h)[:, 1:].float(), dim=-1)
+            total += F.kl_div(logq, logp, log_target=True, reduction="sum").item()  # sum of KL(p || q) over rows
     return total / history.shape[0]
 
 

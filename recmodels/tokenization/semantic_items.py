@@ -39,6 +39,7 @@ from recmodels.decoding.rollouts import (Rollouts, first_code_log_probs, history
 from recmodels.evaluation.hallucination import (BEAM_SIZE, HALLUCINATION_K, VALID_BEAM_SIZE, beam_ranks,
                                                 evaluate_beams, history_items_in_beams)
 from recmodels.models.semantic_policy import SemanticPolicy, SemanticPolicyConfig
+from recmodels.runtime import eval_mode
 from recmodels.tokenization.interface import (ItemTokenization, Ranking, TokenLogProbs, decoding_record,
                                               window_cross_entropy)
 from recmodels.tokenization.semantic_ids import SemanticIds
@@ -225,16 +226,14 @@ class SemanticItems(ItemTokenization):
     def kl_to_reference(self, policy, reference, history: torch.Tensor, device: torch.device,
                         batch_size: int = 256) -> float:
         """Mean KL(pi || pi_ref) of the level-0 code distributions after each item history [N, T]."""
-        was_training = policy.training
-        policy.eval()
         offset, size = policy.layout.offsets[0], policy.layout.level_sizes[0]
         total = 0.0
-        for s in range(0, history.shape[0], batch_size):
-            tokens = self.semantic_ids.items_to_tokens(history[s:s + batch_size].to(device))
-            logp = F.log_softmax(policy.next_token_logits(tokens)[:, offset:offset + size].float(), dim=-1)
-            logq = F.log_softmax(reference.next_token_logits(tokens)[:, offset:offset + size].float(), dim=-1)
-            total += (logp.exp() * (logp - logq)).sum().item()
-        policy.train(was_training)
+        with eval_mode(policy):
+            for s in range(0, history.shape[0], batch_size):
+                tokens = self.semantic_ids.items_to_tokens(history[s:s + batch_size].to(device))
+                logp = F.log_softmax(policy.next_token_logits(tokens)[:, offset:offset + size].float(), dim=-1)
+                logq = F.log_softmax(reference.next_token_logits(tokens)[:, offset:offset + size].float(), dim=-1)
+                total += F.kl_div(logq, logp, log_target=True, reduction="sum").item()  # sum of KL(p || q) over rows
         return total / history.shape[0]
 
     # --- serving ------------------------------------------------------------------------------------------------
