@@ -17,9 +17,14 @@ import pandas as pd
 from assets.metadata import markdown_table
 from assets.model_runs import POST_TRAINED_MODEL
 from assets.post_training import post_trained_policies
+from assets.records import ChampionRecord, EvaluationReportRecord, InteractionsRecord, PostTrainedPolicyRecord
 from assets.registry import (CHALLENGER, CHAMPION, alias_version, download_policy_artifacts, promote, reject,
                              tag_version)
 from assets.resources import MlflowTracking, RecalignHome
+from recmodels.data.tables import read_parquet
+from recmodels.evaluation.promotion import GateConfig, best_challenger, decide_promotion, split_metrics
+from recmodels.storage.model_io import load_policy
+from recmodels.tokenization.items import load_item_codes
 
 POST_TRAINED_INPUTS = {a.key.path[-1]: dg.AssetIn(a.key) for a in post_trained_policies}
 
@@ -62,28 +67,20 @@ def blocking_check_results(context: dg.AssetExecutionContext,
     return results
 
 
-def valid_metrics_of_challengers(trained: dict[str, dict], table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+def valid_metrics_of_challengers(trained: dict[str, PostTrainedPolicyRecord],
+                                 table: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Per-user valid metrics of each post-trained policy of this run (trained on this table's tokens);
     each frame's `attrs["hallucination_rate"]` is the policy's valid hallucination rate."""
-    from recmodels.evaluation.promotion import split_metrics
-    from recmodels.storage.model_io import load_policy
-    from recmodels.tokenization.items import load_item_codes
-
     frames = {}
     for variant, record in trained.items():
-        policy = load_policy(record["checkpoint"])
+        policy = load_policy(record.checkpoint)
         frames[variant] = split_metrics(policy, table, policy.cfg.max_len,
-                                        semantic_ids=load_item_codes(record, of=policy))
+                                        semantic_ids=load_item_codes(record.item_codes_source(), of=policy))
     return frames
 
 
 def valid_metrics_of_version(version: str, table: pd.DataFrame, folder) -> pd.DataFrame:
     """Per-user valid metrics of a registered policy, read through the catalog it was trained with."""
-    from recmodels.data.tables import read_parquet
-    from recmodels.evaluation.promotion import split_metrics
-    from recmodels.storage.model_io import load_policy
-    from recmodels.tokenization.items import load_item_codes
-
     artifacts = download_policy_artifacts(POST_TRAINED_MODEL, version, folder)
     policy, items = load_policy(artifacts["checkpoint"]), read_parquet(artifacts["catalog"])
     token_of = dict(zip(items["item_id"].astype(str), items["item_idx"].astype(int)))
@@ -98,30 +95,28 @@ def build_champion_asset(upstream: Sequence[dg.AssetsDefinition | dg.AssetChecks
     @dg.asset(name="champion", group_name="promotion", kinds={"mlflow"},
               ins={"interactions": dg.AssetIn(), "evaluation_report": dg.AssetIn(), **POST_TRAINED_INPUTS})
     def champion(context: dg.AssetExecutionContext, config: ChampionConfig, home: RecalignHome,
-                 mlflow: MlflowTracking, interactions: dict, evaluation_report: dict, **post_trained: dict) -> dict:
+                 mlflow: MlflowTracking, interactions: InteractionsRecord, evaluation_report: EvaluationReportRecord,
+                 **post_trained: PostTrainedPolicyRecord) -> ChampionRecord:
         """Moves the registry alias `champion` to this run's best post-trained policy when every gate passes."""
-        from recmodels.data.tables import read_parquet
-        from recmodels.evaluation.promotion import GateConfig, best_challenger, decide_promotion
-
-        trained = {r["variant"]: r for r in post_trained.values() if "model_version" in r}
+        trained = {r.variant: r for r in post_trained.values() if not r.is_skipped}
         if not trained:
             raise dg.Failure("no post-trained policy was registered in this run: nothing to promote")
-        name, table = POST_TRAINED_MODEL, read_parquet(interactions["table"])
+        name, table = POST_TRAINED_MODEL, read_parquet(interactions.table)
         frames = valid_metrics_of_challengers(trained, table)
         best = best_challenger(frames, config.metric)
-        version = trained[best]["model_version"]
+        version = trained[best].model_version
         client = mlflow.client()
         client.set_registered_model_alias(name, CHALLENGER, version)
         metric_tag = "valid_" + config.metric.replace("@", "_at_")
         for variant, record in trained.items():
-            tag_version(client, name, record["model_version"], promotion_run=context.run_id,
+            tag_version(client, name, record.model_version, promotion_run=context.run_id,
                         **{metric_tag: f"{frames[variant][config.metric].mean():.6f}"},
                         **({} if variant == best else {"status": "not_selected"}))
 
         current = alias_version(client, name, CHAMPION)
         champion_frame = None
         if current is not None and current != version:
-            folder = home.run_dir(interactions["dataset"], context.run_id, "champion", f"v{current}")
+            folder = home.run_dir(interactions.dataset, context.run_id, "champion", f"v{current}")
             champion_frame = valid_metrics_of_version(current, table, folder)
         decision = decide_promotion(frames[best], champion_frame, GateConfig(**config.model_dump()),
                                     hallucination_rate=frames[best].attrs.get("hallucination_rate"),
@@ -140,7 +135,7 @@ def build_champion_asset(upstream: Sequence[dg.AssetsDefinition | dg.AssetChecks
             summary = f"**kept** champion v{current}; challenger {who} rejected: " + "; ".join(decision.reasons)
         champion_version = alias_version(client, name, CHAMPION)
         gates = pd.DataFrame([{"gate": g.name, "passed": g.passed, "detail": g.detail} for g in decision.gates])
-        ranking = pd.DataFrame([{"variant": v, "version": trained[v]["model_version"],
+        ranking = pd.DataFrame([{"variant": v, "version": trained[v].model_version,
                                  config.metric: f[config.metric].mean(),
                                  "hallucination_rate": f.attrs.get("hallucination_rate", 0.0)}
                                 for v, f in frames.items()])
@@ -150,9 +145,9 @@ def build_champion_asset(upstream: Sequence[dg.AssetsDefinition | dg.AssetChecks
             f"valid_{config.metric}": markdown_table(ranking), "champion_version": champion_version or "none",
             "challenger_version": version, "model_uri": f"models:/{name}@{CHAMPION}"})
         context.log.info(summary)
-        return {"dataset": interactions["dataset"], "registered_model": name, "decision": outcome,
-                "champion_version": champion_version, "challenger_version": version, "challenger_variant": best,
-                "previous_champion": current, "reasons": decision.reasons, "evidence": decision.evidence,
-                "report": evaluation_report.get("json")}
+        return ChampionRecord(dataset=interactions.dataset, registered_model=name, decision=outcome,
+                              champion_version=champion_version, challenger_version=version,
+                              challenger_variant=best, previous_champion=current, reasons=decision.reasons,
+                              evidence=decision.evidence, report=evaluation_report.json)
 
     return champion

@@ -5,11 +5,13 @@ from typing import Any, Optional
 import dagster as dg
 
 from assets.metadata import markdown_table
+from assets.records import InteractionsRecord, RawLogsRecord
 from assets.resources import RecalignHome
 from recmodels.data.interactions import build_interactions
+from recmodels.data.oracle import Oracle
 from recmodels.data.quality import reward_histogram
 from recmodels.data.rewards import RewardSpec
-from recmodels.data.sources import load_raw_logs
+from recmodels.data.sources import RawLogs, load_raw_logs
 from recmodels.data.tables import frame_digest, read_parquet, write_parquet
 
 
@@ -28,17 +30,15 @@ class RawLogsConfig(dg.Config):
 
 
 @dg.asset(group_name="data", kinds={"parquet"})
-def raw_logs(context: dg.AssetExecutionContext, config: RawLogsConfig, home: RecalignHome) -> dict:
+def raw_logs(context: dg.AssetExecutionContext, config: RawLogsConfig, home: RecalignHome) -> RawLogsRecord:
     """Raw interaction logs in the raw-log contract (user_id, item_id, timestamp, feedback signals)."""
-    from recmodels.data.oracle import Oracle
-
     raw = load_raw_logs(config.source, path=config.path, catalog_path=config.catalog_path, cache_dir=home.cache_dir,
                         simulator=config.simulator or None, columns=config.columns or None)
     out = home.run_dir(raw.name, context.run_id)
-    record = {"dataset": raw.name, "logs": str(write_parquet(raw.logs, out / "raw_logs.parquet")),
-              "catalog": str(write_parquet(raw.catalog, out / "raw_catalog.parquet")) if raw.catalog is not None else None,
-              "digest": raw.digest,  # the simulator's ground truth, for evaluation only
-              "oracle": str(Oracle.from_dict(raw.oracle).save(out / "oracle.npz")) if raw.oracle else None}
+    record = RawLogsRecord(
+        dataset=raw.name, logs=str(write_parquet(raw.logs, out / "raw_logs.parquet")),
+        catalog=str(write_parquet(raw.catalog, out / "raw_catalog.parquet")) if raw.catalog is not None else None,
+        digest=raw.digest, oracle=str(Oracle.from_dict(raw.oracle).save(out / "oracle.npz")) if raw.oracle else None)
     context.add_output_metadata({
         "dataset": raw.name, "rows": len(raw.logs), "users": int(raw.logs["user_id"].nunique()),
         "items": int(raw.logs["item_id"].nunique()), "digest": raw.digest, "preview": markdown_table(raw.logs, 10)})
@@ -56,13 +56,11 @@ class RewardSpecConfig(dg.Config):
 
 
 @dg.asset(group_name="data", kinds={"parquet"})
-def interactions(context: dg.AssetExecutionContext, config: RewardSpecConfig, raw_logs: dict,
-                 home: RecalignHome) -> dict:
+def interactions(context: dg.AssetExecutionContext, config: RewardSpecConfig, raw_logs: RawLogsRecord,
+                 home: RecalignHome) -> InteractionsRecord:
     """Reward-labeled interactions with a chronological leave-one-out split, and the item catalog."""
-    from recmodels.data.sources import RawLogs
-
-    catalog = read_parquet(raw_logs["catalog"]) if raw_logs["catalog"] else None
-    raw = RawLogs(raw_logs["dataset"], read_parquet(raw_logs["logs"]), catalog, raw_logs["digest"])
+    catalog = read_parquet(raw_logs.catalog) if raw_logs.catalog else None
+    raw = RawLogs(raw_logs.dataset, read_parquet(raw_logs.logs), catalog, raw_logs.digest)
     spec = RewardSpec(**config.model_dump())
     inter = build_interactions(raw, spec)
     out = home.run_dir(raw.name, context.run_id)
@@ -72,8 +70,8 @@ def interactions(context: dg.AssetExecutionContext, config: RewardSpecConfig, ra
         "users": inter.n_users, "items": inter.n_items, "events": len(table),
         **{f"{k}_events": int(v) for k, v in splits.items()},
         "reward_mean": float(table["reward"].mean()), "preview": markdown_table(table, 10)})
-    return {"dataset": raw.name, "table": str(write_parquet(table, out / "interactions.parquet")),
-            "catalog": str(write_parquet(inter.catalog, out / "catalog.parquet")),
-            "n_users": inter.n_users, "n_items": inter.n_items, "digest": frame_digest(table),
-            "oracle": raw_logs.get("oracle"),
-            "reward_spec": spec.__dict__, "reward_hist": reward_histogram(table["reward"], spec.low, spec.high)}
+    return InteractionsRecord(
+        dataset=raw.name, table=str(write_parquet(table, out / "interactions.parquet")),
+        catalog=str(write_parquet(inter.catalog, out / "catalog.parquet")),
+        n_users=inter.n_users, n_items=inter.n_items, digest=frame_digest(table), oracle=raw_logs.oracle,
+        reward_spec=spec.__dict__, reward_hist=reward_histogram(table["reward"], spec.low, spec.high))

@@ -9,20 +9,27 @@ import dagster as dg
 
 from assets.metadata import image, markdown_table
 from assets.post_training import post_trained_policies
+from assets.records import (EvaluationReportRecord, InteractionsRecord, PostTrainedPolicyRecord,
+                            PretrainedPolicyRecord, RankerRewardModelRecord)
 from assets.resources import MlflowTracking, RecalignHome
-from recmodels.tokenization.items import DEFAULT_TOKENIZATION, load_item_codes
+from recmodels.data.oracle import Oracle
+from recmodels.data.tables import read_parquet
+from recmodels.evaluation.evaluate import evaluate_policies, oracle_upper_bound
+from recmodels.evaluation.report import build_report, unmasked_metrics
+from recmodels.evaluation.report_output import comparison_table, write_report
+from recmodels.storage.model_io import load_policy, load_ranker
+from recmodels.tokenization.items import load_item_codes
 
 
-def load_policies(pretrained: dict, post_trained: dict[str, dict]) -> tuple[dict, dict, dict]:
+def load_policies(pretrained: PretrainedPolicyRecord,
+                  post_trained: dict[str, PostTrainedPolicyRecord]) -> tuple[dict, dict, dict]:
     """The policies to evaluate {name: (module, method)}, the skipped variants {name: reason}, and each
     trained variant's telemetry (knobs, selected step, history) for the report."""
-    from recmodels.storage.model_io import load_policy
-
-    trained = {r["variant"]: r for r in post_trained.values() if "skipped" not in r}
-    skipped = {r["variant"]: r["skipped"] for r in post_trained.values() if "skipped" in r}
-    policies = {"pretrained": (load_policy(pretrained["checkpoint"]), None)}
-    policies |= {name: (load_policy(r["checkpoint"]), r["method"]) for name, r in trained.items()}
-    training = {name: {"params": r["params"], "best_step": r["best_step"], "history": r["history"]}
+    trained = {r.variant: r for r in post_trained.values() if not r.is_skipped}
+    skipped = {r.variant: r.skipped for r in post_trained.values() if r.is_skipped}
+    policies = {"pretrained": (load_policy(pretrained.checkpoint), None)}
+    policies |= {name: (load_policy(r.checkpoint), r.method) for name, r in trained.items()}
+    training = {name: {"params": r.params, "best_step": r.best_step, "history": r.history}
                 for name, r in trained.items()}
     return policies, skipped, training
 
@@ -35,8 +42,6 @@ def mlflow_test_metrics(report: dict) -> dict[str, float]:
     """The test metrics logged to MLflow per policy ('@' becomes '_at_' there): masked (primary) as
     `test_ndcg@10/<policy>`, unmasked as `test_ndcg@10_unmasked/<policy>`, and the mean number of history
     items in the unmasked top 10 as `test_seen_in_top10_unmasked/<policy>`."""
-    from recmodels.evaluation.report import unmasked_metrics
-
     out = {}
     for name, p in report["policies"].items():
         out |= {f"test_{m}/{name}": p["metrics"][m]["mean"] for m in MASKED_LOGGED}
@@ -49,8 +54,6 @@ def mlflow_test_metrics(report: dict) -> dict[str, float]:
 
 def report_metadata(report: dict, files: dict) -> dict:
     """What the Dagster UI shows of the report: the comparison table, the plots, the verdict."""
-    from recmodels.evaluation.report_output import comparison_table
-
     return {"comparison": markdown_table(comparison_table(report)),
             "verdict": dg.MetadataValue.md("\n".join(f"- {s}" for s in report["verdict"])),
             "plot": image(files["png"], "NDCG@10 and HR@10 per policy"),
@@ -69,8 +72,9 @@ def build_evaluation_report_asset(post_trained_assets) -> dg.AssetsDefinition:
               ins={"interactions": dg.AssetIn(), "pretrained_policy": dg.AssetIn(),
                    "ranker_reward_model": dg.AssetIn(), **post_trained_inputs})
     def _evaluation_report(context: dg.AssetExecutionContext, home: RecalignHome, mlflow: MlflowTracking,
-                           interactions: dict, pretrained_policy: dict, ranker_reward_model: dict,
-                           **post_trained: dict) -> dict:
+                           interactions: InteractionsRecord, pretrained_policy: PretrainedPolicyRecord,
+                           ranker_reward_model: RankerRewardModelRecord,
+                           **post_trained: PostTrainedPolicyRecord) -> EvaluationReportRecord:
         """HR/NDCG/MRR@5/10/20 with 95% bootstrap intervals, paired differences, reward alignment and, for
         semantic-ID policies, constrained vs unconstrained decoding with the hallucination rate."""
         return evaluate_and_report(context, home, mlflow, interactions, pretrained_policy, ranker_reward_model,
@@ -80,40 +84,35 @@ def build_evaluation_report_asset(post_trained_assets) -> dg.AssetsDefinition:
 
 
 def evaluate_and_report(context: dg.AssetExecutionContext, home: RecalignHome, mlflow: MlflowTracking,
-                        interactions: dict, pretrained_policy: dict, ranker_reward_model: dict,
-                        post_trained: dict[str, dict]) -> dict:
+                        interactions: InteractionsRecord, pretrained_policy: PretrainedPolicyRecord,
+                        ranker_reward_model: RankerRewardModelRecord,
+                        post_trained: dict[str, PostTrainedPolicyRecord]) -> EvaluationReportRecord:
     """Evaluate every policy on the test users, write the report files, log them to MLflow; return the record."""
-    from recmodels.data.tables import read_parquet
-    from recmodels.evaluation.evaluate import evaluate_policies, oracle_upper_bound
-    from recmodels.data.oracle import Oracle
-    from recmodels.evaluation.report import build_report
-    from recmodels.evaluation.report_output import write_report
-    from recmodels.storage.model_io import load_ranker
-
     policies, skipped, training = load_policies(pretrained_policy, post_trained)
     max_len = policies["pretrained"][0].cfg.max_len
-    table, catalog = read_parquet(interactions["table"]), read_parquet(interactions["catalog"])
-    oracle = Oracle.load(interactions["oracle"]) if interactions.get("oracle") else None  # simulated data only
-    evals = evaluate_policies(policies, table, load_ranker(ranker_reward_model["checkpoint"]), max_len,
-                              oracle=oracle, catalog=catalog, semantic_ids=load_item_codes(pretrained_policy))
+    table, catalog = read_parquet(interactions.table), read_parquet(interactions.catalog)
+    oracle = Oracle.load(interactions.oracle) if interactions.oracle else None  # simulated data only
+    evals = evaluate_policies(policies, table, load_ranker(ranker_reward_model.checkpoint), max_len,
+                              oracle=oracle, catalog=catalog,
+                              semantic_ids=load_item_codes(pretrained_policy.item_codes_source()))
     for evaluation in evals[1:]:  # training telemetry of each post-trained policy, for the report's tables and plots
         evaluation.extra = training[evaluation.name]
     report = build_report(evals, baseline="pretrained", skipped=skipped)
-    report["ranker"] = {k: ranker_reward_model[k] for k in ranker_reward_model if k.endswith("rmse")}
+    report["ranker"] = ranker_reward_model.rmses()
     if oracle is not None:
         report["oracle_best_top10_true"] = oracle_upper_bound(oracle, table, catalog, max_len)
-    files = write_report(report, home.run_dir(interactions["dataset"], context.run_id, "report"))
-    with mlflow.start_run(context, interactions["dataset"], interactions["digest"], {"policies": list(policies)}):
+    files = write_report(report, home.run_dir(interactions.dataset, context.run_id, "report"))
+    with mlflow.start_run(context, interactions.dataset, interactions.digest, {"policies": list(policies)}):
         for path in files.values():
             mlflow.log_artifact(path, artifact_path="report")
         mlflow.log_metrics(mlflow_test_metrics(report), step=0)
         mlflow.log_metrics({f"test_hallucination_rate/{name}": p["hallucination_rate"]
                             for name, p in report["policies"].items()}, step=0)
     context.add_output_metadata(report_metadata(report, files))
-    return {"dataset": interactions["dataset"],
-            "tokenization": pretrained_policy.get("tokenization", DEFAULT_TOKENIZATION),
-            "hallucination_rate": {name: p["hallucination_rate"] for name, p in report["policies"].items()},
-            **{k: str(v) for k, v in files.items()}}
+    return EvaluationReportRecord(
+        dataset=interactions.dataset, tokenization=pretrained_policy.tokenization,
+        hallucination_rate={name: p["hallucination_rate"] for name, p in report["policies"].items()},
+        **{k: str(v) for k, v in files.items()})
 
 
 evaluation_report = build_evaluation_report_asset(post_trained_policies)

@@ -6,14 +6,21 @@ year; RQ-KMeans turns them into L levels of V codes plus one disambiguation code
 when its run config says `tokenization: semantic`.
 """
 
+import json
+import time
 from typing import Optional
 
 import dagster as dg
 import pandas as pd
 
 from assets.metadata import markdown_table
+from assets.model_runs import library_config
+from assets.records import InteractionsRecord, ItemTokensRecord
 from assets.resources import RecalignHome
-from recmodels.tokenization.quality import CHECK_NAME
+from recmodels.data.tables import read_parquet
+from recmodels.tokenization import ItemVectorConfig, SemanticIdConfig, build_item_vectors, build_semantic_ids
+from recmodels.tokenization.quality import CHECK_NAME, bijection_check
+from recmodels.tokenization.semantic_ids import SemanticIds
 
 
 class ItemTokensConfig(dg.Config):
@@ -29,22 +36,16 @@ class ItemTokensConfig(dg.Config):
 
 
 @dg.asset(group_name="data", kinds={"numpy", "scikitlearn"})
-def item_tokens(context: dg.AssetExecutionContext, config: ItemTokensConfig, interactions: dict,
-                home: RecalignHome) -> dict:
+def item_tokens(context: dg.AssetExecutionContext, config: ItemTokensConfig, interactions: InteractionsRecord,
+                home: RecalignHome) -> ItemTokensRecord:
     """Semantic IDs: every item's unique tuple of L RQ-KMeans codes plus a disambiguation code."""
-    import time
-
-    from assets.model_runs import library_config
-    from recmodels.data.tables import read_parquet
-    from recmodels.tokenization import ItemVectorConfig, SemanticIdConfig, build_item_vectors, build_semantic_ids
-
     started = time.perf_counter()
     settings = config.model_dump()
-    vectors = build_item_vectors(read_parquet(interactions["table"]), read_parquet(interactions["catalog"]),
-                                 interactions["n_items"], library_config(ItemVectorConfig, settings))
+    vectors = build_item_vectors(read_parquet(interactions.table), read_parquet(interactions.catalog),
+                                 interactions.n_items, library_config(ItemVectorConfig, settings))
     ids = build_semantic_ids(vectors.vectors, library_config(SemanticIdConfig, settings))
     seconds = time.perf_counter() - started
-    path = ids.save(home.run_dir(interactions["dataset"], context.run_id) / "item_tokens.npz")
+    path = ids.save(home.run_dir(interactions.dataset, context.run_id) / "item_tokens.npz")
     stats = ids.stats
     usage = pd.DataFrame({"level": range(len(stats["codebook_usage"])),
                           "codes_used": [round(u * config.codebook_size) for u in stats["codebook_usage"]],
@@ -57,21 +58,17 @@ def item_tokens(context: dg.AssetExecutionContext, config: ItemTokensConfig, int
         "svd_explained_variance": vectors.stats["svd_explained_variance"],
         "items_without_train_events": vectors.stats["items_without_train_events"],
         "build_seconds": round(seconds, 3), "path": dg.MetadataValue.path(str(path))})
-    return {"dataset": interactions["dataset"], "path": str(path), "n_items": ids.n_items,
-            "level_sizes": list(ids.level_sizes), "tuple_length": stats["tuple_length"],
-            "n_collisions": stats["n_collisions"], "max_disambiguation": stats["max_disambiguation"],
-            "codebook_usage": stats["codebook_usage"], "build_seconds": round(seconds, 3)}
+    return ItemTokensRecord(
+        dataset=interactions.dataset, path=str(path), n_items=ids.n_items, level_sizes=list(ids.level_sizes),
+        tuple_length=stats["tuple_length"], n_collisions=stats["n_collisions"],
+        max_disambiguation=stats["max_disambiguation"], codebook_usage=stats["codebook_usage"],
+        build_seconds=round(seconds, 3))
 
 
 @dg.asset_check(asset=item_tokens, name=CHECK_NAME, blocking=True, compute_kind="great_expectations",
                 description="Great Expectations: every item has one tuple, no two items share one, each maps back.")
-def item_tokens_bijection(item_tokens: dict) -> dg.AssetCheckResult:
-    import json
-
-    from recmodels.tokenization.quality import bijection_check
-    from recmodels.tokenization.semantic_ids import SemanticIds
-
-    outcome = bijection_check(SemanticIds.load(item_tokens["path"]))
+def item_tokens_bijection(item_tokens: ItemTokensRecord) -> dg.AssetCheckResult:
+    outcome = bijection_check(SemanticIds.load(item_tokens.path))
     return dg.AssetCheckResult(
         passed=outcome.passed, severity=dg.AssetCheckSeverity.ERROR, description=outcome.description,
         metadata={k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)

@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import dataclasses
 from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
 import dagster as dg
+import pandas as pd
 
 from assets.resources import MlflowTracking, RecalignHome
 from recmodels.storage.checkpoints import save_checkpoint
+
+# mlflow (~2.5 s to import) and assets.servable_policy, which imports it, are imported where they are used:
+# loading the code location does not import them.
 
 POLICY_MODEL = "recalign-pretrained-policy"
 RANKER_MODEL = "recalign-ranker"
@@ -57,7 +62,8 @@ def tracked_training(context: dg.AssetExecutionContext, mlflow: MlflowTracking, 
 
 def save_and_register(training: TrainingRun, home: RecalignHome, dataset: str, model: Any, config: Any,
                       filename: str, model_name: str, tags: dict[str, str]) -> dict[str, Any]:
-    """Checkpoint `model`, log it to the open MLflow run, register it; return the asset's record."""
+    """Checkpoint `model`, log it to the open MLflow run, register it; return the registry fields of the
+    asset's record (dataset, checkpoint, mlflow_run_id, registered_model, model_version)."""
     ckpt = save_checkpoint(Path(home.run_dir(dataset, training.context.run_id)) / filename, model, config)
     training.mlflow.log_artifact(ckpt, artifact_path="checkpoint")
     version = training.mlflow.register(training.run, f"checkpoint/{ckpt.name}", model_name,
@@ -70,9 +76,6 @@ def servable_policy_model(checkpoint: Path, catalog: Path, decoding: dict[str, A
                           semantic_ids: Path | None = None) -> dict[str, Any]:
     """The arguments of `mlflow.pyfunc.log_model` / `save_model` for the servable pyfunc of a policy checkpoint
     (with the semantic IDs file of a semantic-ID policy)."""
-    from importlib.metadata import version
-
-    import pandas as pd
     from mlflow.models import ModelSignature
     from mlflow.types.schema import AnyType, Array, ColSpec, Schema
 
@@ -88,7 +91,7 @@ def servable_policy_model(checkpoint: Path, catalog: Path, decoding: dict[str, A
                            **({"semantic_ids": str(semantic_ids)} if semantic_ids else {})},
                 model_config={**DEFAULT_DECODING, **(decoding or {})}, signature=signature,
                 input_example=pd.DataFrame({HISTORY_COLUMN: [first_ids], "k": [5]}),
-                pip_requirements=[f"{name}=={version(name)}" for name in SERVING_PACKAGES])
+                pip_requirements=[f"{name}=={metadata.version(name)}" for name in SERVING_PACKAGES])
 
 
 def log_servable_policy(checkpoint: Path, catalog: Path, decoding: dict[str, Any] | None = None,
@@ -103,7 +106,8 @@ def log_servable_policy(checkpoint: Path, catalog: Path, decoding: dict[str, Any
 def save_and_register_servable(training: TrainingRun, home: RecalignHome, dataset: str, model: Any, config: Any,
                                filename: str, catalog: str | Path, model_name: str,
                                tags: dict[str, str], semantic_ids: str | Path | None = None) -> dict[str, Any]:
-    """Checkpoint a policy, log it as a servable pyfunc model, register it as a challenger; return the record."""
+    """Checkpoint a policy, log it as a servable pyfunc model, register it as a challenger; return the registry
+    fields of the asset's record (those of `save_and_register` and model_uri)."""
     ckpt = save_checkpoint(Path(home.run_dir(dataset, training.context.run_id)) / filename, model, config)
     info = log_servable_policy(ckpt, Path(catalog), semantic_ids=Path(semantic_ids) if semantic_ids else None)
     version = training.mlflow.register_logged_model(

@@ -13,9 +13,12 @@ import dagster as dg
 from assets.metadata import history_table, model_record_metadata
 from assets.model_runs import (POLICY_MODEL, RANKER_MODEL, library_config, save_and_register,
                                tracked_training)
+from assets.records import InteractionsRecord, ItemTokensRecord, PretrainedPolicyRecord, RankerRewardModelRecord
 from assets.resources import MlflowTracking, RecalignHome
 from recmodels.data.tables import read_parquet
 from recmodels.tokenization.items import DEFAULT_TOKENIZATION, TOKENIZATIONS, tokenization_class
+from recmodels.training.pretraining import PretrainConfig, pretrain_policy
+from recmodels.training.ranker_training import RankerTrainConfig, train_ranker
 
 
 class PretrainAssetConfig(dg.Config):
@@ -35,24 +38,23 @@ class PretrainAssetConfig(dg.Config):
     dropout: Optional[float] = None
 
 
-def _train_policy(settings: dict, interactions: dict, item_tokens: dict, callback):
+def _train_policy(settings: dict, interactions: InteractionsRecord, item_tokens: ItemTokensRecord, callback):
     """(result, record fields naming the item-codes file it read, MLflow params) of the chosen tokenization."""
-    from recmodels.training.pretraining import PretrainConfig, pretrain_policy
-
     kind = tokenization_class(settings["tokenization"])
-    tokenization = kind.with_codes(kind.load_codes(item_tokens["path"]))  # reads the semantic IDs, if any codes
-    codes_file = {kind.codes_key: item_tokens["path"]} if kind.codes_key else {}
-    n_items = interactions["n_items"]
+    tokenization = kind.with_codes(kind.load_codes(item_tokens.path))  # reads the semantic IDs, if any codes
+    codes_file = {kind.codes_key: item_tokens.path} if kind.codes_key else {}
+    n_items = interactions.n_items
     train_cfg = library_config(PretrainConfig, settings)
     policy_cfg = library_config(kind.config_class, settings, **tokenization.vocabulary(n_items))
-    result = pretrain_policy(read_parquet(interactions["table"]), n_items, policy_cfg, train_cfg, callback=callback,
+    result = pretrain_policy(read_parquet(interactions.table), n_items, policy_cfg, train_cfg, callback=callback,
                              tokenization=tokenization)
     return result, codes_file, {**vars(train_cfg), **vars(policy_cfg)}
 
 
 @dg.asset(group_name="models", kinds={"pytorch", "mlflow"})
-def pretrained_policy(context: dg.AssetExecutionContext, config: PretrainAssetConfig, interactions: dict,
-                      item_tokens: dict, home: RecalignHome, mlflow: MlflowTracking) -> dict:
+def pretrained_policy(context: dg.AssetExecutionContext, config: PretrainAssetConfig, interactions: InteractionsRecord,
+                      item_tokens: ItemTokensRecord, home: RecalignHome,
+                      mlflow: MlflowTracking) -> PretrainedPolicyRecord:
     """Causal transformer trained with next-item NLL (atomic) or next-code NLL (semantic IDs), early-stopped
     on valid NDCG@10."""
     settings = config.model_dump()
@@ -60,22 +62,22 @@ def pretrained_policy(context: dg.AssetExecutionContext, config: PretrainAssetCo
         raise dg.Failure(f"pretrained_policy config 'tokenization' must be one of {list(TOKENIZATIONS)}, "
                          f"got {settings['tokenization']!r}")
     tokenization = settings["tokenization"]
-    with tracked_training(context, mlflow, interactions["dataset"], interactions["digest"],
+    with tracked_training(context, mlflow, interactions.dataset, interactions.digest,
                           {"tokenization": tokenization}) as training:
-        result, fields, params = _train_policy(settings, interactions, item_tokens, training.callback)
+        result, codes_file, params = _train_policy(settings, interactions, item_tokens, training.callback)
         training.mlflow.log_params(params)
-        for artifact_path, path in fields.items():  # the item-codes file, beside the checkpoint
+        for artifact_path, path in codes_file.items():  # the item-codes file, beside the checkpoint
             training.mlflow.log_artifact(path, artifact_path=artifact_path)
-        record = save_and_register(training, home, interactions["dataset"], result.policy, result.policy_config,
-                                   "pretrained_policy.pt", POLICY_MODEL,
-                                   tags={"role": "pretrained_policy", "tokenization": tokenization})
+        registered = save_and_register(training, home, interactions.dataset, result.policy, result.policy_config,
+                                       "pretrained_policy.pt", POLICY_MODEL,
+                                       tags={"role": "pretrained_policy", "tokenization": tokenization})
     throughput = sum(row["sequences_per_s"] for row in result.history) / len(result.history)
-    record.update(tokenization=tokenization, **fields, best_epoch=result.best_epoch,
-                  best_valid_ndcg10=result.best_valid_ndcg10, epochs=len(result.history),
-                  sequences_per_s=round(throughput, 1))
+    record = PretrainedPolicyRecord(**registered, tokenization=tokenization, **codes_file, best_epoch=result.best_epoch,
+                                    best_valid_ndcg10=result.best_valid_ndcg10, epochs=len(result.history),
+                                    sequences_per_s=round(throughput, 1))
     context.add_output_metadata({**model_record_metadata(record), "tokenization": tokenization,
                                  "best_epoch": result.best_epoch, "best_valid_ndcg@10": result.best_valid_ndcg10,
-                                 "sequences_per_s": record["sequences_per_s"],
+                                 "sequences_per_s": record.sequences_per_s,
                                  "history": history_table(result.history)})
     return record
 
@@ -91,20 +93,18 @@ class RankerAssetConfig(dg.Config):
 
 
 @dg.asset(group_name="models", kinds={"pytorch", "mlflow"})
-def ranker_reward_model(context: dg.AssetExecutionContext, config: RankerAssetConfig, interactions: dict,
-                        home: RecalignHome, mlflow: MlflowTracking) -> dict:
+def ranker_reward_model(context: dg.AssetExecutionContext, config: RankerAssetConfig, interactions: InteractionsRecord,
+                        home: RecalignHome, mlflow: MlflowTracking) -> RankerRewardModelRecord:
     """Reward regressor on logged (history, item) pairs: the 'production ranker' that RL methods optimize."""
-    from recmodels.training.ranker_training import RankerTrainConfig, train_ranker
-
     train_cfg = library_config(RankerTrainConfig, config.model_dump())
-    with tracked_training(context, mlflow, interactions["dataset"], interactions["digest"],
+    with tracked_training(context, mlflow, interactions.dataset, interactions.digest,
                           vars(train_cfg)) as training:
-        result = train_ranker(read_parquet(interactions["table"]), interactions["n_items"], train_cfg,
+        result = train_ranker(read_parquet(interactions.table), interactions.n_items, train_cfg,
                               callback=training.callback)
         training.mlflow.log_metrics({"valid_rmse": result.valid_rmse, **result.baselines}, step=0)
-        record = save_and_register(training, home, interactions["dataset"], result.ranker, result.config,
-                                   "ranker.pt", RANKER_MODEL, tags={"role": "ranker"})
-    record.update(valid_rmse=result.valid_rmse, **result.baselines)
+        registered = save_and_register(training, home, interactions.dataset, result.ranker, result.config,
+                                       "ranker.pt", RANKER_MODEL, tags={"role": "ranker"})
+    record = RankerRewardModelRecord(**registered, valid_rmse=result.valid_rmse, **result.baselines)
     context.add_output_metadata({**model_record_metadata(record), "valid_rmse": result.valid_rmse,
                                  **{k: float(v) for k, v in result.baselines.items()},
                                  "history": history_table(result.history)})

@@ -14,10 +14,15 @@ import dagster as dg
 
 from assets.metadata import history_table, model_record_metadata
 from assets.model_runs import POST_TRAINED_MODEL, library_config, save_and_register_servable, tracked_training
+from assets.records import InteractionsRecord, PostTrainedPolicyRecord, PretrainedPolicyRecord, RankerRewardModelRecord
 from assets.resources import MlflowTracking, RecalignHome
 from recmodels.data.rewards import RewardSpec
+from recmodels.data.tables import read_parquet
+from recmodels.post_training.loop import PostTrainConfig, post_train
+from recmodels.post_training.registry import MethodNotApplicable
 from recmodels.post_training.variants import VARIANTS, Variant
-from recmodels.tokenization.items import DEFAULT_TOKENIZATION, load_item_codes, tokenization_class
+from recmodels.storage.model_io import load_policy, load_ranker
+from recmodels.tokenization.items import load_item_codes, tokenization_class
 
 
 class PostTrainAssetConfig(dg.Config):
@@ -35,44 +40,40 @@ def post_trained_asset(variant: str, method: str, fixed: dict[str, Any]) -> dg.A
     @dg.asset(name=f"post_trained_{variant}", group_name="post_training", kinds={"pytorch", "mlflow"},
               tags={"method": method}, description=f"The pretrained policy post-trained with `{method}` "
               f"{fixed or '(default knobs)'} (docs/design.md §4).")
-    def _asset(context: dg.AssetExecutionContext, config: PostTrainAssetConfig, interactions: dict,
-               pretrained_policy: dict, ranker_reward_model: dict, home: RecalignHome,
-               mlflow: MlflowTracking) -> dict:
-        from recmodels.data.tables import read_parquet
-        from recmodels.storage.model_io import load_policy, load_ranker
-        from recmodels.post_training.loop import PostTrainConfig, post_train
-        from recmodels.post_training.registry import MethodNotApplicable
-
+    def _asset(context: dg.AssetExecutionContext, config: PostTrainAssetConfig, interactions: InteractionsRecord,
+               pretrained_policy: PretrainedPolicyRecord, ranker_reward_model: RankerRewardModelRecord,
+               home: RecalignHome, mlflow: MlflowTracking) -> PostTrainedPolicyRecord:
         settings = config.model_dump()
         settings["method_params"] = {**fixed, **settings["method_params"]}
         train_cfg = library_config(PostTrainConfig, settings)
-        policy = load_policy(pretrained_policy["checkpoint"])
-        kind = tokenization_class(pretrained_policy.get("tokenization", DEFAULT_TOKENIZATION))
-        codes_file = {kind.codes_key: pretrained_policy[kind.codes_key]} if kind.codes_key else {}
-        base = {"dataset": interactions["dataset"], "variant": variant, "method": method,
+        policy = load_policy(pretrained_policy.checkpoint)
+        kind = tokenization_class(pretrained_policy.tokenization)
+        codes_file = {kind.codes_key: getattr(pretrained_policy, kind.codes_key)} if kind.codes_key else {}
+        base = {"dataset": interactions.dataset, "variant": variant, "method": method,
                 "tokenization": kind.name, **codes_file}
-        with tracked_training(context, mlflow, interactions["dataset"], interactions["digest"],
+        with tracked_training(context, mlflow, interactions.dataset, interactions.digest,
                               {**base, **vars(train_cfg)}) as training:
             try:
-                result = post_train(method, policy, read_parquet(interactions["table"]), train_cfg,
-                                    ranker=load_ranker(ranker_reward_model["checkpoint"]), callback=training.callback,
-                                    reward_spec=RewardSpec(**interactions["reward_spec"]),
-                                    semantic_ids=load_item_codes(pretrained_policy))
+                result = post_train(method, policy, read_parquet(interactions.table), train_cfg,
+                                    ranker=load_ranker(ranker_reward_model.checkpoint), callback=training.callback,
+                                    reward_spec=RewardSpec(**interactions.reward_spec),
+                                    semantic_ids=load_item_codes(pretrained_policy.item_codes_source()))
             except MethodNotApplicable as skip:  # e.g. ips on logs without propensities: a result, not an error
                 training.mlflow.set_tag("skipped", str(skip))
                 context.add_output_metadata({"status": dg.MetadataValue.md(f"**{skip}**")})
-                return {**base, "skipped": str(skip)}
-            record = save_and_register_servable(
-                training, home, interactions["dataset"], result.policy, policy.cfg, f"post_trained_{variant}.pt",
-                interactions["catalog"], POST_TRAINED_MODEL,
+                return PostTrainedPolicyRecord(**base, skipped=str(skip))
+            registered = save_and_register_servable(
+                training, home, interactions.dataset, result.policy, policy.cfg, f"post_trained_{variant}.pt",
+                interactions.catalog, POST_TRAINED_MODEL,
                 tags={"role": "post_trained_policy", "method": method, "variant": variant,
                       "tokenization": kind.name}, semantic_ids=codes_file.get(kind.codes_key))
-        record.update(base, params=result.params, best_step=result.best_step, steps=result.steps,
-                      steps_per_s=round(result.steps_per_s, 2), best_valid_ndcg10=result.best_valid_ndcg10,
-                      history=result.history)
+        registered.update(base)  # both name the dataset
+        record = PostTrainedPolicyRecord(**registered, params=result.params, best_step=result.best_step,
+                                         steps=result.steps, steps_per_s=round(result.steps_per_s, 2),
+                                         best_valid_ndcg10=result.best_valid_ndcg10, history=result.history)
         context.add_output_metadata({**model_record_metadata(record), "method": method, "params": result.params,
                                      "best_step": result.best_step, "best_valid_ndcg@10": result.best_valid_ndcg10,
-                                     "steps_per_s": record["steps_per_s"],
+                                     "steps_per_s": record.steps_per_s,
                                      "history": history_table(result.history)})
         return record
 

@@ -7,12 +7,15 @@ per model asset, tagged with the Dagster run id and asset key, and registers mod
 """
 from __future__ import annotations
 
+import os
 import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import dagster as dg
+
+# mlflow (~2.5 s to import) is imported where it is used: loading the code location does not import it.
 
 
 class RecalignHome(dg.ConfigurableResource):
@@ -49,8 +52,6 @@ class MlflowTracking(dg.ConfigurableResource):
     experiment_prefix: str = "recalign"
 
     def _client(self):
-        import os
-
         import mlflow
 
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in the run logs

@@ -9,6 +9,7 @@ import json
 
 import dagster as dg
 
+from assets.records import InteractionsRecord
 from assets.resources import RecalignHome
 from recmodels.data.quality import BLOCKING_CHECKS, WARNING_CHECKS, reward_checks
 from recmodels.data.rewards import RewardSpec
@@ -20,11 +21,12 @@ from recmodels.data.tables import read_parquet
     + [dg.AssetCheckSpec(name, asset="interactions", blocking=False) for name in WARNING_CHECKS],
     compute_kind="great_expectations",
 )
-def interactions_reward_checks(context: dg.AssetCheckExecutionContext, interactions: dict, home: RecalignHome):
+def interactions_reward_checks(context: dg.AssetCheckExecutionContext, interactions: InteractionsRecord,
+                               home: RecalignHome):
     """Validate the interactions table with one Great Expectations suite and report each check."""
-    reference_file = home.dataset_dir(interactions["dataset"]) / "reference_reward_hist.json"
+    reference_file = home.dataset_dir(interactions.dataset) / "reference_reward_hist.json"
     reference = json.loads(reference_file.read_text()) if reference_file.exists() else None
-    outcomes = reward_checks(read_parquet(interactions["table"]), RewardSpec(**interactions["reward_spec"]),
+    outcomes = reward_checks(read_parquet(interactions.table), RewardSpec(**interactions.reward_spec),
                              reference_hist=reference)
     for outcome in outcomes:
         yield dg.AssetCheckResult(
@@ -34,4 +36,4 @@ def interactions_reward_checks(context: dg.AssetCheckExecutionContext, interacti
             metadata={k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
                       for k, v in outcome.observed.items()})
     if all(o.passed for o in outcomes if o.blocking):  # the accepted table becomes the drift reference
-        reference_file.write_text(json.dumps(interactions["reward_hist"]))
+        reference_file.write_text(json.dumps(interactions.reward_hist))

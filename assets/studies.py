@@ -16,12 +16,20 @@ import dagster as dg
 
 from assets.metadata import image, markdown_table
 from assets.model_runs import library_config
+from assets.records import CrossDatasetComparisonRecord, RobustnessStudyRecord
 from assets.resources import MlflowTracking, RecalignHome
+from recmodels.evaluation.report_output import write_report
+from recmodels.post_training.loop import PostTrainConfig
 from recmodels.post_training.registry import METHODS
-from recmodels.studies.comparison import COMPARISON_SWEEPS
-from recmodels.studies.cross_dataset import DATASETS
+from recmodels.storage.checkpoints import save_checkpoint
+from recmodels.studies.comparison import COMPARISON_SWEEPS, ComparisonConfig, method_variants
+from recmodels.studies.cross_dataset import (DATASETS, CrossDatasetConfig, run_cross_dataset, summary_table,
+                                             write_summary)
 from recmodels.studies.robustness import (DEFAULT_EVAL_EVERY, DEFAULT_LAMBDAS, DEFAULT_METHODS, DEFAULT_NOISE_LEVELS,
-                                          DEFAULT_PRETRAIN, DEFAULT_STEPS, STUDY_SIMULATOR)
+                                          DEFAULT_PRETRAIN, DEFAULT_STEPS, STUDY_SIMULATOR, RobustnessConfig,
+                                          run_robustness_study)
+from recmodels.studies.robustness_report import gain_table, write_robustness
+from recmodels.training.ranker_training import RankerTrainConfig
 
 CROSS_DATASET_EXPERIMENT = "cross-dataset"  # the summary run's data set name (its MLflow experiment)
 
@@ -94,8 +102,6 @@ class StudyRuns:
         self.context.log.info(f"{event['dataset']}: training {event['model']}")
 
     def _checkpoint(self, event: dict) -> None:
-        from recmodels.storage.checkpoints import save_checkpoint
-
         path = self.checkpoint_dir / event["dataset"] / f"{event['model']}.pt"
         save_checkpoint(path, event["module"], event["module_config"])
         self.mlflow.log_artifact(path, artifact_path="checkpoint")
@@ -139,11 +145,7 @@ class RobustnessStudyConfig(dg.Config):
     share_pretraining: bool = True
     save_checkpoints: bool = True
 
-    def to_library(self):
-        from recmodels.post_training.loop import PostTrainConfig
-        from recmodels.training.ranker_training import RankerTrainConfig
-        from recmodels.studies.robustness import RobustnessConfig
-
+    def to_library(self) -> RobustnessConfig:
         return RobustnessConfig(
             simulator={**STUDY_SIMULATOR, **self.simulator}, noise_levels=tuple(self.noise_levels),
             noise_kind=self.noise_kind, lambdas=tuple(self.lambdas), methods=tuple(self.methods),
@@ -156,11 +158,8 @@ class RobustnessStudyConfig(dg.Config):
 
 @dg.asset(group_name="studies", kinds={"pytorch", "mlflow"})
 def robustness_study(context: dg.AssetExecutionContext, config: RobustnessStudyConfig, home: RecalignHome,
-                     mlflow: MlflowTracking) -> dict:
+                     mlflow: MlflowTracking) -> RobustnessStudyRecord:
     """True-reward gain of every method over the pretrained policy as the observed-reward noise grows (simulator)."""
-    from recmodels.studies.robustness import run_robustness_study
-    from recmodels.studies.robustness_report import gain_table, write_robustness
-
     study = config.to_library()
     out = study_dir(home, "robustness", context.run_id)
     with StudyRuns(context, mlflow, out / "checkpoints" if config.save_checkpoints else None) as runs:
@@ -177,8 +176,8 @@ def robustness_study(context: dg.AssetExecutionContext, config: RobustnessStudyC
         "lambda_tradeoff": image(files["lambda_png"], "exp_rw_sft: true top-10 gain vs λ per noise level"),
         "pretraining_runs": result.pretraining_runs, "mlflow_model_runs": runs.runs,
         "report_md": dg.MetadataValue.path(str(files["md"]))})
-    return {"study": "robustness", "dir": str(out), **{k: str(v) for k, v in files.items()},
-            "pretraining_runs": result.pretraining_runs, "findings": result.findings}
+    return RobustnessStudyRecord(study="robustness", dir=str(out), files={k: str(v) for k, v in files.items()},
+                                 pretraining_runs=result.pretraining_runs, findings=result.findings)
 
 
 class CrossDatasetComparisonConfig(dg.Config):
@@ -206,12 +205,7 @@ class CrossDatasetComparisonConfig(dg.Config):
     simulator: dict[str, Any] = {}
     save_checkpoints: bool = True
 
-    def to_library(self):
-        from recmodels.post_training.loop import PostTrainConfig
-        from recmodels.training.ranker_training import RankerTrainConfig
-        from recmodels.studies.comparison import ComparisonConfig, method_variants
-        from recmodels.studies.cross_dataset import CrossDatasetConfig
-
+    def to_library(self) -> CrossDatasetConfig:
         comparison = ComparisonConfig(
             pretrain={**self.pretrain, "epochs": self.pretrain_epochs},
             ranker=library_config(RankerTrainConfig, {"epochs": self.ranker_epochs}),
@@ -226,11 +220,8 @@ class CrossDatasetComparisonConfig(dg.Config):
 
 @dg.asset(group_name="studies", kinds={"pytorch", "mlflow"})
 def cross_dataset_comparison(context: dg.AssetExecutionContext, config: CrossDatasetComparisonConfig,
-                             home: RecalignHome, mlflow: MlflowTracking) -> dict:
+                             home: RecalignHome, mlflow: MlflowTracking) -> CrossDatasetComparisonRecord:
     """The same method comparison on MovieLens-100k, MovieLens-1M and the simulator: one summary table."""
-    from recmodels.evaluation.report_output import write_report
-    from recmodels.studies.cross_dataset import run_cross_dataset, summary_table, write_summary
-
     study = config.to_library()
     out = study_dir(home, "cross_dataset", context.run_id)
     with StudyRuns(context, mlflow, out / "checkpoints" if config.save_checkpoints else None) as runs:
@@ -260,8 +251,8 @@ def cross_dataset_comparison(context: dg.AssetExecutionContext, config: CrossDat
            if len(true_table.columns) > 1 else {}),
         **{f"plot_{d}": image(p, f"{d}: NDCG@10 and HR@10 per policy") for d, p in plots.items()},
         "mlflow_model_runs": runs.runs, "summary_md": dg.MetadataValue.path(str(summary["md"]))})
-    return {"study": "cross_dataset", "dir": str(out), **{k: str(v) for k, v in summary.items()},
-            "datasets": list(reports)}
+    return CrossDatasetComparisonRecord(study="cross_dataset", dir=str(out),
+                                        files={k: str(v) for k, v in summary.items()}, datasets=list(reports))
 
 
 STUDY_ASSETS = [robustness_study, cross_dataset_comparison]

@@ -78,24 +78,23 @@ def main() -> None:
         result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
         total = time.perf_counter() - start
         steps = step_wall_times(instance, result.run_id)
-    pretrained = result.output_for_node("pretrained_policy") if result.success else {}
+    pretrained = result.output_for_node("pretrained_policy") if result.success else None
+    evaluation = result.output_for_node("evaluation_report") if result.success else None
     methods = {}
     for variant in VARIANTS if result.success else ():
-        record = result.output_for_node(f"post_trained_{variant}")
-        methods[variant] = {"wall_s": steps.get(f"post_trained_{variant}"), "steps": record.get("steps"),
-                            "optimizer_steps_per_s": record.get("steps_per_s"), "skipped": record.get("skipped")}
+        record = result.output_for_node(f"post_trained_{variant}")  # steps and steps_per_s are None when skipped
+        methods[variant] = {"wall_s": steps.get(f"post_trained_{variant}"), "steps": record.steps,
+                            "optimizer_steps_per_s": record.steps_per_s, "skipped": record.skipped}
     print(json.dumps({
         "source": args.source, "tokenization": args.tokenization, "success": result.success,
         "total_wall_s": round(total, 2),
         "asset_wall_s": steps,
-        "pretrain_sequences_per_s": pretrained.get("sequences_per_s"),
-        "pretrain_epochs": pretrained.get("epochs"),
+        "pretrain_sequences_per_s": pretrained.sequences_per_s if pretrained is not None else None,
+        "pretrain_epochs": pretrained.epochs if pretrained is not None else None,
         "post_training": methods,
-        "report_md": result.output_for_node("evaluation_report")["md"] if result.success else None,
-        "test_accuracy": accuracy_by_protocol(result.output_for_node("evaluation_report")["json"])
-        if result.success else None,
-        "hallucination_rate": result.output_for_node("evaluation_report")["hallucination_rate"]
-        if result.success else None,
+        "report_md": evaluation.md if evaluation is not None else None,
+        "test_accuracy": accuracy_by_protocol(evaluation.json) if evaluation is not None else None,
+        "hallucination_rate": evaluation.hallucination_rate if evaluation is not None else None,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "torch_threads": __import__("torch").get_num_threads(), "cpu_count": os.cpu_count(),
         "python": platform.python_version(),

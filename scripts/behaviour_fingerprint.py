@@ -59,10 +59,12 @@ def chain_fingerprint(tokenization: str, root: Path) -> dict:
         result = dg.materialize([*ALL_ASSETS, *ALL_CHECKS], instance=instance, resources=resources,
                                 run_config=config, raise_on_error=True)
     outputs = {a.key.to_user_string(): result.output_for_node(a.key.to_user_string()) for a in ALL_ASSETS}
-    checkpoints = {name: tensors_digest(record["checkpoint"]) for name, record in sorted(outputs.items())
-                   if isinstance(record, dict) and record.get("checkpoint")}
-    report = json.loads(Path(outputs["evaluation_report"]["json"]).read_text())
-    champion = {k: outputs["champion"][k] for k in ("decision", "champion_version", "challenger_variant", "reasons")}
+    checkpoints = {name: tensors_digest(record.checkpoint) for name, record in sorted(outputs.items())
+                   if getattr(record, "checkpoint", None)}  # the model records (a skipped variant's is None)
+    report = json.loads(Path(outputs["evaluation_report"].json).read_text())
+    decided = outputs["champion"]
+    champion = {"decision": decided.decision, "champion_version": decided.champion_version,
+                "challenger_variant": decided.challenger_variant, "reasons": decided.reasons}
     return {"checkpoints": checkpoints, "report": without_volatile(report), "champion": champion}
 
 

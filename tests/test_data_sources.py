@@ -258,11 +258,11 @@ def test_raw_logs_asset_applies_the_column_mapping_of_its_config(tmp_path):
                                 resources={"home": RecalignHome(root=str(tmp_path / "home"))})
     assert result.success
     record = result.output_for_node("raw_logs")
-    logs = pd.read_parquet(record["logs"])
-    assert record["dataset"] == "mine"
+    logs = pd.read_parquet(record.logs)
+    assert record.dataset == "mine"
     assert logs.columns.tolist()[:4] == ["user_id", "item_id", "timestamp", "rating"]
     assert logs["timestamp"].iloc[0] == DEC_4_1997_155549_UTC
-    assert result.output_for_node("interactions")["n_items"] == 3
+    assert result.output_for_node("interactions").n_items == 3
 
 
 # --- wheel fetching, offline ----------------------------------------------------------------------

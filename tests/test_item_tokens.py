@@ -10,6 +10,7 @@ import pytest
 
 from assets.data import interactions, raw_logs
 from assets.item_tokens import item_tokens, item_tokens_bijection
+from assets.records import ItemTokensRecord
 from assets.resources import RecalignHome
 from recmodels.tokenization import SemanticIdConfig, SemanticIds
 from recmodels.tokenization.quality import bijection_check
@@ -40,17 +41,17 @@ def test_item_tokens_writes_semantic_ids_of_every_item_and_reports_them(material
     tmp, result = materialized
     assert result.success
     record = result.output_for_node("item_tokens")
-    path = Path(record["path"])
+    path = Path(record.path)
     assert path.is_relative_to(tmp / "home" / "datasets") and result.run_id in path.parts and path.suffix == ".npz"
     ids = SemanticIds.load(path)
-    n_items = result.output_for_node("interactions")["n_items"]
-    assert ids.n_items == record["n_items"] == n_items
-    assert record["tuple_length"] == 3 and record["level_sizes"][:2] == [4, 4]
-    assert record["level_sizes"][2] == record["max_disambiguation"] + 1  # 30 items in 16 prefixes: collisions
-    assert record["n_collisions"] >= n_items - 16
+    n_items = result.output_for_node("interactions").n_items
+    assert ids.n_items == record.n_items == n_items
+    assert record.tuple_length == 3 and record.level_sizes[:2] == [4, 4]
+    assert record.level_sizes[2] == record.max_disambiguation + 1  # 30 items in 16 prefixes: collisions
+    assert record.n_collisions >= n_items - 16
     (materialization,) = result.asset_materializations_for_node("item_tokens")
     meta = materialization.metadata
-    assert meta["collisions_resolved"].value == record["n_collisions"] and meta["tuple_length"].value == 3
+    assert meta["collisions_resolved"].value == record.n_collisions and meta["tuple_length"].value == 3
     usage = meta["codebook_usage"].value
     assert usage.count("\n") == 1 + 2 and "codes_used" in usage  # header, rule, one row per level
     assert meta["build_seconds"].value >= 0
@@ -76,8 +77,9 @@ def test_a_broken_mapping_fails_the_blocking_check_naming_the_duplicated_tuple(t
     path = broken_ids().save(tmp_path / "broken.npz")
 
     @dg.asset(name="item_tokens")
-    def broken_item_tokens() -> dict:
-        return {"dataset": "broken", "path": str(path), "n_items": 5}
+    def broken_item_tokens() -> ItemTokensRecord:
+        return ItemTokensRecord(dataset="broken", path=str(path), n_items=5, level_sizes=[2, 2, 2], tuple_length=3,
+                                n_collisions=0, max_disambiguation=1, codebook_usage=[1.0, 1.0], build_seconds=0.0)
 
     @dg.asset(deps=["item_tokens"])
     def downstream() -> int:

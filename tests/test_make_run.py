@@ -71,11 +71,11 @@ def test_summary_of_a_successful_run_names_report_verdict_champion_and_next_comm
         lines, report = summary(instance, run)
     text = "\n".join(lines)
     assert run.run_id == result.run_id and "SUCCESS" in lines[0]
-    assert f"Report: {result.output_for_node('evaluation_report')['md']}" in text
+    assert f"Report: {result.output_for_node('evaluation_report').md}" in text
     assert "history masked" in text and "unmasked (RecBole-comparable)" in text
     assert all(sentence in text for sentence in report["verdict"]) and report["verdict"]
     champion = result.output_for_node("champion")
-    assert f"Champion: v{champion['champion_version']} of models:/recalign-post-trained-policy@champion" in text
+    assert f"Champion: v{champion.champion_version} of models:/recalign-post-trained-policy@champion" in text
     assert "make dev" in text and "make serve" in text
     masked = report["policies"]["pretrained"]["metrics"]["ndcg@10"]["mean"]
     assert exit_code(run, report, floor=None) == (0, None)

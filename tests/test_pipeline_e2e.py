@@ -69,12 +69,15 @@ def test_whole_chain_materializes_with_checks_passing(chain):
 def test_report_holds_every_policy_with_intervals(chain):
     _, result, _ = chain
     record = result.output_for_node("evaluation_report")
-    report = json.loads(Path(record["json"]).read_text())
-    assert Path(record["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    markdown = Path(record["md"]).read_text()
+    report = json.loads(Path(record.json).read_text())
+    assert Path(record.png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    markdown = Path(record.md).read_text()
     for name in ["pretrained", *VARIANTS]:
         assert name in markdown
     assert report["skipped"] == {"ips": "skipped: the logs carry no propensities"}
+    ips = result.output_for_node("post_trained_ips")
+    assert ips.is_skipped and ips.skipped == report["skipped"]["ips"] and ips.model_version is None
+    assert not result.output_for_node("post_trained_sft").is_skipped
     text = json.dumps(report)
     assert "ndcg@10" in text and "hr@10" in text
 
@@ -83,7 +86,7 @@ def test_report_and_mlflow_carry_both_protocols(chain):
     tmp, result, _ = chain
     from mlflow import MlflowClient
 
-    report = json.loads(Path(result.output_for_node("evaluation_report")["json"]).read_text())
+    report = json.loads(Path(result.output_for_node("evaluation_report").json).read_text())
     assert set(report["protocols"]) == {"masked", "unmasked", "split"}
     client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()],
@@ -120,12 +123,12 @@ def test_first_run_promotes_the_best_challenger_on_valid(chain):
     from mlflow import MlflowClient
 
     record = result.output_for_node("champion")
-    assert record["decision"] == "promoted" and record["previous_champion"] is None
+    assert record.decision == "promoted" and record.previous_champion is None
     client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
     champion = client.get_model_version_by_alias(POST_TRAINED_MODEL, "champion")
-    assert str(champion.version) == record["champion_version"] == record["challenger_version"]
+    assert str(champion.version) == record.champion_version == record.challenger_version
     assert client.get_model_version_by_alias(POST_TRAINED_MODEL, "challenger").version == champion.version
-    assert champion.tags["status"] == "champion" and champion.tags["variant"] == record["challenger_variant"]
+    assert champion.tags["status"] == "champion" and champion.tags["variant"] == record.challenger_variant
     post = client.search_model_versions(f"name='{POST_TRAINED_MODEL}'")
     best = max(float(v.tags["valid_ndcg_at_10"]) for v in post)
     assert float(champion.tags["valid_ndcg_at_10"]) == best
@@ -158,7 +161,7 @@ def test_a_challenger_that_fails_a_gate_leaves_the_champion_and_says_why(chain):
     from assets.registry import alias_version, promote, rollback
 
     client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
-    best = first.output_for_node("champion")["champion_version"]
+    best = first.output_for_node("champion").champion_version
     other = next(str(v.version) for v in client.search_model_versions(f"name='{POST_TRAINED_MODEL}'")
                  if str(v.version) != best)
     promote(client, POST_TRAINED_MODEL, other)  # an older champion the best challenger must now beat
@@ -169,7 +172,7 @@ def test_a_challenger_that_fails_a_gate_leaves_the_champion_and_says_why(chain):
     result = dg.materialize([*ALL_ASSETS, *ALL_CHECKS], selection=["champion"], instance=instance, resources=resources,
                             run_config={"ops": {"champion": {"config": impossible}}})
     record = result.output_for_node("champion")
-    assert record["decision"] == "kept" and record["challenger_version"] == best
+    assert record.decision == "kept" and record.challenger_version == best
     assert alias_version(client, POST_TRAINED_MODEL, "champion") == other
     loser = client.get_model_version(POST_TRAINED_MODEL, best).tags
     assert loser["status"] == "rejected" and loser["compared_with_champion"] == other
@@ -220,7 +223,7 @@ def test_simulated_logs_are_evaluated_against_the_oracle(tmp_path):
     with dg.instance_for_test(temp_dir=dagster_dir(tmp_path)) as instance:
         result = dg.materialize([*ALL_ASSETS, *ALL_CHECKS], instance=instance, resources=resources,
                                 run_config=config)
-    report = json.loads(Path(result.output_for_node("evaluation_report")["json"]).read_text())
+    report = json.loads(Path(result.output_for_node("evaluation_report").json).read_text())
     assert report["extra_metrics"] == ["hacking_gap_top10", "true_top1", "true_top10"]
     assert "ips" not in report["skipped"]  # the simulator logs propensities
     best = report["oracle_best_top10_true"]

@@ -74,11 +74,11 @@ def test_downstream_follows_the_semantic_checkpoint(chain):
 
     tokens = result.output_for_node("item_tokens")
     pretrained = result.output_for_node("pretrained_policy")
-    assert pretrained["tokenization"] == "semantic" and pretrained["semantic_ids"] == tokens["path"]
-    assert isinstance(load_policy(pretrained["checkpoint"]), SemanticPolicy)
+    assert pretrained.tokenization == "semantic" and pretrained.semantic_ids == tokens.path
+    assert isinstance(load_policy(pretrained.checkpoint), SemanticPolicy)
     sft = result.output_for_node("post_trained_sft")
-    assert sft["tokenization"] == "semantic" and sft["semantic_ids"] == tokens["path"]
-    assert isinstance(load_policy(sft["checkpoint"]), SemanticPolicy)
+    assert sft.tokenization == "semantic" and sft.semantic_ids == tokens.path and not sft.is_skipped
+    assert isinstance(load_policy(sft.checkpoint), SemanticPolicy)
     client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
     (version,) = client.search_model_versions(f"name='{POLICY_MODEL}'")
     assert version.tags["tokenization"] == "semantic"
@@ -92,16 +92,16 @@ def test_downstream_follows_the_semantic_checkpoint(chain):
 def test_the_report_has_decoding_accuracy_and_hallucination_per_policy(chain):
     _, result = chain
     record = result.output_for_node("evaluation_report")
-    assert record["tokenization"] == "semantic"
-    report = json.loads(Path(record["json"]).read_text())
+    assert record.tokenization == "semantic"
+    report = json.loads(Path(record.json).read_text())
     for name in ("pretrained", "sft"):
         decoding = report["policies"][name]["decoding"]
         assert decoding["tokenization"] == "semantic" and decoding["beam_size"] == 20
-        assert 0.0 <= report["policies"][name]["hallucination_rate"] == record["hallucination_rate"][name] <= 1.0
+        assert 0.0 <= report["policies"][name]["hallucination_rate"] == record.hallucination_rate[name] <= 1.0
         assert decoding["constrained"]["hr@10"] == pytest.approx(report["policies"][name]["metrics"]["hr@10"]["mean"])
     assert [r["policy"] for r in report["hallucination_frontier"]] == ["pretrained"]
-    assert "## Decoding: constrained vs unconstrained" in Path(record["md"]).read_text()
-    assert Path(record["frontier_png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## Decoding: constrained vs unconstrained" in Path(record.md).read_text()
+    assert Path(record.frontier_png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_an_unknown_tokenization_fails_naming_the_choices(tmp_path):

@@ -284,10 +284,10 @@ def test_robustness_study_materializes_with_an_mlflow_experiment_per_data_set(tm
                                 run_config={"ops": {"robustness_study": {"config": config}}})
     assert result.success
     record = result.output_for_node("robustness_study")
-    assert record["pretraining_runs"] == 1
-    table = json.loads(Path(record["table_json"]).read_text())
-    assert len(table) == 4 and Path(record["noise_png"]).read_bytes()[:4] == b"\x89PNG"
-    assert "## Findings" in Path(record["md"]).read_text()
+    assert record.pretraining_runs == 1
+    table = json.loads(Path(record.files["table_json"]).read_text())
+    assert len(table) == 4 and Path(record.files["noise_png"]).read_bytes()[:4] == b"\x89PNG"
+    assert "## Findings" in Path(record.files["md"]).read_text()
     metadata = result.get_asset_materialization_events()[0].materialization.metadata
     assert "Claim 1" in metadata["findings"].value and metadata["mlflow_model_runs"].value == 1 + 2 * 3
 
