@@ -50,14 +50,20 @@ class ItemTokensRecord:
 
 
 @dataclass(frozen=True, kw_only=True)
-class PretrainedPolicyRecord:
-    """`pretrained_policy`: the registered next-item policy and how its training went."""
+class RegisteredModelRecord:
+    """What every trained model asset writes: its checkpoint, the MLflow run and the registry version."""
 
     dataset: str  # the data set's name
-    checkpoint: str  # the policy checkpoint ({state_dict, config})
+    checkpoint: str  # the model's checkpoint ({state_dict, config})
     mlflow_run_id: str  # the MLflow run that trained it
     registered_model: str  # its registered model's name
     model_version: str  # its version in that model
+
+
+@dataclass(frozen=True, kw_only=True)
+class PretrainedPolicyRecord(RegisteredModelRecord):
+    """`pretrained_policy`: the registered next-item policy and how its training went."""
+
     tokenization: str  # "atomic" or "semantic" (recmodels.tokenization.items.TOKENIZATIONS)
     semantic_ids: Optional[str] = None  # the semantic IDs file it reads; None for an atomic policy
     best_epoch: int  # the early-stopping epoch
@@ -71,14 +77,9 @@ class PretrainedPolicyRecord:
 
 
 @dataclass(frozen=True, kw_only=True)
-class RankerRewardModelRecord:
+class RankerRewardModelRecord(RegisteredModelRecord):
     """`ranker_reward_model`: the registered reward regressor and its valid RMSE against naive baselines."""
 
-    dataset: str  # the data set's name
-    checkpoint: str  # the ranker checkpoint ({state_dict, config})
-    mlflow_run_id: str  # the MLflow run that trained it
-    registered_model: str  # its registered model's name
-    model_version: str  # its version in that model
     valid_rmse: float  # the ranker's valid RMSE
     global_mean_rmse: float  # valid RMSE of the global-mean train reward
     item_mean_rmse: float  # valid RMSE of the item-mean train reward
