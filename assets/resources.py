@@ -33,6 +33,13 @@ class RecalignHome(dg.ConfigurableResource):
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def resume_dir(self, dataset: str, context: dg.AssetExecutionContext) -> Path:
+        """Where a training asset keeps its resumable state: under the run's root run, so a re-execution of a
+        failed run (a new run id, the same root run) finds what the killed attempt saved.
+        `<root>/datasets/<dataset>/runs/<root run id>/resume/<asset name>/`."""
+        root_run_id = context.run.root_run_id or context.run_id
+        return self.run_dir(dataset, root_run_id, "resume", context.asset_key.to_user_string().replace("/", "__"))
+
     def dataset_dir(self, dataset: str) -> Path:
         path = Path(self.root, "datasets", dataset)
         path.mkdir(parents=True, exist_ok=True)
