@@ -20,11 +20,13 @@ RUN_CONFIG = $(RECALIGN_HOME)/run_config.yaml
 DEV_PORT ?= 3000
 MLFLOW_PORT ?= 5000
 SERVE_PORT ?= 5001
-POST_TRAINED_MODEL := recalign-post-trained-policy
+# DATASET: the data set whose champion `make champion`, `make rollback` and `make serve` act on (each data set
+# has its own registered post-trained policy; `python -m pipelines.registry_cli datasets` lists them).
+DATASET ?= movielens-100k
 TRACKING_URI = $${MLFLOW_TRACKING_URI:-sqlite:///$(RECALIGN_HOME)/mlflow/mlflow.db}
 SUDO = $$([ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: setup fetch-data run test dev mlflow-ui serve champion rollback chromium ui-check bench \
+.PHONY: setup fetch-data run resume test dev mlflow-ui serve champion rollback chromium ui-check bench \
 	robustness compare-datasets compare-tokenizations clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
@@ -46,6 +48,12 @@ run: setup
 	  --tokenization '$(TOKENIZATION)' --out $(RUN_CONFIG)
 	$(BIN)/dagster job execute -m pipelines.definitions -j full_chain -c $(RUN_CONFIG); status=$$?; \
 	  $(BIN)/python -m pipelines.run_summary || status=1; exit $$status
+
+# A failed (or killed) full_chain run again from where it stopped: finished steps are not recomputed and a
+# killed training step resumes from its last saved state. RUN=<run id> picks the run (default: the latest).
+RUN ?=
+resume: setup
+	$(BIN)/python -m pipelines.reexecute $(RUN); status=$$?; $(BIN)/python -m pipelines.run_summary || status=1; exit $$status
 
 robustness: setup  ## the robustness study on simulated logs (noise grid; pipelines/configs/robustness_study.yaml)
 	$(BIN)/dagster job execute -m pipelines.definitions -j robustness_study_job -c pipelines/configs/robustness_study.yaml
@@ -72,15 +80,16 @@ mlflow-ui: setup  ## MLflow UI on http://127.0.0.1:$(MLFLOW_PORT)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(RECALIGN_HOME)/mlflow/mlflow.db \
 	  --default-artifact-root $(RECALIGN_HOME)/mlflow/artifacts -h 127.0.0.1 -p $(MLFLOW_PORT)
 
-serve: setup  ## serve the champion on http://127.0.0.1:$(SERVE_PORT) (POST /invocations, see README)
+serve: setup  ## serve DATASET's champion on http://127.0.0.1:$(SERVE_PORT) (POST /invocations, see README)
+	uri=$$($(BIN)/python -m pipelines.registry_cli uri --dataset '$(DATASET)') && \
 	PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_TRACKING_URI=$(TRACKING_URI) $(BIN)/mlflow models serve \
-	  -m models:/$(POST_TRAINED_MODEL)@champion --env-manager local -h 127.0.0.1 -p $(SERVE_PORT)
+	  -m "$$uri" --env-manager local -h 127.0.0.1 -p $(SERVE_PORT)
 
-champion: setup  ## which versions are champion and challenger, and the champion history
-	$(BIN)/python -m pipelines.registry_cli status
+champion: setup  ## DATASET's champion and challenger versions, and its champion history
+	$(BIN)/python -m pipelines.registry_cli status --dataset '$(DATASET)'
 
-rollback: setup  ## move the champion alias back to the previous champion
-	$(BIN)/python -m pipelines.registry_cli rollback
+rollback: setup  ## move DATASET's champion alias back to its previous champion
+	$(BIN)/python -m pipelines.registry_cli rollback --dataset '$(DATASET)'
 
 chromium:  ## Debian's chromium for the UI check (installed once)
 	command -v chromium >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }

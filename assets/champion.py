@@ -4,7 +4,10 @@ After the evaluation report, it ranks this run's registered post-trained policie
 split, points the registry alias `challenger` at the best one and compares it with the version
 under `champion` (recmodels/evaluation/promotion.py has the gates). It moves `champion` only when
 every gate passes; otherwise the champion stays and the asset's metadata and the losing version's
-registry tags say why. The registry conventions live in assets/registry.py. Semantic-ID policies are
+registry tags say why. Challenger and champion are versions of the same data set's registered model
+(`recalign-post-trained-policy.<data set>`), and the comparison runs under the model's promotion
+lock, so two concurrent runs judge one after the other. The registry conventions live in
+assets/registry.py. Semantic-ID policies are
 ranked with constrained beam search and their hallucination rate (unconstrained top-10 tuples on
 valid) feeds the `hallucination_rate` gate; atomic policies have rate 0.
 """
@@ -15,11 +18,11 @@ import dagster as dg
 import pandas as pd
 
 from assets.metadata import markdown_table
-from assets.model_runs import POST_TRAINED_MODEL
+from assets.model_runs import POST_TRAINED_MODEL, registered_model_name
 from assets.post_training import post_trained_policies
 from assets.records import ChampionRecord, EvaluationReportRecord, InteractionsRecord, PostTrainedPolicyRecord
-from assets.registry import (CHALLENGER, CHAMPION, alias_version, download_policy_artifacts, promote, reject,
-                             tag_version)
+from assets.registry import (CHALLENGER, CHAMPION, RegistryError, alias_version, download_policy_artifacts,
+                             promote, promotion_lock, reject, tag_version)
 from assets.resources import MlflowTracking, RecalignHome
 from recmodels.data.tables import read_parquet
 from recmodels.evaluation.promotion import GateConfig, best_challenger, decide_promotion, split_metrics
@@ -79,9 +82,9 @@ def valid_metrics_of_challengers(trained: dict[str, PostTrainedPolicyRecord],
     return frames
 
 
-def valid_metrics_of_version(version: str, table: pd.DataFrame, folder) -> pd.DataFrame:
+def valid_metrics_of_version(name: str, version: str, table: pd.DataFrame, folder) -> pd.DataFrame:
     """Per-user valid metrics of a registered policy, read through the catalog it was trained with."""
-    artifacts = download_policy_artifacts(POST_TRAINED_MODEL, version, folder)
+    artifacts = download_policy_artifacts(name, version, folder)
     policy, items = load_policy(artifacts["checkpoint"]), read_parquet(artifacts["catalog"])
     token_of = dict(zip(items["item_id"].astype(str), items["item_idx"].astype(int)))
     return split_metrics(policy, table, policy.cfg.max_len, token_of=token_of,
@@ -101,38 +104,44 @@ def build_champion_asset(upstream: Sequence[dg.AssetsDefinition | dg.AssetChecks
         trained = {r.variant: r for r in post_trained.values() if not r.is_skipped}
         if not trained:
             raise dg.Failure("no post-trained policy was registered in this run: nothing to promote")
-        name, table = POST_TRAINED_MODEL, read_parquet(interactions.table)
+        name = registered_model_name(POST_TRAINED_MODEL, interactions.dataset)
+        table = read_parquet(interactions.table)
         frames = valid_metrics_of_challengers(trained, table)
         best = best_challenger(frames, config.metric)
         version = trained[best].model_version
         client = mlflow.client()
-        client.set_registered_model_alias(name, CHALLENGER, version)
-        metric_tag = "valid_" + config.metric.replace("@", "_at_")
-        for variant, record in trained.items():
-            tag_version(client, name, record.model_version, promotion_run=context.run_id,
-                        **{metric_tag: f"{frames[variant][config.metric].mean():.6f}"},
-                        **({} if variant == best else {"status": "not_selected"}))
-
-        current = alias_version(client, name, CHAMPION)
-        champion_frame = None
-        if current is not None and current != version:
-            folder = home.run_dir(interactions.dataset, context.run_id, "champion", f"v{current}")
-            champion_frame = valid_metrics_of_version(current, table, folder)
-        decision = decide_promotion(frames[best], champion_frame, GateConfig(**config.model_dump()),
-                                    hallucination_rate=frames[best].attrs.get("hallucination_rate"),
-                                    blocking_checks=blocking_check_results(context, known_checks))
-        who = f"v{version} ({best})"
-        if current == version:
-            outcome, summary = "kept", f"**kept**: challenger {who} is already the champion"
-        elif decision.promote:
-            promote(client, name, version, promotion_run=context.run_id)
-            outcome = "promoted"
-            summary = f"**promoted** {who} to `{CHAMPION}`" + (f" (was v{current})" if current else " (first champion)")
-        else:
-            reject(client, name, version, decision.reasons, compared_with_champion=current or "none",
-                   promotion_run=context.run_id)
-            outcome = "kept"
-            summary = f"**kept** champion v{current}; challenger {who} rejected: " + "; ".join(decision.reasons)
+        with promotion_lock(home.lock_dir, name):  # read the champion, judge, move the alias: one run at a time
+            client.set_registered_model_alias(name, CHALLENGER, version)
+            metric_tag = "valid_" + config.metric.replace("@", "_at_")
+            for variant, record in trained.items():
+                tag_version(client, name, record.model_version, promotion_run=context.run_id,
+                            **{metric_tag: f"{frames[variant][config.metric].mean():.6f}"},
+                            **({} if variant == best else {"status": "not_selected"}))
+            current = alias_version(client, name, CHAMPION)
+            champion_frame = None
+            if current is not None and current != version:
+                champion_dataset = client.get_model_version(name, current).tags.get("dataset")
+                if champion_dataset != interactions.dataset:  # never judge against another data set's champion
+                    raise RegistryError(f"{name} v{current} (champion) was trained on data set "
+                                        f"{champion_dataset!r}, not {interactions.dataset!r}: fix its alias")
+                folder = home.run_dir(interactions.dataset, context.run_id, "champion", f"v{current}")
+                champion_frame = valid_metrics_of_version(name, current, table, folder)
+            decision = decide_promotion(frames[best], champion_frame, GateConfig(**config.model_dump()),
+                                        hallucination_rate=frames[best].attrs.get("hallucination_rate"),
+                                        blocking_checks=blocking_check_results(context, known_checks))
+            who = f"v{version} ({best})"
+            if current == version:
+                outcome, summary = "kept", f"**kept**: challenger {who} is already the champion"
+            elif decision.promote:
+                promote(client, name, version, promotion_run=context.run_id)
+                outcome = "promoted"
+                summary = (f"**promoted** {who} to `{CHAMPION}`"
+                           + (f" (was v{current})" if current else " (first champion)"))
+            else:
+                reject(client, name, version, decision.reasons, compared_with_champion=current or "none",
+                       promotion_run=context.run_id)
+                outcome = "kept"
+                summary = f"**kept** champion v{current}; challenger {who} rejected: " + "; ".join(decision.reasons)
         champion_version = alias_version(client, name, CHAMPION)
         gates = pd.DataFrame([{"gate": g.name, "passed": g.passed, "detail": g.detail} for g in decision.gates])
         ranking = pd.DataFrame([{"variant": v, "version": trained[v].model_version,

@@ -24,12 +24,22 @@ from recmodels.storage.checkpoints import save_checkpoint
 # mlflow (~2.5 s to import) and assets.servable_policy, which imports it, are imported where they are used:
 # loading the code location does not import them.
 
+# The three kinds of registered model. Each data set has its own registered model of each kind,
+# `<kind>.<data set>` (registered_model_name), so versions, aliases and the champion history of one
+# data set never mix with another's.
 POLICY_MODEL = "recalign-pretrained-policy"
 RANKER_MODEL = "recalign-ranker"
 POST_TRAINED_MODEL = "recalign-post-trained-policy"
 SERVABLE_CODE = Path(__file__).with_name("servable_policy.py")  # the pyfunc's code file
 LIBRARY_DIR = Path(__file__).resolve().parents[1] / "recmodels"  # shipped inside the model as code
 SERVING_PACKAGES = ("mlflow", "torch", "pandas", "numpy", "pyarrow")
+
+
+def registered_model_name(kind: str, dataset: str) -> str:
+    """The registry name of the `kind` model (POLICY_MODEL, RANKER_MODEL, POST_TRAINED_MODEL) trained on
+    `dataset`: `recalign-post-trained-policy.movielens-100k`. A user file's data set name carries its
+    content digest (recmodels.data.sources), so two different files never share a champion."""
+    return f"{kind}.{dataset}"
 
 
 def library_config(cls: type, overrides: dict[str, Any], **fixed: Any) -> Any:
@@ -61,11 +71,13 @@ def tracked_training(context: dg.AssetExecutionContext, mlflow: MlflowTracking, 
 
 
 def save_and_register(training: TrainingRun, home: RecalignHome, dataset: str, model: Any, config: Any,
-                      filename: str, model_name: str, tags: dict[str, str]) -> dict[str, Any]:
-    """Checkpoint `model`, log it to the open MLflow run, register it; return the registry fields of the
-    asset's record (dataset, checkpoint, mlflow_run_id, registered_model, model_version)."""
+                      filename: str, kind: str, tags: dict[str, str]) -> dict[str, Any]:
+    """Checkpoint `model`, log it to the open MLflow run, register it as a version of the `kind` model of
+    `dataset`; return the registry fields of the asset's record (dataset, checkpoint, mlflow_run_id,
+    registered_model, model_version)."""
     ckpt = save_checkpoint(Path(home.run_dir(dataset, training.context.run_id)) / filename, model, config)
     training.mlflow.log_artifact(ckpt, artifact_path="checkpoint")
+    model_name = registered_model_name(kind, dataset)
     version = training.mlflow.register(training.run, f"checkpoint/{ckpt.name}", model_name,
                                        tags={"dataset": dataset, **tags})
     return {"dataset": dataset, "checkpoint": str(ckpt), "mlflow_run_id": training.run.info.run_id,
@@ -104,12 +116,13 @@ def log_servable_policy(checkpoint: Path, catalog: Path, decoding: dict[str, Any
 
 
 def save_and_register_servable(training: TrainingRun, home: RecalignHome, dataset: str, model: Any, config: Any,
-                               filename: str, catalog: str | Path, model_name: str,
+                               filename: str, catalog: str | Path, kind: str,
                                tags: dict[str, str], semantic_ids: str | Path | None = None) -> dict[str, Any]:
-    """Checkpoint a policy, log it as a servable pyfunc model, register it as a challenger; return the registry
-    fields of the asset's record (those of `save_and_register` and model_uri)."""
+    """Checkpoint a policy, log it as a servable pyfunc model, register it as a challenger of the `kind` model
+    of `dataset`; return the registry fields of the asset's record (those of `save_and_register` and model_uri)."""
     ckpt = save_checkpoint(Path(home.run_dir(dataset, training.context.run_id)) / filename, model, config)
     info = log_servable_policy(ckpt, Path(catalog), semantic_ids=Path(semantic_ids) if semantic_ids else None)
+    model_name = registered_model_name(kind, dataset)
     version = training.mlflow.register_logged_model(
         training.run, info, model_name,
         tags={"dataset": dataset, "status": "challenger", "dagster_run_id": training.context.run_id, **tags})

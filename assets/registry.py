@@ -1,6 +1,9 @@
 """The post-trained policy's registry life: challenger, champion, history and rollback.
 
-All post-trained variants register into one model, `recalign-post-trained-policy`. An MLflow alias
+Each data set has its own registered model, `recalign-post-trained-policy.<data set>`
+(assets.model_runs.registered_model_name), and every post-trained variant of a run on that data
+set registers into it. A challenger is therefore only ever compared with a champion trained on the
+same data set, and a run on one data set never moves another data set's champion. An MLflow alias
 names one version, so:
 - every new version carries the version tag `status=challenger` when it is registered;
 - the `champion` asset points the alias `challenger` at this run's best version on valid, compares
@@ -13,8 +16,11 @@ names one version, so:
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+from filelock import FileLock
 
 # mlflow (~2.5 s to import) is imported where it is used: loading the code location does not import it.
 
@@ -24,8 +30,22 @@ HISTORY_TAG = "champion_history"
 HISTORY_KEPT = 100  # versions kept in the history tag (its value is limited in length)
 
 
+PROMOTION_LOCK_TIMEOUT_S = 600.0
+
+
 class RegistryError(RuntimeError):
     """The registry is not in a state that allows the requested change (e.g. nothing to roll back to)."""
+
+
+@contextmanager
+def promotion_lock(lock_dir: str | Path, name: str, timeout_s: float = PROMOTION_LOCK_TIMEOUT_S) -> Iterator[None]:
+    """One promotion (read the champion, judge the challenger, move the alias) or rollback at a time for the
+    registered model `name`, across the processes that share `lock_dir`: two concurrent `champion` steps
+    cannot both judge against the same old champion and leave the alias on the one that lost."""
+    path = Path(lock_dir, f"{name}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path), timeout=timeout_s):
+        yield
 
 
 def alias_version(client, name: str, alias: str) -> str | None:

@@ -2,13 +2,15 @@
 
 `RECALIGN_HOME` (default `.recalign/` in the project root) holds data, checkpoints and reports;
 MLflow uses `MLFLOW_TRACKING_URI` when set, else a sqlite store under the home, with artifacts in
-`MLFLOW_ARTIFACT_ROOT` or `<home>/mlflow/artifacts`.
+`MLFLOW_ARTIFACT_ROOT` or `<home>/mlflow/artifacts`. The records assets hand each other are stored per
+asset and run under `<home>/asset_outputs/` (assets/io_manager.py).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from assets.io_manager import RunScopedIOManager
 from assets.resources import MlflowTracking, RecalignHome
 
 
@@ -22,4 +24,5 @@ def build_resources() -> dict:
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
     artifact_root = os.environ.get("MLFLOW_ARTIFACT_ROOT", str(home / "mlflow" / "artifacts"))
     return {"home": RecalignHome(root=str(home)),
-            "mlflow": MlflowTracking(tracking_uri=tracking_uri, artifact_root=artifact_root)}
+            "mlflow": MlflowTracking(tracking_uri=tracking_uri, artifact_root=artifact_root),
+            "io_manager": RunScopedIOManager(base_dir=str(home / "asset_outputs"))}

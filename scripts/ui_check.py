@@ -25,10 +25,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from assets.model_runs import POST_TRAINED_MODEL, registered_model_name
 from scripts.local_servers import BIN, HOST, free_port, running, server_env
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = "recalign-post-trained-policy"
+MODEL = registered_model_name(POST_TRAINED_MODEL, "simulator")  # the data set of the small run below
 CHECKS = ("schema", "reward_not_null_and_finite", "reward_in_range", "reward_std_above_floor", "no_duplicate_events")
 TINY_POST_TRAINING = {"steps": 4, "eval_every": 2, "batch_size": 16}
 

@@ -75,7 +75,8 @@ def test_summary_of_a_successful_run_names_report_verdict_champion_and_next_comm
     assert "history masked" in text and "unmasked (RecBole-comparable)" in text
     assert all(sentence in text for sentence in report["verdict"]) and report["verdict"]
     champion = result.output_for_node("champion")
-    assert f"Champion: v{champion.champion_version} of models:/recalign-post-trained-policy@champion" in text
+    assert f"Champion: v{champion.champion_version} of models:/{champion.registered_model}@champion" in text
+    assert champion.registered_model == f"recalign-post-trained-policy.{champion.dataset}"
     assert "make dev" in text and "make serve" in text
     masked = report["policies"]["pretrained"]["metrics"]["ndcg@10"]["mean"]
     assert exit_code(run, report, floor=None) == (0, None)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from assets import ALL_ASSETS, ALL_CHECKS
-from assets.model_runs import POLICY_MODEL, POST_TRAINED_MODEL, RANKER_MODEL
+from assets.model_runs import POLICY_MODEL, POST_TRAINED_MODEL, RANKER_MODEL, registered_model_name
 from assets.resources import MlflowTracking, RecalignHome
 from assets.post_training import VARIANTS
 from tests.synthetic import make_synthetic_logs
@@ -22,6 +22,11 @@ SMALL_MODELS = {
     "ranker_reward_model": {"epochs": 2, "batch_size": 64},
     **{f"post_trained_{v}": {"steps": 4, "eval_every": 2, "batch_size": 16} for v in VARIANTS},
 }
+
+
+def model_name(result, kind: str) -> str:
+    """The registered model of `kind` for the data set the chain of `result` ran on."""
+    return registered_model_name(kind, result.output_for_node("interactions").dataset)
 
 
 def run_config(logs_path: Path) -> dict:
@@ -105,12 +110,12 @@ def test_models_are_registered_with_lineage_tags(chain):
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
-    for name in (POLICY_MODEL, RANKER_MODEL):
-        (version,) = client.search_model_versions(f"name='{name}'")
+    for kind in (POLICY_MODEL, RANKER_MODEL):
+        (version,) = client.search_model_versions(f"name='{model_name(result, kind)}'")
         run = client.get_run(version.run_id)
         assert run.data.tags["dagster_run_id"] == result.run_id
         assert run.data.tags["data_digest"]
-    post = client.search_model_versions(f"name='{POST_TRAINED_MODEL}'")
+    post = client.search_model_versions(f"name='{model_name(result, POST_TRAINED_MODEL)}'")
     assert sorted(v.tags["variant"] for v in post) == sorted(v for v in VARIANTS if v != "ips")
     assert {v.tags["method"] for v in post} == {v.method for v in VARIANTS.values()} - {"ips"}
     assert all(v.source.startswith("models:/m-") for v in post)  # a logged (pyfunc) model, not a bare file
@@ -125,11 +130,14 @@ def test_first_run_promotes_the_best_challenger_on_valid(chain):
     record = result.output_for_node("champion")
     assert record.decision == "promoted" and record.previous_champion is None
     client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
-    champion = client.get_model_version_by_alias(POST_TRAINED_MODEL, "champion")
+    name = model_name(result, POST_TRAINED_MODEL)
+    assert record.registered_model == name and name.endswith("." + record.dataset)
+    champion = client.get_model_version_by_alias(name, "champion")
     assert str(champion.version) == record.champion_version == record.challenger_version
-    assert client.get_model_version_by_alias(POST_TRAINED_MODEL, "challenger").version == champion.version
+    assert client.get_model_version_by_alias(name, "challenger").version == champion.version
     assert champion.tags["status"] == "champion" and champion.tags["variant"] == record.challenger_variant
-    post = client.search_model_versions(f"name='{POST_TRAINED_MODEL}'")
+    assert champion.tags["dataset"] == record.dataset
+    post = client.search_model_versions(f"name='{name}'")
     best = max(float(v.tags["valid_ndcg_at_10"]) for v in post)
     assert float(champion.tags["valid_ndcg_at_10"]) == best
     assert sorted(v.tags["status"] for v in post).count("not_selected") == len(post) - 1
@@ -140,12 +148,12 @@ def test_first_run_promotes_the_best_challenger_on_valid(chain):
 
 
 def test_the_champion_loads_as_pyfunc_and_recommends_original_item_ids(chain):
-    tmp, _, _ = chain
+    tmp, result, _ = chain
     import mlflow.pyfunc
     import pandas as pd
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp / 'mlflow.db'}")
-    model = mlflow.pyfunc.load_model(f"models:/{POST_TRAINED_MODEL}@champion")
+    model = mlflow.pyfunc.load_model(f"models:/{model_name(result, POST_TRAINED_MODEL)}@champion")
     logs = pd.read_parquet(tmp / "logs.parquet")
     history = logs[logs["user_id"] == logs["user_id"].iloc[0]]["item_id"].astype(str).tolist()[:5]
     out = model.predict(pd.DataFrame({"recent_item_ids": [history + ["no-such-item"]], "k": [5]}))
@@ -162,9 +170,10 @@ def test_a_challenger_that_fails_a_gate_leaves_the_champion_and_says_why(chain):
 
     client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
     best = first.output_for_node("champion").champion_version
-    other = next(str(v.version) for v in client.search_model_versions(f"name='{POST_TRAINED_MODEL}'")
+    name = model_name(first, POST_TRAINED_MODEL)
+    other = next(str(v.version) for v in client.search_model_versions(f"name='{name}'")
                  if str(v.version) != best)
-    promote(client, POST_TRAINED_MODEL, other)  # an older champion the best challenger must now beat
+    promote(client, name, other)  # an older champion the best challenger must now beat
     resources = {"home": RecalignHome(root=str(tmp / "home")),
                  "mlflow": MlflowTracking(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}",
                                           artifact_root=str(tmp / "artifacts"))}
@@ -173,14 +182,14 @@ def test_a_challenger_that_fails_a_gate_leaves_the_champion_and_says_why(chain):
                             run_config={"ops": {"champion": {"config": impossible}}})
     record = result.output_for_node("champion")
     assert record.decision == "kept" and record.challenger_version == best
-    assert alias_version(client, POST_TRAINED_MODEL, "champion") == other
-    loser = client.get_model_version(POST_TRAINED_MODEL, best).tags
+    assert alias_version(client, name, "champion") == other
+    loser = client.get_model_version(name, best).tags
     assert loser["status"] == "rejected" and loser["compared_with_champion"] == other
     assert "reward_alignment: reward_weighted_ndcg@10 challenger - champion" in loser["promotion_reasons"]
     (materialization,) = result.asset_materializations_for_node("champion")
     assert materialization.metadata["decision"].value.startswith(f"**kept** champion v{other}")
     assert "6 blocking checks passed" in materialization.metadata["gates"].value  # upstream checks, not re-run
-    assert rollback(client, POST_TRAINED_MODEL) == (other, best)
+    assert rollback(client, name) == (other, best)
 
 
 def test_nan_rewards_block_everything_downstream(tmp_path):

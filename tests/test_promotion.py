@@ -143,9 +143,11 @@ def store(tmp_path_factory):
 
 @pytest.fixture()
 def registry(store, request, tmp_path):
-    """A registered model named after the test with three challenger versions."""
+    """The post-trained policy of a data set named after the test, with three challenger versions."""
+    from assets.model_runs import POST_TRAINED_MODEL, registered_model_name
+
     _, client = store
-    name = request.node.name
+    name = registered_model_name(POST_TRAINED_MODEL, request.node.name)
     client.create_registered_model(name)
     for variant in ("sft", "dpo", "grpo"):
         client.create_model_version(name, source=str(tmp_path), tags={"status": "challenger", "variant": variant})
@@ -175,59 +177,32 @@ def test_promote_reject_and_rollback_move_the_champion_alias(registry):
         rollback(registry, policy)
 
 
-def test_rollback_command_on_the_project_store(registry, store, monkeypatch, capsys):
+def test_registry_commands_act_on_one_data_set(registry, store, monkeypatch, capsys, tmp_path):
     from assets.registry import alias_version, promote
     from pipelines import registry_cli
 
     registry, policy = registry
+    dataset = policy.split(".", 1)[1]
+    other = policy + "-other"  # another data set's model, with a champion history of its own
+    registry.create_registered_model(other)
+    for _ in range(2):
+        registry.create_model_version(other, source=str(tmp_path))
+    promote(registry, other, "1")
+    promote(registry, other, "2")
     promote(registry, policy, "1")
     promote(registry, policy, "3")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store[0])
-    assert registry_cli.main(["rollback", "--model", policy]) == 0
+    monkeypatch.setenv("RECALIGN_HOME", str(tmp_path / "home"))
+    assert registry_cli.main(["rollback", "--dataset", dataset]) == 0
     assert "rolled back from v3 to v1" in capsys.readouterr().out
     assert alias_version(registry, policy, "champion") == "1"
-    assert registry_cli.main(["rollback", "--model", policy]) == 1
+    assert alias_version(registry, other, "champion") == "2"  # the other data set's champion never moved
+    assert registry_cli.main(["rollback", "--dataset", dataset]) == 1
     assert "no previous champion" in capsys.readouterr().err
-
-
-def test_blocking_checks_are_read_from_the_instance_on_the_latest_data(tmp_path):
-    import dagster as dg
-
-    from assets.champion import blocking_check_results
-
-    state = {"ok": True}
-
-    @dg.asset
-    def data():
-        return 1
-
-    @dg.asset_check(asset=data, blocking=True)
-    def data_ok():
-        return dg.AssetCheckResult(passed=state["ok"])
-
-    @dg.asset_check(asset=data)  # a warning, not a gate
-    def data_drift():
-        return dg.AssetCheckResult(passed=False)
-
-    @dg.asset(deps=[data])
-    def gate():
-        pass
-
-    @dg.asset(deps=[gate])
-    def judged(context):
-        return blocking_check_results(context, known=data_ok.check_specs)
-
-    everything = [data, data_ok, data_drift, gate, judged]
-    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
-        first = dg.materialize(everything, instance=instance)
-        assert first.output_for_node("judged") == {"data:data_ok": True}
-        # only `judged` runs: the check is out of its graph and still counts, from the instance
-        alone = dg.materialize(everything, instance=instance, selection=["judged"])
-        assert alone.output_for_node("judged") == {"data:data_ok": True}
-        dg.materialize([data], instance=instance)  # new data, its check not run: stale
-        assert dg.materialize(everything, instance=instance, selection=["judged"]).output_for_node("judged") == {
-            "data:data_ok": False}
-        state["ok"] = False
-        dg.materialize([data, data_ok], instance=instance, raise_on_error=False)  # the check fails on the latest data
-        assert dg.materialize(everything, instance=instance, selection=["judged"]).output_for_node("judged") == {
-            "data:data_ok": False}
+    assert registry_cli.main(["uri", "--dataset", dataset]) == 0
+    assert capsys.readouterr().out.strip() == f"models:/{policy}@champion"
+    assert registry_cli.main(["datasets"]) == 0
+    assert {dataset, dataset + "-other"} <= set(capsys.readouterr().out.split())
+    assert registry_cli.main(["status", "--dataset", "no-such-data"]) == 1
+    err = capsys.readouterr().err
+    assert "data set 'no-such-data'" in err and dataset in err

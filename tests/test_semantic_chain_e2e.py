@@ -12,7 +12,7 @@ import pytest
 from assets.data import interactions, raw_logs
 from assets.evaluation import build_evaluation_report_asset
 from assets.item_tokens import item_tokens, item_tokens_bijection
-from assets.model_runs import POLICY_MODEL, POST_TRAINED_MODEL
+from assets.model_runs import POLICY_MODEL, POST_TRAINED_MODEL, registered_model_name
 from assets.models import pretrained_policy, ranker_reward_model
 from assets.post_training import post_trained_asset
 from assets.resources import MlflowTracking, RecalignHome
@@ -80,12 +80,13 @@ def test_downstream_follows_the_semantic_checkpoint(chain):
     assert sft.tokenization == "semantic" and sft.semantic_ids == tokens.path and not sft.is_skipped
     assert isinstance(load_policy(sft.checkpoint), SemanticPolicy)
     client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
-    (version,) = client.search_model_versions(f"name='{POLICY_MODEL}'")
+    dataset = result.output_for_node("interactions").dataset
+    (version,) = client.search_model_versions(f"name='{registered_model_name(POLICY_MODEL, dataset)}'")
     assert version.tags["tokenization"] == "semantic"
     run = client.get_run(version.run_id)
     assert run.data.params["tokenization"] == "semantic" and "level_sizes" in run.data.params
     assert any(k.startswith("valid_ndcg") for k in run.data.metrics)
-    (post,) = client.search_model_versions(f"name='{POST_TRAINED_MODEL}'")
+    (post,) = client.search_model_versions(f"name='{registered_model_name(POST_TRAINED_MODEL, dataset)}'")
     assert post.tags["tokenization"] == "semantic"
 
 

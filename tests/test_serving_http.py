@@ -1,4 +1,4 @@
-"""`mlflow models serve -m models:/recalign-post-trained-policy@champion` answers real HTTP requests.
+"""`mlflow models serve -m models:/recalign-post-trained-policy.<data set>@champion` answers real HTTP requests.
 
 A tiny policy is registered and promoted in a temporary MLflow sqlite store, then served on
 127.0.0.1 with the project's environment (`--env-manager local`) and queried with item ids.
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from assets.model_runs import POST_TRAINED_MODEL, log_servable_policy
+from assets.model_runs import POST_TRAINED_MODEL, log_servable_policy, registered_model_name
 from assets.registry import promote
 from assets.resources import MlflowTracking
 from recmodels.storage.checkpoints import save_checkpoint
@@ -20,6 +20,7 @@ from scripts.local_servers import HOST, free_port, post_json, running, serve_com
 pytestmark = pytest.mark.integration
 
 ITEM_IDS = [f"tt{i:03d}" for i in range(1, 13)]
+MODEL = registered_model_name(POST_TRAINED_MODEL, "serving")
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +37,8 @@ def store(tmp_path_factory):
     tracking.client()  # points the fluent API at the store
     with mlflow.start_run(experiment_id=tracking.experiment_id("serving")) as run:
         info = log_servable_policy(checkpoint, catalog)
-    version = tracking.register_logged_model(run, info, POST_TRAINED_MODEL, tags={"status": "challenger"})
-    promote(tracking.client(), POST_TRAINED_MODEL, version)
+    version = tracking.register_logged_model(run, info, MODEL, tags={"status": "challenger"})
+    promote(tracking.client(), MODEL, version)
     return tmp, tracking
 
 
@@ -45,7 +46,7 @@ def test_the_champion_answers_over_http(store):
     tmp, tracking = store
     port = free_port()
     env = server_env(MLFLOW_TRACKING_URI=tracking.tracking_uri)
-    with running(serve_command(f"models:/{POST_TRAINED_MODEL}@champion", port), f"http://{HOST}:{port}/ping",
+    with running(serve_command(f"models:/{MODEL}@champion", port), f"http://{HOST}:{port}/ping",
                  tmp / "serve.log", timeout_s=120, env=env) as startup_s:
         status, body = post_json(f"http://{HOST}:{port}/invocations", {"dataframe_records": [
             {"recent_item_ids": ["tt001", "tt002", "not-an-item"], "k": 4},
