@@ -14,6 +14,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import dagster as dg
+from filelock import FileLock
+
+from assets.orphaned_runs import (HOST_TAG, MLFLOW_HOST_TAG, MLFLOW_PID_TAG, close_orphaned_mlflow_runs,
+                                  fail_orphaned_dagster_runs, this_host)
 
 # mlflow (~2.5 s to import) is imported where it is used: loading the code location does not import it.
 
@@ -26,6 +30,11 @@ class RecalignHome(dg.ConfigurableResource):
     @property
     def cache_dir(self) -> Path:
         return Path(self.root) / "cache"
+
+    @property
+    def lock_dir(self) -> Path:
+        """Lock files that serialize work across processes (store creation, promotion)."""
+        return Path(self.root) / "locks"
 
     def run_dir(self, dataset: str, run_id: str, *parts: str) -> Path:
         """`<root>/datasets/<dataset>/runs/<run_id>/<parts...>`, created on demand."""
@@ -51,8 +60,18 @@ def _metric_key(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z_\-. /]", "_", name.replace("@", "_at_"))
 
 
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a `sqlite:///` tracking URI; None for a server or another database."""
+    return Path(tracking_uri[len("sqlite:///"):]) if tracking_uri.startswith("sqlite:///") else None
+
+
 class MlflowTracking(dg.ConfigurableResource):
-    """MLflow tracking store (sqlite by default) with one experiment per data set."""
+    """MLflow tracking store (sqlite by default) with one experiment per data set.
+
+    When a run starts using it (`setup_for_execution`), it creates and migrates a new sqlite store
+    under a file lock (two runs starting together on a new store would both migrate it), tags the
+    Dagster run with its host, and closes the runs whose process died (assets/orphaned_runs.py).
+    """
 
     tracking_uri: str
     artifact_root: str
@@ -64,6 +83,27 @@ class MlflowTracking(dg.ConfigurableResource):
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in the run logs
         mlflow.set_tracking_uri(self.tracking_uri)
         return mlflow.MlflowClient(self.tracking_uri)
+
+    def ensure_store(self) -> None:
+        """Create (and migrate) the tracking store once: concurrent first runs wait for each other."""
+        database = sqlite_path(self.tracking_uri)
+        if database is None:  # a tracking server or a server database migrates itself
+            return
+        database.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(database) + ".lock"):
+            self._client().search_experiments(max_results=1)  # opening the store runs its migrations
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self.ensure_store()
+        instance, run = context.instance, context.dagster_run
+        if instance is None or run is None:
+            return
+        if run.tags.get(HOST_TAG) != this_host():
+            instance.add_run_tags(run.run_id, {HOST_TAG: this_host()})
+        for run_id in fail_orphaned_dagster_runs(instance):
+            context.log.warning(f"Dagster run {run_id}: its process is gone; marked failed")
+        for run_id in close_orphaned_mlflow_runs(self._client(), instance):
+            context.log.warning(f"MLflow run {run_id}: its process or its Dagster run ended; closed as FAILED")
 
     def experiment_id(self, dataset: str) -> str:
         client = self._client()
@@ -83,7 +123,8 @@ class MlflowTracking(dg.ConfigurableResource):
         experiment_id = self.experiment_id(dataset)
         asset_key = context.asset_key.to_user_string()
         tags = {"dagster_run_id": context.run_id, "dagster_asset_key": asset_key,
-                "dataset": dataset, "data_digest": data_digest}
+                "dataset": dataset, "data_digest": data_digest,
+                MLFLOW_HOST_TAG: this_host(), MLFLOW_PID_TAG: str(os.getpid())}
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"{asset_key}-{context.run_id[:8]}",
                               tags=tags) as run:
             mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
