@@ -5,7 +5,7 @@
 `make run` and `make test` run to the end in CI; this covers the others, so a renamed option or a
 moved module fails CI instead of a user:
 - servers (`dev`, `mlflow-ui`, `serve`) must answer their health URL (on free ports of 127.0.0.1);
-- commands (`champion`, `rollback`) run to the end against the store `make run` filled;
+- commands (`champion`, `rollback`, `resume`) run to the end against the store `make run` filled;
 - long jobs (`bench`, `robustness`, `compare-datasets`, `compare-tokenizations`) and the documented
   variants of `make run` (`SOURCE=movielens-1m`, `SOURCE=simulator`, `SOURCE=file LOGS=... COLUMNS=...`,
   `TOKENIZATION=semantic`) must reach a first training step, then are stopped. They run in throw-away
@@ -73,6 +73,11 @@ def targets(logs_csv: Path) -> list[Target]:
         # one `make run` leaves no earlier champion: rollback must refuse, saying so (make exits 2 when its
         # command fails), and move nothing
         Target("rollback", ["rollback"], exit_ok=(0, 2), exit_pattern=r"rolled back|no previous champion"),
+        Target("champion DATASET=movielens-100k", ["champion", "DATASET=movielens-100k"], exit_ok=(0,),
+               exit_pattern=r"model: recalign-post-trained-policy\.movielens-100k"),
+        # `make run` succeeded: there is nothing to re-execute, and resume must say so
+        # (tests/test_crash_recovery.py re-executes a killed run through the same command)
+        Target("resume", ["resume"], exit_ok=(0, 2), exit_pattern=r"re-execution of|only a FAILURE can be re-executed"),
         Target("bench", ["bench"], ready_pattern=STEP_STARTED, own_home=True),
         Target("robustness", ["robustness"], ready_pattern=STEP_STARTED, own_home=True),
         Target("compare-datasets", ["compare-datasets"], ready_pattern=STEP_STARTED, own_home=True),
