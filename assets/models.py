@@ -1,5 +1,9 @@
 """Model assets trained on the interactions: the pretrained policy and the ranker reward model.
 
+The pretrained policy trains crash-safe: it saves a resumable state every `checkpoint_every` epochs under
+the root run's resume folder (`RecalignHome.resume_dir`), so a re-execution of a failed run continues
+from the last save (metadata `resumed_from_epoch`); the state is removed once the asset succeeded.
+
 The pretrained policy's run config picks its tokenization (`recmodels.tokenization.items.TOKENIZATIONS`):
 `atomic` (default, one token per item) or `semantic` (the `item_tokens` semantic IDs, L+1 code tokens
 per item). Everything downstream follows the checkpoint: its config says which policy it is, and the
@@ -16,6 +20,7 @@ from assets.model_runs import (POLICY_MODEL, RANKER_MODEL, library_config, save_
 from assets.records import InteractionsRecord, ItemTokensRecord, PretrainedPolicyRecord, RankerRewardModelRecord
 from assets.resources import MlflowTracking, RecalignHome
 from recmodels.data.tables import read_parquet
+from recmodels.storage.checkpoints import clear_training_state
 from recmodels.tokenization.items import DEFAULT_TOKENIZATION, TOKENIZATIONS, tokenization_class
 from recmodels.training.pretraining import PretrainConfig, pretrain_policy
 from recmodels.training.ranker_training import RankerTrainConfig, train_ranker
@@ -36,9 +41,11 @@ class PretrainAssetConfig(dg.Config):
     n_layers: Optional[int] = None
     n_heads: Optional[int] = None
     dropout: Optional[float] = None
+    checkpoint_every: Optional[int] = None  # epochs between two saves of the resumable training state
 
 
-def _train_policy(settings: dict, interactions: InteractionsRecord, item_tokens: ItemTokensRecord, callback):
+def _train_policy(settings: dict, interactions: InteractionsRecord, item_tokens: ItemTokensRecord, callback,
+                  resume_dir):
     """(result, record fields naming the item-codes file it read, MLflow params) of the chosen tokenization."""
     kind = tokenization_class(settings["tokenization"])
     tokenization = kind.with_codes(kind.load_codes(item_tokens.path))  # reads the semantic IDs, if any codes
@@ -47,7 +54,7 @@ def _train_policy(settings: dict, interactions: InteractionsRecord, item_tokens:
     train_cfg = library_config(PretrainConfig, settings)
     policy_cfg = library_config(kind.config_class, settings, **tokenization.vocabulary(n_items))
     result = pretrain_policy(read_parquet(interactions.table), n_items, policy_cfg, train_cfg, callback=callback,
-                             tokenization=tokenization)
+                             tokenization=tokenization, resume_dir=resume_dir)
     return result, codes_file, {**vars(train_cfg), **vars(policy_cfg)}
 
 
@@ -62,9 +69,14 @@ def pretrained_policy(context: dg.AssetExecutionContext, config: PretrainAssetCo
         raise dg.Failure(f"pretrained_policy config 'tokenization' must be one of {list(TOKENIZATIONS)}, "
                          f"got {settings['tokenization']!r}")
     tokenization = settings["tokenization"]
+    resume_dir = home.resume_dir(interactions.dataset, context)
     with tracked_training(context, mlflow, interactions.dataset, interactions.digest,
                           {"tokenization": tokenization}) as training:
-        result, codes_file, params = _train_policy(settings, interactions, item_tokens, training.callback)
+        result, codes_file, params = _train_policy(settings, interactions, item_tokens, training.callback,
+                                                   resume_dir)
+        if result.resumed_from_epoch is not None:
+            context.log.info(f"resumed pretraining from the state saved after epoch {result.resumed_from_epoch} "
+                             f"in {resume_dir}")
         training.mlflow.log_params(params)
         for artifact_path, path in codes_file.items():  # the item-codes file, beside the checkpoint
             training.mlflow.log_artifact(path, artifact_path=artifact_path)
@@ -79,6 +91,9 @@ def pretrained_policy(context: dg.AssetExecutionContext, config: PretrainAssetCo
                                  "best_epoch": result.best_epoch, "best_valid_ndcg@10": result.best_valid_ndcg10,
                                  "sequences_per_s": record.sequences_per_s,
                                  "history": history_table(result.history)})
+    if result.resumed_from_epoch is not None:
+        context.add_output_metadata({"resumed_from_epoch": result.resumed_from_epoch})
+    clear_training_state(resume_dir)  # the model is stored: a later attempt must not resume this run
     return record
 
 

@@ -7,6 +7,10 @@ Every variant starts from the pretrained weights and gets the same optimizer-ste
 size; its run config may change the learning rate and the method's knobs. A semantic-ID pretrained
 policy (record `tokenization: semantic`) is post-trained with its semantic IDs, and the servable
 model bundles them.
+
+Post-training is crash-safe: it saves a resumable state every `checkpoint_every` steps under the root
+run's resume folder (`RecalignHome.resume_dir`), so a re-execution of a failed run continues from the
+last save (metadata `resumed_from_step`); the state is removed once the asset succeeded.
 """
 from typing import Any, Mapping, Optional
 
@@ -21,6 +25,7 @@ from recmodels.data.tables import read_parquet
 from recmodels.post_training.loop import PostTrainConfig, post_train
 from recmodels.post_training.registry import MethodNotApplicable
 from recmodels.post_training.variants import VARIANTS, Variant
+from recmodels.storage.checkpoints import clear_training_state
 from recmodels.storage.model_io import load_policy, load_ranker
 from recmodels.tokenization.items import load_item_codes, tokenization_class
 
@@ -33,6 +38,7 @@ class PostTrainAssetConfig(dg.Config):
     lr: Optional[float] = None
     eval_every: Optional[int] = None
     seed: Optional[int] = None
+    checkpoint_every: Optional[int] = None  # steps between two saves of the resumable training state
     method_params: dict[str, Any] = {}
 
 
@@ -51,17 +57,23 @@ def post_trained_asset(variant: str, method: str, fixed: dict[str, Any]) -> dg.A
         codes_file = {kind.codes_key: getattr(pretrained_policy, kind.codes_key)} if kind.codes_key else {}
         base = {"dataset": interactions.dataset, "variant": variant, "method": method,
                 "tokenization": kind.name, **codes_file}
+        resume_dir = home.resume_dir(interactions.dataset, context)
         with tracked_training(context, mlflow, interactions.dataset, interactions.digest,
                               {**base, **vars(train_cfg)}) as training:
             try:
                 result = post_train(method, policy, read_parquet(interactions.table), train_cfg,
                                     ranker=load_ranker(ranker_reward_model.checkpoint), callback=training.callback,
                                     reward_spec=RewardSpec(**interactions.reward_spec),
-                                    semantic_ids=load_item_codes(pretrained_policy.item_codes_source()))
+                                    semantic_ids=load_item_codes(pretrained_policy.item_codes_source()),
+                                    resume_dir=resume_dir)
             except MethodNotApplicable as skip:  # e.g. ips on logs without propensities: a result, not an error
                 training.mlflow.set_tag("skipped", str(skip))
                 context.add_output_metadata({"status": dg.MetadataValue.md(f"**{skip}**")})
+                clear_training_state(resume_dir)
                 return PostTrainedPolicyRecord(**base, skipped=str(skip))
+            if result.resumed_from_step is not None:
+                context.log.info(f"resumed {method} from the state saved after step {result.resumed_from_step} "
+                                 f"in {resume_dir}")
             registered = save_and_register_servable(
                 training, home, interactions.dataset, result.policy, policy.cfg, f"post_trained_{variant}.pt",
                 interactions.catalog, POST_TRAINED_MODEL,
@@ -75,6 +87,9 @@ def post_trained_asset(variant: str, method: str, fixed: dict[str, Any]) -> dg.A
                                      "best_step": result.best_step, "best_valid_ndcg@10": result.best_valid_ndcg10,
                                      "steps_per_s": record.steps_per_s,
                                      "history": history_table(result.history)})
+        if result.resumed_from_step is not None:
+            context.add_output_metadata({"resumed_from_step": result.resumed_from_step})
+        clear_training_state(resume_dir)  # the model is stored: a later attempt must not resume this run
         return record
 
     return _asset

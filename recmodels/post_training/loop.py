@@ -10,6 +10,18 @@ The context also holds the one memoized cache of the reference's log-probs that 
 needing pi_ref reads (reference_cache.py), a scratch dict a method keeps across steps (PPO's
 rollouts for its inner epochs) and the tokenization (`recmodels/tokenization/`): atomic item tokens for a
 `GenerativePolicy`, semantic-ID code tuples for a `SemanticPolicy`, so every method runs on both.
+
+Crash safety: with a `resume_dir`, the loop saves a resumable state there (`recmodels.storage.checkpoints`)
+every `checkpoint_every` steps and after the last step, atomically: weights, optimizer, step, the
+position in the shuffled data (the shuffling generator's state at the epoch's start and the batches
+of the epoch already taken), the rollout generator, the global RNG states, the reference cache, the
+valid selection (history, best weights and step) and the telemetry sums. A method's `ctx.memory` is
+not saved: a save waits for a step where every value kept there is `spent` (PPO's rollouts after
+their last inner epoch), so the resumed method rebuilds it exactly as the uninterrupted run would.
+A `post_train` given a `resume_dir` holding a state of the same run (method, knobs, config, data,
+starting weights, ranker) continues from it and ends with the same weights as an uninterrupted run;
+a state of another run is ignored with a warning. Saving draws from no RNG: the numbers are the same
+with or without a `resume_dir`.
 """
 from __future__ import annotations
 
@@ -17,7 +29,9 @@ import copy
 import dataclasses
 import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
@@ -29,6 +43,8 @@ from recmodels.post_training.reference_cache import ReferenceCache
 from recmodels.post_training.registry import PostTrainingMethod, get_method
 from recmodels.tokenization.items import AtomicItems, SemanticItems, kl_to_reference, tokenization_for
 from recmodels.runtime import default_device, seed_everything
+from recmodels.storage.checkpoints import fingerprint, load_training_state, save_training_state, set_rng_state, \
+    training_state_path
 from recmodels.models.semantic_policy import SemanticPolicy
 from recmodels.data.sequences import EvalExamples, TrainingWindows, build_user_sequences, eval_examples, training_windows
 from recmodels.data.rewards import RewardSpec
@@ -50,9 +66,10 @@ class PostTrainConfig:
     stride: int | None = None  # window stride (default max_len)
     grad_clip: float | None = 1.0  # max global gradient norm (None = no clipping)
     method_params: dict = field(default_factory=dict)
+    checkpoint_every: int = 25  # steps between two saves of the resumable state (only with a resume_dir)
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "eval_every", "max_len"):
+        for name in ("steps", "batch_size", "eval_every", "max_len", "checkpoint_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"PostTrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
@@ -72,7 +89,9 @@ class MethodContext:
     device: torch.device
     generator: torch.Generator  # seeded, on `device`: for sampling rollouts
     step: int = 0  # optimizer steps taken so far
-    memory: dict[str, Any] = field(default_factory=dict)  # a method's scratch space kept across steps
+    # a method's scratch space kept across steps; a value with `spent` true may be dropped (resumable saves wait
+    # for every value to be spent, and a resumed run starts with it empty)
+    memory: dict[str, Any] = field(default_factory=dict)
     reference_cache: ReferenceCache | None = None  # memoized pi_ref log-probs (built from `reference` if None)
     tokenization: AtomicItems | SemanticItems = field(default_factory=AtomicItems)  # how items become tokens
     invalid_reward: float = RewardSpec.low  # reward of a generated non-item: the reward spec's lower bound
@@ -92,6 +111,7 @@ class PostTrainResult:
     params: dict = field(default_factory=dict)  # the method's knobs as used
     steps: int = 0  # optimizer steps taken
     train_seconds: float = 0.0  # wall time of those steps (loss, backward, update), evaluations excluded
+    resumed_from_step: int | None = None  # the step of the saved state this run continued from, if any
 
     @property
     def steps_per_s(self) -> float:
@@ -111,15 +131,37 @@ def _map_windows(windows: TrainingWindows, fn) -> TrainingWindows:
                               for f in dataclasses.fields(windows)})
 
 
-def _batches(windows: TrainingWindows, batch_size: int, generator: torch.Generator):
-    """Endless (epoch, batch) stream: each epoch is a fresh seeded permutation of the windows."""
-    epoch = 0
+@dataclass
+class DataPosition:
+    """Where the stream of `_batches` stands: the epoch, how many of its batches went out and the shuffling
+    generator's state before the epoch's permutation (None: the stream has not started)."""
+
+    epoch: int = 0
+    batch: int = 0
+    rng: torch.Tensor | None = None
+
+
+def _batches(windows: TrainingWindows, batch_size: int, generator: torch.Generator,
+             position: DataPosition | None = None):
+    """Endless (epoch, batch) stream: each epoch is a fresh seeded permutation of the windows.
+
+    `position` is kept up to date as batches go out; a stream started from a saved position redraws
+    that epoch's permutation from the saved generator state and skips the batches already taken.
+    """
+    position = position if position is not None else DataPosition()
+    if position.rng is not None:
+        generator.set_state(position.rng)
+    taken = position.batch
     while True:
+        position.rng = generator.get_state()
         order = torch.randperm(len(windows), generator=generator)
-        for s in range(0, len(order), batch_size):
+        for b, s in enumerate(range(0, len(order), batch_size)):
+            if b < taken:
+                continue
+            position.batch = b + 1
             idx = order[s:s + batch_size]
-            yield epoch, _map_windows(windows, lambda t: t[idx])
-        epoch += 1
+            yield position.epoch, _map_windows(windows, lambda t: t[idx])
+        taken, position.epoch, position.batch = 0, position.epoch + 1, 0
 
 
 def _to(batch: TrainingWindows, device: torch.device) -> TrainingWindows:
@@ -155,6 +197,12 @@ class TelemetryMeans:
         self.sums, self.n = {}, 0
         return means
 
+    def state_dict(self) -> dict:
+        return {"sums": self.sums, "n": self.n}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sums, self.n = dict(state["sums"]), state["n"]
+
 
 class ValidSelection:
     """Evaluates the policy on valid (history rows to `callback`) and keeps the best weights after step 0."""
@@ -178,6 +226,42 @@ class ValidSelection:
             self.callback(row)
         if step > 0 and self.best.improved(row["valid_ndcg@10"], self.best_ndcg):
             self.best_step, self.best_ndcg = step, row["valid_ndcg@10"]
+
+    def state_dict(self) -> dict:
+        return {"history": self.history, "best_step": self.best_step, "best_ndcg": self.best_ndcg,
+                "best": self.best.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Take over a saved selection; its history rows go to `callback` again (a new tracking run gets them all)."""
+        self.history = list(state["history"])
+        self.best_step, self.best_ndcg = state["best_step"], state["best_ndcg"]
+        self.best.load_state_dict(state["best"])
+        for row in self.history if self.callback is not None else ():
+            self.callback(row)
+
+
+def _cache_state(cache: ReferenceCache) -> dict:
+    """The reference cache's entries as tensors: keys (history bytes, least recently used first), slots, rows."""
+    keys = list(cache.slot_of)
+    return {"keys": torch.frombuffer(bytearray(b"".join(keys)), dtype=torch.uint8) if keys else None,
+            "key_sizes": torch.tensor([len(k) for k in keys], dtype=torch.int64),
+            "slots": torch.tensor(list(cache.slot_of.values()), dtype=torch.int64),
+            "table": cache.table[:len(keys)] if cache.table is not None else None,  # slots in use are 0..n-1
+            "capacity": cache.table.shape[0] if cache.table is not None else 0,
+            "hits": cache.hits, "misses": cache.misses, "last_hit_rate": cache.last_hit_rate}
+
+
+def _load_cache_state(cache: ReferenceCache, state: dict, device: torch.device) -> None:
+    """Refill a reference cache from `_cache_state`: the same entries in the same slots and LRU order."""
+    if state["table"] is not None:
+        table = state["table"]
+        cache.table = torch.empty(state["capacity"], table.shape[1], dtype=table.dtype, device=device)
+        cache.table[:len(table)] = table.to(device)
+    blob = state["keys"].numpy().tobytes() if state["keys"] is not None else b""
+    ends = state["key_sizes"].cumsum(0).tolist()
+    keys = [blob[start:end] for start, end in zip([0, *ends[:-1]], ends)]
+    cache.slot_of = OrderedDict(zip(keys, state["slots"].tolist()))
+    cache.hits, cache.misses, cache.last_hit_rate = state["hits"], state["misses"], state["last_hit_rate"]
 
 
 def _method_context(spec: PostTrainingMethod, params: Any, pretrained: nn.Module, ranker: nn.Module | None,
@@ -207,33 +291,100 @@ def _optimizer_step(spec: PostTrainingMethod, policy: nn.Module, batch: Training
     return {"loss": loss.item(), **telemetry}
 
 
+@dataclass
+class LoopState:
+    """What `_train` carries from step to step besides the policy, the optimizer and the generators."""
+
+    step: int = 0  # optimizer steps taken
+    seen: int = 0  # training windows consumed
+    train_seconds: float = 0.0
+    position: DataPosition = field(default_factory=DataPosition)
+    telemetry: TelemetryMeans = field(default_factory=TelemetryMeans)
+    resumed_from_step: int | None = None
+
+
+def _memory_spent(memory: dict[str, Any]) -> bool:
+    """Whether every value a method keeps across steps may be dropped (see `MethodContext.memory`)."""
+    return all(getattr(value, "spent", False) for value in memory.values())
+
+
+def _save_state(path: Path, state_key: str, policy: nn.Module, optimizer: torch.optim.Optimizer,
+                config: PostTrainConfig, ctx: MethodContext, selection: ValidSelection, loop: LoopState) -> None:
+    progress = {"step": loop.step, "seen": loop.seen, "train_seconds": loop.train_seconds,
+                "data": dataclasses.asdict(loop.position), "telemetry": loop.telemetry.state_dict(),
+                "selection": selection.state_dict(), "reference_cache": _cache_state(ctx.reference_cache)}
+    save_training_state(path, policy, config, optimizer, {"rollouts": ctx.generator}, progress, state_key)
+
+
+def _resume(saved: dict, policy: nn.Module, optimizer: torch.optim.Optimizer, ctx: MethodContext,
+            selection: ValidSelection) -> LoopState:
+    """Load a saved post-training state into the loop's objects; the loop state to go on from."""
+    progress = saved["progress"]
+    policy.load_state_dict(saved["state_dict"])
+    optimizer.load_state_dict(saved["optimizer"])
+    set_rng_state(saved["rng"], {"rollouts": ctx.generator})
+    _load_cache_state(ctx.reference_cache, progress["reference_cache"], ctx.device)
+    selection.load_state_dict(progress["selection"])
+    loop = LoopState(step=progress["step"], seen=progress["seen"], train_seconds=progress["train_seconds"],
+                     position=DataPosition(**progress["data"]), resumed_from_step=progress["step"])
+    loop.telemetry.load_state_dict(progress["telemetry"])
+    return loop
+
+
 def _train(spec: PostTrainingMethod, policy: nn.Module, windows: TrainingWindows, ctx: MethodContext,
-           config: PostTrainConfig, generator: torch.Generator, selection: ValidSelection) -> tuple[int, float]:
-    """`config.steps` optimizer steps, evaluated every `eval_every` steps and at the last; (steps, train seconds)."""
+           config: PostTrainConfig, generator: torch.Generator, selection: ValidSelection,
+           state_file: Path | None = None, state_key: str = "") -> LoopState:
+    """`config.steps` optimizer steps, evaluated every `eval_every` steps and at the last; the final loop state.
+
+    With `state_file`, a resumable state is saved there (with `state_key` as fingerprint) once at least
+    `checkpoint_every` steps passed since the last save and the method's memory is spent, and after the
+    last step; a state there with the same key is resumed instead of starting at step 0.
+    """
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    selection.evaluate(0, 0.0, {})
-    telemetry = TelemetryMeans()
-    step, seen, train_seconds = 0, 0, 0.0
+    saved = load_training_state(state_file, state_key) if state_file is not None else None
+    if saved is None:
+        selection.evaluate(0, 0.0, {})
+        loop = LoopState()
+    else:
+        loop = _resume(saved, policy, optimizer, ctx, selection)
+    last_save = loop.step
     policy.train()
-    for _, batch in _batches(windows, config.batch_size, generator):
-        if step >= config.steps:
+    for _, batch in _batches(windows, config.batch_size, generator, loop.position):
+        if loop.step >= config.steps:
             break
         started = time.perf_counter()
-        ctx.step = step
-        telemetry.add(_optimizer_step(spec, policy, _to(batch, ctx.device), ctx, optimizer, config.grad_clip))
-        train_seconds += time.perf_counter() - started
-        step += 1
-        seen += len(batch)
-        if step % config.eval_every == 0 or step == config.steps:
-            selection.evaluate(step, seen / len(windows), telemetry.pop_means())
+        ctx.step = loop.step
+        loop.telemetry.add(_optimizer_step(spec, policy, _to(batch, ctx.device), ctx, optimizer, config.grad_clip))
+        loop.train_seconds += time.perf_counter() - started
+        loop.step += 1
+        loop.seen += len(batch)
+        if loop.step % config.eval_every == 0 or loop.step == config.steps:
+            selection.evaluate(loop.step, loop.seen / len(windows), loop.telemetry.pop_means())
             policy.train()
-    return step, train_seconds
+        if state_file is not None and (loop.step == config.steps or (
+                loop.step - last_save >= config.checkpoint_every and _memory_spent(ctx.memory))):
+            _save_state(state_file, state_key, policy, optimizer, config, ctx, selection, loop)
+            last_save = loop.step
+    return loop
+
+
+def post_train_fingerprint(method: str, params: Any, pretrained: nn.Module, ranker: nn.Module | None,
+                           interactions: pd.DataFrame, config: PostTrainConfig, windows: TrainingWindows,
+                           semantic_ids: SemanticIds | None, reward_spec: RewardSpec, device: torch.device) -> str:
+    """What a resumable post-training state must match: the method and its knobs, every knob of the config but
+    `checkpoint_every`, the starting weights, the ranker, the interactions and windows, the semantic IDs,
+    the reward spec and the device type."""
+    knobs = {k: v for k, v in dataclasses.asdict(config).items() if k != "checkpoint_every"}
+    return fingerprint("post_training", method, params.model_dump(), knobs, pretrained.state_dict(),
+                       ranker.state_dict() if ranker is not None else None, interactions, windows,
+                       semantic_ids.codes if semantic_ids is not None else None, reward_spec, device.type)
 
 
 def post_train(method: str, pretrained: GenerativePolicy | SemanticPolicy, interactions: pd.DataFrame,
                config: PostTrainConfig, ranker: nn.Module | None = None,
                callback: Callable[[dict], None] | None = None, device=None,
-               semantic_ids: SemanticIds | None = None, reward_spec: RewardSpec | None = None) -> PostTrainResult:
+               semantic_ids: SemanticIds | None = None, reward_spec: RewardSpec | None = None,
+               resume_dir: str | Path | None = None) -> PostTrainResult:
     """Post-train a copy of `pretrained` with `method` for `config.steps` steps; keep the best valid weights.
 
     The pretrained policy (and the ranker) are never modified. Evaluation rows go to `callback`
@@ -251,6 +402,9 @@ def post_train(method: str, pretrained: GenerativePolicy | SemanticPolicy, inter
     `valid_hallucination_rate`, the share of no-item tuples in an unconstrained beam search
     (beam 10) on ALL the valid examples, and `kl_to_reference` is the KL of the level-0 code
     distributions (see tokenization.SemanticItems).
+
+    With `resume_dir`, a resumable state is saved there every `config.checkpoint_every` steps and a
+    state found there is resumed (see the module docstring); `resumed_from_step` says from which step.
     """
     tokenization = tokenization_for(pretrained, semantic_ids)
     tokenization.check(pretrained, interactions)
@@ -265,11 +419,16 @@ def post_train(method: str, pretrained: GenerativePolicy | SemanticPolicy, inter
     seqs = build_user_sequences(interactions)
     windows = training_windows(seqs, max_len, config.stride)
     valid = eval_examples(seqs, "valid", max_len)
-    ctx = _method_context(spec, params, pretrained, ranker, interactions, config, device, tokenization,
-                          reward_spec or RewardSpec())
+    reward_spec = reward_spec or RewardSpec()
+    ctx = _method_context(spec, params, pretrained, ranker, interactions, config, device, tokenization, reward_spec)
     selection = ValidSelection(policy, ctx.reference, valid, tokenization, device, callback)
-    steps, train_seconds = _train(spec, policy, windows, ctx, config, generator, selection)
+    state_file, state_key = None, ""
+    if resume_dir is not None:
+        state_file = training_state_path(resume_dir)
+        state_key = post_train_fingerprint(method, params, pretrained, ranker, interactions, config, windows,
+                                           semantic_ids, reward_spec, device)
+    loop = _train(spec, policy, windows, ctx, config, generator, selection, state_file, state_key)
     selection.best.restore()
     return PostTrainResult(policy=policy, method=method, history=selection.history, best_step=selection.best_step,
-                           best_valid_ndcg10=selection.best_ndcg, params=_knobs_as_used(spec, ctx), steps=steps,
-                           train_seconds=train_seconds)
+                           best_valid_ndcg10=selection.best_ndcg, params=_knobs_as_used(spec, ctx), steps=loop.step,
+                           train_seconds=loop.train_seconds, resumed_from_step=loop.resumed_from_step)

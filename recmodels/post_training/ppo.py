@@ -17,7 +17,8 @@ Step accounting: each inner epoch is ONE optimizer step of the shared budget, so
 as many optimizer steps as every other method. Every `inner_epochs` steps the method draws fresh
 rollouts on the batch the loop hands it (pi_old = the detached policy of that forward pass, rho = 1);
 the following inner_epochs - 1 steps update again on the same contexts and rollouts (kept in
-`ctx.memory`), and the batches the loop hands in meanwhile are not used. The reference's
+`ctx.memory`; `spent` after the last inner epoch, when a resumable save may drop them), and the
+batches the loop hands in meanwhile are not used. The reference's
 log-probs for those contexts come from the shared cache.
 """
 from __future__ import annotations
@@ -60,7 +61,14 @@ class RolloutBatch:
     logp_old: torch.Tensor  # [N, K] log pi_old(y|x)
     advantages: torch.Tensor  # [N, K]
     telemetry: dict[str, float]
+    inner_epochs: int  # optimizer steps to take on these rollouts
     updates: int = 0  # optimizer steps taken on these rollouts so far
+
+    @property
+    def spent(self) -> bool:
+        """All its inner epochs are done: the next step draws fresh rollouts, so the buffer may be dropped
+        (the training loop saves a resumable state only when every kept buffer is spent)."""
+        return self.updates >= self.inner_epochs
 
 
 def _fresh_rollouts(policy, batch: TrainingWindows, ctx: MethodContext,
@@ -82,14 +90,14 @@ def _fresh_rollouts(policy, batch: TrainingWindows, ctx: MethodContext,
     kept = Rollouts(items=rollouts.items, logp=logp_old, valid=rollouts.valid,
                     first_token_log_probs=rollouts.first_token_log_probs.detach(), tuples=rollouts.tuples)
     buffer = RolloutBatch(contexts=contexts, rollouts=kept, logp_old=logp_old,
-                          advantages=reward - reward.mean(), telemetry=telemetry)
+                          advantages=reward - reward.mean(), telemetry=telemetry, inner_epochs=params.inner_epochs)
     return buffer, rollouts.logp, rollouts.first_token_log_probs, ref.first_token
 
 
 def ppo_loss(policy, batch: TrainingWindows, ctx: MethodContext) -> tuple[torch.Tensor, dict[str, float]]:
     params: PPOParams = ctx.params
     buffer: RolloutBatch | None = ctx.memory.get(BUFFER_KEY)
-    fresh = buffer is None or buffer.updates >= params.inner_epochs
+    fresh = buffer is None or buffer.spent
     if fresh:
         buffer, logp, first_token, ref_first_token = _fresh_rollouts(policy, batch, ctx, params)
         ctx.memory[BUFFER_KEY] = buffer

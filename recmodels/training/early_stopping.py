@@ -12,6 +12,8 @@ class BestWeights:
     `improved(value)` records a check and returns whether it beat the best so far (higher is better
     unless `minimize`); `should_stop` turns true after `patience` checks without improvement;
     `restore()` loads the best weights back (the initial ones if no check ever improved).
+    `state_dict()` / `load_state_dict()` carry the best weights and the stale count through a resumable
+    training state.
     """
 
     def __init__(self, model: nn.Module, patience: int, minimize: bool = False):
@@ -30,6 +32,12 @@ class BestWeights:
     @property
     def should_stop(self) -> bool:
         return self.stale >= self.patience
+
+    def state_dict(self) -> dict:
+        return {"state": self.state, "stale": self.stale}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state, self.stale = state["state"], state["stale"]
 
     def restore(self) -> nn.Module:
         self.model.load_state_dict(self.state)

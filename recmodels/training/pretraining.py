@@ -8,11 +8,19 @@ Model selection follows docs/design.md §5: after each evaluated epoch the polic
 `valid` item (history masked: over the full catalog for atomic tokens, among constrained beams for
 semantic IDs) and training stops when valid NDCG@10 has not improved for `patience` evaluations;
 the best weights are restored.
+
+Crash safety: with a `resume_dir`, the loop saves a resumable state there (weights, optimizer, RNG
+states, epoch, history and early-stopping state; `recmodels.storage.checkpoints`) every
+`checkpoint_every` epochs and when training ends, atomically. A run given a `resume_dir` that holds a
+state saved with the same config, data and tokenization continues from it and ends with the same
+weights as an uninterrupted run; a state from another run is ignored with a warning. Saving draws
+from no RNG, so the numbers are the same with or without a `resume_dir`.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
@@ -22,6 +30,8 @@ import torch.nn.functional as F
 from recmodels.data.sequences import EvalExamples, build_user_sequences, eval_examples, training_windows
 from recmodels.evaluation.metrics import hit_rate, ndcg
 from recmodels.runtime import default_device, seed_everything
+from recmodels.storage.checkpoints import fingerprint, load_training_state, save_training_state, set_rng_state, \
+    training_state_path
 from recmodels.tokenization.items import AtomicItems, ItemTokenization
 from recmodels.training.early_stopping import BestWeights
 
@@ -39,6 +49,7 @@ class PretrainConfig:
     seed: int = 0
     max_len: int | None = None  # window length; None = the policy's max_len (they must agree)
     stride: int | None = None  # step between overlapping windows; None = max_len (no overlap)
+    checkpoint_every: int = 1  # epochs between two saves of the resumable state (only with a resume_dir)
 
 
 @dataclass
@@ -48,6 +59,7 @@ class PretrainResult:
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
     best_valid_ndcg10: float = float("-inf")
+    resumed_from_epoch: int | None = None  # the epoch of the saved state this run continued from, if any
 
 
 def check_interactions(interactions: pd.DataFrame, n_items: int) -> None:
@@ -100,7 +112,7 @@ def _resolve_configs(n_items: int, tokenization: ItemTokenization, policy_config
 
 def check_pretrain_config(config: PretrainConfig) -> None:
     """Raise ValueError naming the field when a resolved PretrainConfig (max_len set) is out of range."""
-    for name in ("epochs", "batch_size", "patience", "eval_every"):
+    for name in ("epochs", "batch_size", "patience", "eval_every", "checkpoint_every"):
         if getattr(config, name) < 1:
             raise ValueError(f"PretrainConfig.{name} must be >= 1, got {getattr(config, name)}")
     if config.stride is not None and not 1 <= config.stride <= config.max_len:
@@ -110,10 +122,12 @@ def check_pretrain_config(config: PretrainConfig) -> None:
 def pretrain_policy(interactions: pd.DataFrame, n_items: int, policy_config: Any = None,
                     config: PretrainConfig | None = None, callback: Callable[[dict], None] | None = None,
                     device: torch.device | str | None = None,
-                    tokenization: ItemTokenization | None = None) -> PretrainResult:
+                    tokenization: ItemTokenization | None = None,
+                    resume_dir: str | Path | None = None) -> PretrainResult:
     """Train the policy of `tokenization` (default: atomic items, a GenerativePolicy) on the train split;
     early-stop on valid NDCG@10, keep the best weights. `policy_config` defaults to the tokenization's
-    vocabulary with the library's knobs."""
+    vocabulary with the library's knobs. With `resume_dir`, a resumable state is saved there every
+    `config.checkpoint_every` epochs, and a state found there is resumed (see the module docstring)."""
     config = config or PretrainConfig()
     tokenization = tokenization or AtomicItems()
     check_interactions(interactions, n_items)
@@ -135,22 +149,47 @@ def pretrain_policy(interactions: pd.DataFrame, n_items: int, policy_config: Any
     def evaluate() -> dict[str, float]:
         return evaluate_valid(policy, valid, device, tokenization)
 
-    return run_epochs(policy, len(windows), batch_loss, evaluate, config, gen, result, callback)
+    state_key = ""
+    if resume_dir is not None:
+        state_key = pretrain_fingerprint(interactions, n_items, policy_config, config, tokenization, tokens,
+                                         targets, device)
+    return run_epochs(policy, len(windows), batch_loss, evaluate, config, gen, result, callback,
+                      resume_dir=resume_dir, state_key=state_key)
+
+
+def pretrain_fingerprint(interactions: pd.DataFrame, n_items: int, policy_config: Any, config: PretrainConfig,
+                         tokenization: ItemTokenization, tokens: torch.Tensor, targets: torch.Tensor,
+                         device: torch.device) -> str:
+    """What a resumable pretraining state must match: every knob but `checkpoint_every`, the policy config, the
+    tokenization, the interactions, the token windows (semantic IDs included) and the device type."""
+    knobs = {k: v for k, v in asdict(config).items() if k != "checkpoint_every"}
+    return fingerprint("pretraining", knobs, n_items, policy_config, type(tokenization).__name__, interactions,
+                       tokens, targets, device.type)
 
 
 def run_epochs(policy: torch.nn.Module, n_windows: int, batch_loss: Callable[[torch.Tensor], torch.Tensor],
                evaluate: Callable[[], dict[str, float]], config: PretrainConfig, generator: torch.Generator,
-               result, callback: Callable[[dict], None] | None = None):
+               result, callback: Callable[[dict], None] | None = None, resume_dir: str | Path | None = None,
+               state_key: str = ""):
     """The epoch loop of pretraining, whatever the tokenization: AdamW over seeded shuffles of the windows.
 
     `batch_loss(idx)` is the loss of the windows `idx`; `evaluate()` returns the valid metrics (with
     `valid_ndcg@10`) every `eval_every` epochs. Early stopping after `patience` evaluations without a
     better valid NDCG@10; the best weights are restored. `result` (history, best_epoch,
-    best_valid_ndcg10) is filled in and returned.
+    best_valid_ndcg10, resumed_from_epoch) is filled in and returned.
+
+    With `resume_dir`, the state is saved to `<resume_dir>/training_state.pt` after every
+    `checkpoint_every`-th epoch and after the last one (early stop included), with `state_key` (the run's
+    fingerprint) as its fingerprint; a state there with the same key is resumed: its history rows go to
+    `callback` first, then training goes on from the epoch after it.
     """
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     best = BestWeights(policy, config.patience)
-    for epoch in range(1, config.epochs + 1):
+    state_file = training_state_path(resume_dir) if resume_dir is not None else None
+    saved = load_training_state(state_file, state_key) if state_file is not None else None
+    first = 1 if saved is None else _resume_epochs(saved, policy, optimizer, generator, best, result, callback,
+                                                    config.epochs)
+    for epoch in range(first, config.epochs + 1):
         start = time.perf_counter()
         policy.train()
         total, n_batches = 0.0, 0
@@ -170,11 +209,35 @@ def run_epochs(policy: torch.nn.Module, n_windows: int, batch_loss: Callable[[to
         result.history.append(row)
         if callback is not None:
             callback(dict(row))
-        if not evaluated:
-            continue
-        if best.improved(row["valid_ndcg@10"], result.best_valid_ndcg10):
-            result.best_valid_ndcg10, result.best_epoch = row["valid_ndcg@10"], epoch
-        elif best.should_stop:
+        stopped = False
+        if evaluated:
+            if best.improved(row["valid_ndcg@10"], result.best_valid_ndcg10):
+                result.best_valid_ndcg10, result.best_epoch = row["valid_ndcg@10"], epoch
+            else:
+                stopped = best.should_stop
+        if state_file is not None and (epoch % config.checkpoint_every == 0 or epoch == config.epochs or stopped):
+            progress = {"epoch": epoch, "stopped": stopped, "history": result.history, "best_epoch": result.best_epoch,
+                        "best_valid_ndcg10": result.best_valid_ndcg10, "best": best.state_dict()}
+            save_training_state(state_file, policy, config, optimizer, {"shuffle": generator}, progress, state_key)
+        if stopped:
             break
     best.restore()
     return result
+
+
+def _resume_epochs(saved: dict, policy: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   generator: torch.Generator, best: BestWeights, result,
+                   callback: Callable[[dict], None] | None, epochs: int) -> int:
+    """Load a saved pretraining state into the loop's objects; return the first epoch still to run (past
+    `epochs` when the saved run had stopped early)."""
+    progress = saved["progress"]
+    policy.load_state_dict(saved["state_dict"])
+    optimizer.load_state_dict(saved["optimizer"])
+    set_rng_state(saved["rng"], {"shuffle": generator})
+    best.load_state_dict(progress["best"])
+    result.history[:] = progress["history"]
+    result.best_epoch, result.best_valid_ndcg10 = progress["best_epoch"], progress["best_valid_ndcg10"]
+    result.resumed_from_epoch = progress["epoch"]
+    for row in result.history if callback is not None else ():
+        callback(dict(row))
+    return epochs + 1 if progress["stopped"] else progress["epoch"] + 1
