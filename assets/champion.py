@@ -43,22 +43,39 @@ class ChampionConfig(dg.Config):
     seed: int = 0
 
 
+def run_lineage(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[str]:
+    """This run's id and those of the runs it re-executes (its parent, the parent's parent...), newest first."""
+    ids = [run.run_id]
+    while run.parent_run_id and (run := instance.get_run_by_id(run.parent_run_id)) is not None:
+        ids.append(run.run_id)
+    return ids
+
+
 def blocking_check_results(context: dg.AssetExecutionContext,
                            known: Sequence[dg.AssetCheckSpec] = ()) -> dict[str, bool]:
-    """`asset:check` -> passed, for every blocking check on an upstream asset, judged on its latest data.
+    """`asset:check` -> passed, for every blocking check on an upstream asset, judged on the data this run uses.
 
     The checks are the blocking ones of `known` (the code location's definitions) and of the run's
     asset graph (a run that materializes only `champion` leaves upstream checks out of its graph).
-    A check that never ran, or last ran on an older materialization than the asset's latest one,
-    counts as not passed.
+    A check evaluated in this run or in a run it re-executes is judged by that evaluation: a run on
+    another data set at the same time never counts. Otherwise (the upstream asset was not part of
+    this run) the latest evaluation counts, and a check that never ran, or last ran on an older
+    materialization than the asset's latest one, counts as not passed.
     """
     graph = context.job_def.asset_layer.asset_graph
     upstream = graph.get_ancestor_asset_keys(context.asset_key)
     known_keys = {spec.key for spec in known if spec.blocking}  # upstream by construction of the champion
     keys = known_keys | {key for key in graph.asset_check_keys if graph.get_check_spec(key).blocking}
+    lineage = set(run_lineage(context.instance, context.run))
     results = {}
     for key in sorted(keys, key=lambda k: (k.asset_key.to_user_string(), k.name)):
         if key not in known_keys and key.asset_key not in upstream:  # a subset run's graph may stop at the parents
+            continue
+        history = context.instance.event_log_storage.get_asset_check_execution_history(key, limit=100)
+        ours = next((r for r in history  # newest first; a planned-only record has no evaluation
+                     if r.run_id in lineage and r.event is not None and r.event.asset_check_evaluation), None)
+        if ours is not None:
+            results[f"{key.asset_key.to_user_string()}:{key.name}"] = ours.event.asset_check_evaluation.passed
             continue
         record = context.instance.get_latest_asset_check_evaluation_record(key)
         evaluation = record.event.asset_check_evaluation if record is not None and record.event else None
