@@ -31,7 +31,11 @@ class RawLogsConfig(dg.Config):
 
 @dg.asset(group_name="data", kinds={"parquet"})
 def raw_logs(context: dg.AssetExecutionContext, config: RawLogsConfig, home: RecalignHome) -> RawLogsRecord:
-    """Raw interaction logs in the raw-log contract (user_id, item_id, timestamp, feedback signals)."""
+    """Raw interaction logs in the raw-log contract (user_id, item_id, timestamp, feedback signals).
+
+    The data set is the source's name, or for a `file` `<file stem>-<first 12 hex characters of the
+    logs' digest>`: different logs under one file name are different data sets. Logs that break the
+    contract fail the asset with a `DataContractError` naming the file, the column and the row."""
     raw = load_raw_logs(config.source, path=config.path, catalog_path=config.catalog_path, cache_dir=home.cache_dir,
                         simulator=config.simulator or None, columns=config.columns or None)
     out = home.run_dir(raw.name, context.run_id)
@@ -58,7 +62,10 @@ class RewardSpecConfig(dg.Config):
 @dg.asset(group_name="data", kinds={"parquet"})
 def interactions(context: dg.AssetExecutionContext, config: RewardSpecConfig, raw_logs: RawLogsRecord,
                  home: RecalignHome) -> InteractionsRecord:
-    """Reward-labeled interactions with a chronological leave-one-out split, and the item catalog."""
+    """Reward-labeled interactions with a chronological leave-one-out split, and the item catalog.
+
+    Users with fewer than 3 events are dropped (they could not be evaluated): the metadata's
+    `dropped_users` / `dropped_events` count them, and logs where nobody is left fail the asset."""
     catalog = read_parquet(raw_logs.catalog) if raw_logs.catalog else None
     raw = RawLogs(raw_logs.dataset, read_parquet(raw_logs.logs), catalog, raw_logs.digest)
     spec = RewardSpec(**config.model_dump())
@@ -68,6 +75,7 @@ def interactions(context: dg.AssetExecutionContext, config: RewardSpecConfig, ra
     splits = table["split"].value_counts().to_dict()
     context.add_output_metadata({
         "users": inter.n_users, "items": inter.n_items, "events": len(table),
+        "dropped_users": inter.dropped_users, "dropped_events": inter.dropped_events,
         **{f"{k}_events": int(v) for k, v in splits.items()},
         "reward_mean": float(table["reward"].mean()), "preview": markdown_table(table, 10)})
     return InteractionsRecord(

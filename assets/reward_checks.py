@@ -1,8 +1,11 @@
-"""Great Expectations checks of the reward distribution, run as Dagster asset checks on `interactions`.
+"""Great Expectations checks of the interactions table, run as Dagster asset checks on `interactions`.
 
-The first five are blocking (docs/design.md §2): when one fails, no downstream asset of the run is
-materialized. Drift (KL of the reward histogram against the last accepted materialization) and the
-positive-reward share only warn. Every check shows its observed values as metadata.
+The six of `BLOCKING_CHECKS` are blocking (docs/design.md §2): schema, reward finite, in range and
+not constant, no duplicate events, every user with train, valid and test events; when one fails, no
+downstream asset of the run is materialized. Drift (KL of the reward histogram against the last
+accepted materialization), the positive-reward share and implausible timestamps (before 1990 or in
+the future) only warn. Every check shows its observed values as metadata; a failed one's description
+names the column and, where there is one, the first offending row.
 """
 
 import json
@@ -23,7 +26,8 @@ from recmodels.data.tables import read_parquet
 )
 def interactions_reward_checks(context: dg.AssetCheckExecutionContext, interactions: InteractionsRecord,
                                home: RecalignHome):
-    """Validate the interactions table with one Great Expectations suite and report each check."""
+    """Validate the interactions table with one Great Expectations suite and report each check (the
+    blocking ones as ERROR, the warnings as WARN)."""
     reference_file = home.dataset_dir(interactions.dataset) / "reference_reward_hist.json"
     reference = json.loads(reference_file.read_text()) if reference_file.exists() else None
     outcomes = reward_checks(read_parquet(interactions.table), RewardSpec(**interactions.reward_spec),

@@ -18,7 +18,7 @@ from assets.resources import RecalignHome
 from recmodels.data.interactions import build_interactions
 from recmodels.data.raw_logs import DataContractError, validate_catalog, validate_raw_logs
 from recmodels.data.rewards import RewardSpec
-from recmodels.data.sources import SOURCES, load_raw_logs
+from recmodels.data.sources import SOURCES, file_dataset_name, load_raw_logs
 from tests.synthetic import make_synthetic_catalog, make_synthetic_logs, write_synthetic_dataset
 
 
@@ -65,8 +65,16 @@ def test_fractional_timestamps_rejected():
 
 def test_non_numeric_rating_rejected_showing_bad_value():
     logs = tiny_logs(rating=["4", "five", "2"])
-    with pytest.raises(DataContractError, match=r"x: column 'rating' must be numeric.*'five'"):
+    with pytest.raises(DataContractError, match=r"x: column 'rating' must be numeric.*row 1 holds 'five'"):
         validate_raw_logs(logs, where="x")
+
+
+@pytest.mark.parametrize("timestamps", [[5, -6, -7], ["1970-01-01", "1969-12-31", "1969-12-30"]])
+def test_negative_timestamps_rejected_naming_column_first_row_and_count(timestamps):
+    with pytest.raises(DataContractError,
+                       match=r"x: column 'timestamp' must hold non-negative seconds.*2 values are negative "
+                             r"\(first at row 1: -[0-9]+\)"):
+        validate_raw_logs(tiny_logs(timestamp=timestamps), where="x")
 
 
 def test_non_numeric_propensity_rejected():
@@ -124,7 +132,7 @@ def test_file_source_reads_every_format_to_the_same_digest(tmp_path, fmt):
     raw = load_raw_logs("file", path=str(path), cache_dir=tmp_path / "cache")
     reference = load_raw_logs("file", path=str(write_synthetic_dataset(tmp_path / "ref", 8, 6, seed=4)[0]),
                               cache_dir=tmp_path / "cache")
-    assert raw.name == "logs" and raw.catalog is None
+    assert raw.name == f"logs-{raw.digest[:12]}" == reference.name and raw.catalog is None
     assert len(raw.logs) == len(logs) and raw.logs["user_id"].iloc[0] == logs["user_id"].iloc[0]
     assert raw.digest == reference.digest and len(raw.digest) == 64
 
@@ -133,6 +141,20 @@ def test_file_source_with_catalog(tmp_path):
     logs_path, catalog_path = write_synthetic_dataset(tmp_path, n_users=5, n_items=7)
     raw = load_raw_logs("file", path=str(logs_path), catalog_path=str(catalog_path), cache_dir=tmp_path)
     pd.testing.assert_frame_equal(raw.catalog, validate_catalog(make_synthetic_catalog(7), "x"))
+
+
+def test_a_file_data_set_is_named_by_its_sanitized_stem_and_its_content(tmp_path):
+    digest = "0123456789abcdef" * 4
+    assert file_dataset_name("/in/logs 2024 (final).csv", digest) == "logs_2024__final_-0123456789ab"
+    assert file_dataset_name("/in/.hidden.tsv", digest) == "hidden-0123456789ab"
+    assert file_dataset_name("/in/été.v1.parquet", digest) == "_t_.v1-0123456789ab"
+    one, other = tmp_path / "a" / "logs.csv", tmp_path / "b" / "logs.csv"
+    for path, seed in ((one, 1), (other, 2)):
+        path.parent.mkdir()
+        make_synthetic_logs(n_users=5, n_items=6, seed=seed).to_csv(path, index=False)
+    first, second = (load_raw_logs("file", path=str(p), cache_dir=tmp_path) for p in (one, other))
+    assert first.name != second.name and first.name.startswith("logs-") and second.name.startswith("logs-")
+    assert load_raw_logs("file", path=str(one), cache_dir=tmp_path).name == first.name  # same content, same name
 
 
 def test_file_source_errors(tmp_path):
@@ -151,6 +173,12 @@ def test_file_source_errors(tmp_path):
     with pytest.raises(DataContractError, match=r"raw logs file .*no_ts\.csv: missing required column 'timestamp'"):
         load_raw_logs("file", path=str(no_ts), cache_dir=tmp_path)
     assert SOURCES == ("movielens-100k", "movielens-1m", "file", "simulator")
+
+
+def test_a_csv_whose_last_row_is_whole_needs_no_final_line_break(tmp_path):
+    path = tmp_path / "logs.csv"
+    path.write_text("user_id,item_id,timestamp,rating\n1,10,5,4\n1,11,6,2\n1,12,7,5")
+    assert load_raw_logs("file", path=str(path), cache_dir=tmp_path).logs["rating"].tolist() == [4, 2, 5]
 
 
 # --- logs as people have them: ISO-8601 timestamps, other column names ---------------------------
@@ -259,7 +287,7 @@ def test_raw_logs_asset_applies_the_column_mapping_of_its_config(tmp_path):
     assert result.success
     record = result.output_for_node("raw_logs")
     logs = pd.read_parquet(record.logs)
-    assert record.dataset == "mine"
+    assert record.dataset == f"mine-{record.digest[:12]}"
     assert logs.columns.tolist()[:4] == ["user_id", "item_id", "timestamp", "rating"]
     assert logs["timestamp"].iloc[0] == DEC_4_1997_155549_UTC
     assert result.output_for_node("interactions").n_items == 3

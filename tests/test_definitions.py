@@ -29,7 +29,8 @@ def test_blocking_checks_guard_interactions_and_item_tokens():
     specs = [graph.get_check_spec(k) for k in graph.asset_check_keys]
     blocking = {(s.asset_key.to_user_string(), s.name) for s in specs if s.blocking}
     assert blocking == {("interactions", name) for name in ("schema", "reward_not_null_and_finite", "reward_in_range",
-                                                            "reward_std_above_floor", "no_duplicate_events")} \
+                                                            "reward_std_above_floor", "no_duplicate_events",
+                                                            "users_have_train_valid_test")} \
         | {("item_tokens", "item_tokens_bijection")}
     assert {s.asset_key.to_user_string() for s in specs} == {"interactions", "item_tokens"}
 

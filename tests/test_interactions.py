@@ -7,6 +7,7 @@ import pytest
 
 from recmodels.data import tables
 from recmodels.data.interactions import build_interactions
+from recmodels.data.raw_logs import DataContractError
 from recmodels.data.rewards import RewardSpec
 from recmodels.data.sources import RawLogs, load_raw_logs
 from recmodels.data.tables import frame_digest, read_parquet, write_parquet
@@ -42,6 +43,26 @@ def test_contiguous_ids_sorted_per_user_and_time():
     assert t["reward"].tolist() == [-1.0, 0.5, 1.0, 0.5, -0.5, 0.0, 1.0]
     assert t["split"].tolist() == ["train", "valid", "test", "train", "train", "valid", "test"]
     assert t["propensity"].tolist() == [0.5, 1.0, 0.3, 0.4, 0.1, 0.2, 0.5]
+
+
+def test_users_with_fewer_than_three_events_are_dropped_and_counted():
+    extra = pd.DataFrame({"user_id": ["7", "7", "8"], "item_id": ["e", "a", "f"], "timestamp": [9, 8, 7],
+                          "rating": [5, 4, 3], "propensity": [0.5, 0.5, 0.5]})
+    raw = hand_raw()
+    raw = RawLogs("hand", pd.concat([extra, raw.logs], ignore_index=True), None, digest="")
+    inter = build_interactions(raw, RewardSpec())
+    assert (inter.dropped_users, inter.dropped_events) == (2, 3)
+    assert (inter.n_users, inter.n_items) == (2, 4)  # items "e" and "f" were logged by dropped users only
+    pd.testing.assert_frame_equal(inter.table, build_interactions(hand_raw(), RewardSpec()).table)
+    assert (inter.table.groupby("user_idx")["split"].value_counts().unstack()[["valid", "test"]] == 1).all().all()
+
+
+def test_logs_where_no_user_has_three_events_are_rejected_naming_the_rule_and_counts():
+    logs = hand_raw().logs.groupby("user_id").head(2)  # 2 users, 4 events
+    with pytest.raises(DataContractError,
+                       match=r"raw logs 'hand': column 'user_id': no user has at least 3 events .*train, valid and "
+                             r"test.*2 users, 4 events"):
+        build_interactions(RawLogs("hand", logs, None, digest=""), RewardSpec())
 
 
 def test_catalog_covers_logged_items_only():

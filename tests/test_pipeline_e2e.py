@@ -143,7 +143,7 @@ def test_first_run_promotes_the_best_challenger_on_valid(chain):
     assert sorted(v.tags["status"] for v in post).count("not_selected") == len(post) - 1
     (materialization,) = result.asset_materializations_for_node("champion")
     gates = materialization.metadata["gates"].value
-    assert "blocking_data_checks | True" in gates and "6 blocking checks passed" in gates  # interactions + item_tokens
+    assert "blocking_data_checks | True" in gates and "7 blocking checks passed" in gates  # interactions + item_tokens
     assert materialization.metadata["decision"].value.startswith("**promoted**")
 
 
@@ -188,7 +188,7 @@ def test_a_challenger_that_fails_a_gate_leaves_the_champion_and_says_why(chain):
     assert "reward_alignment: reward_weighted_ndcg@10 challenger - champion" in loser["promotion_reasons"]
     (materialization,) = result.asset_materializations_for_node("champion")
     assert materialization.metadata["decision"].value.startswith(f"**kept** champion v{other}")
-    assert "6 blocking checks passed" in materialization.metadata["gates"].value  # upstream checks, not re-run
+    assert "7 blocking checks passed" in materialization.metadata["gates"].value  # upstream checks, not re-run
     assert rollback(client, name) == (other, best)
 
 

@@ -1,4 +1,4 @@
-"""Great Expectations reward checks: each fails on a crafted bad table and passes on a good one."""
+"""Great Expectations checks of the interactions table: each fails on a crafted bad table and passes on a good one."""
 from __future__ import annotations
 
 import numpy as np
@@ -18,10 +18,11 @@ def good_table(n_users: int = 20, per_user: int = 6, seed: int = 0) -> pd.DataFr
     return pd.DataFrame({
         "user_idx": np.repeat(np.arange(n_users), per_user).astype(np.int32),
         "item_idx": rng.integers(1, 30, n).astype(np.int32),
-        "timestamp": np.arange(n, dtype=np.int64),
+        "timestamp": 1_600_000_000 + np.arange(n, dtype=np.int64),
         "reward": ((rng.integers(1, 6, n) - 3) / 2).astype(np.float32),
         "rating": rng.integers(1, 6, n),
         "split": pd.Series(split, dtype=str),
+        "user_id": pd.Series([f"u{u:02d}" for u in np.repeat(np.arange(n_users), per_user)], dtype=str),
     })
 
 
@@ -34,7 +35,7 @@ def test_good_table_passes_everything_and_reports_observed_values():
     outcomes = reward_checks(table, SPEC, reference_hist=reward_histogram(table["reward"], -1, 1))
     assert [o.name for o in outcomes] == list(BLOCKING_CHECKS + WARNING_CHECKS)
     assert all(o.passed for o in outcomes), [o.description for o in outcomes if not o.passed]
-    assert [o.blocking for o in outcomes] == [True] * 5 + [False] * 2
+    assert [o.blocking for o in outcomes] == [True] * 6 + [False] * 3
     by = {o.name: o for o in outcomes}
     assert by["reward_std_above_floor"].observed["std"] == pytest.approx(float(table["reward"].std()), rel=1e-4)
     assert by["reward_in_range"].observed["min"] == -1.0 and by["reward_in_range"].observed["max"] == 1.0
@@ -51,6 +52,8 @@ def test_nan_and_inf_rewards_fail_finite_check_with_counts():
     assert not bad.passed and bad.blocking
     assert bad.observed["n_nan"] == 3 and bad.observed["n_inf"] == 2
     assert "column 'reward': 5 values are NaN or infinite" in bad.description
+    assert "first at row 1 (user_id 'u00', item_idx" in bad.description and "labeled from column 'rating'" in bad.description
+    assert bad.observed["first_row"] == 1
     assert not out["reward_in_range"].passed  # inf lies outside any declared range
     assert out["reward_std_above_floor"].passed  # computed over the finite values
 
@@ -68,7 +71,7 @@ def test_out_of_range_reward_fails_naming_range():
     out = run(table)["reward_in_range"]
     assert not out.passed
     assert out.observed["n_out_of_range"] == 2 and out.observed["min"] == -3.0 and out.observed["max"] == 1.5
-    assert "2 values outside [-1.0, 1.0]" in out.description
+    assert "2 values outside [-1.0, 1.0]" in out.description and "first at row 3 (user_id 'u00'" in out.description
 
 
 def test_constant_reward_fails_std_floor():
@@ -85,6 +88,7 @@ def test_duplicate_events_fail():
     assert not out.passed and out.blocking
     assert out.observed["n_duplicates"] == 2 and out.observed["n_rows_involved"] == 4
     assert "2 duplicated events" in out.description
+    assert f"first repeated at row {len(table) - 2} (user_id 'u00'" in out.description
 
 
 def test_schema_fails_on_wrong_types_and_split_values():
@@ -133,6 +137,40 @@ def test_positive_share_outside_band_warns():
     assert not out.passed and not out.blocking and out.observed["positive_share"] == 1.0
     assert "outside the band [0.2, 0.95]" in out.description
     assert run(table)["reward_std_above_floor"].passed  # only a warning: blocking checks pass
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda t: t.drop(index=[10, 11]), "first user_id 'u01' (user_idx 1, first row 6) has 4 train, 0 valid and 0 test"),
+    (lambda t: t.assign(split=t["split"].mask(t.index == 8, "test")),
+     "first user_id 'u01' (user_idx 1, first row 6) has 3 train, 1 valid and 2 test"),
+    (lambda t: t.assign(split=t["split"].mask(t.index.isin([12, 13, 14, 15]), "valid")),
+     "first user_id 'u02' (user_idx 2, first row 12) has 0 train, 5 valid and 1 test"),
+])
+def test_a_user_without_one_valid_one_test_and_some_train_event_fails_naming_the_user(damage, expected):
+    table = damage(good_table()).reset_index(drop=True)
+    out = run(table)["users_have_train_valid_test"]
+    assert not out.passed and out.blocking
+    assert "column 'split': 1 of 20 users lack" in out.description and expected in out.description
+    assert out.observed["n_users_failing"] == 1
+
+
+def test_every_user_with_train_valid_and_test_passes_and_missing_split_cannot_run():
+    out = run(good_table())["users_have_train_valid_test"]
+    assert out.passed and out.observed["n_users"] == 20
+    missing = run(good_table().drop(columns=["split"]))["users_have_train_valid_test"]
+    assert not missing.passed and "could not run: columns ['split'] are missing" in missing.description
+
+
+def test_timestamps_before_1990_or_in_the_future_only_warn_naming_the_first_row():
+    table = good_table()
+    table.loc[[4, 9], "timestamp"] = [86_400, 2_000_000_000]
+    out = run(table, now=1_700_000_000)["timestamps_plausible"]
+    assert not out.passed and not out.blocking
+    assert out.observed["n_before_1990"] == 1 and out.observed["n_in_the_future"] == 1
+    assert "column 'timestamp': 1 values before 1990-01-01 and 1 after now (2023-11-14T22:13:20 UTC)" in out.description
+    assert "first at row 4 (user_id 'u00', item_idx" in out.description
+    assert run(good_table(), now=1_700_000_000)["timestamps_plausible"].passed
+    assert not run(good_table(), now=1_500_000_000)["timestamps_plausible"].passed  # every event after "now"
 
 
 def test_reward_histogram_hand_case():

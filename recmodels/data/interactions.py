@@ -4,6 +4,11 @@ Contract (docs/design.md §2): sorted by user then time, `user_idx` int32 0..U-1
 1..n_items (0 is padding), `timestamp` int64, `reward` float32, the raw feedback signals,
 `propensity` when logged, `split` in {train, valid, test}, plus the original `user_id` /
 `item_id` strings. The catalog has one row per logged item, in `item_idx` order.
+
+Users with fewer than `MIN_EVENTS_FOR_HOLDOUT` (3) events are dropped before ids are assigned (so
+`user_idx` and `item_idx` stay contiguous, and an item only they logged is not in the vocabulary);
+`Interactions.dropped_users` / `dropped_events` count them. Logs where no user is left raise
+`DataContractError`.
 """
 from __future__ import annotations
 
@@ -12,18 +17,22 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from recmodels.data.raw_logs import FEEDBACK_SIGNALS, validate_catalog, validate_raw_logs
+from recmodels.data.raw_logs import FEEDBACK_SIGNALS, DataContractError, validate_catalog, validate_raw_logs
 from recmodels.data.rewards import RewardSpec, label_rewards
 from recmodels.data.sources import RawLogs
-from recmodels.data.splitting import leave_one_out_split
+from recmodels.data.splitting import MIN_EVENTS_FOR_HOLDOUT, drop_short_histories, leave_one_out_split
 
 
 @dataclass
 class Interactions:
+    """The interactions table, its catalog, their sizes, and what the short-history rule dropped."""
+
     table: pd.DataFrame
     catalog: pd.DataFrame  # item_idx, item_id, title, genres, year (+ other catalog features)
     n_users: int
     n_items: int
+    dropped_users: int = 0  # users with fewer than MIN_EVENTS_FOR_HOLDOUT events, left out
+    dropped_events: int = 0  # their events
 
 
 def sorted_ids(ids: pd.Series) -> np.ndarray:
@@ -40,8 +49,15 @@ def _codes(ids: pd.Series, vocabulary: np.ndarray) -> np.ndarray:
 
 
 def build_interactions(raw: RawLogs, spec: RewardSpec) -> Interactions:
-    """Label rewards, map ids to contiguous ints, split chronologically, align the catalog."""
-    logs = validate_raw_logs(raw.logs, where=f"raw logs {raw.name!r}")
+    """Drop users with fewer than 3 events, label rewards, map ids to contiguous ints, split
+    chronologically, align the catalog. Raises `DataContractError` when no user has 3 events."""
+    where = f"raw logs {raw.name!r}"
+    logs, short = drop_short_histories(validate_raw_logs(raw.logs, where=where), user_col="user_id")
+    if short.kept_users == 0:
+        raise DataContractError(
+            f"{where}: column 'user_id': no user has at least {MIN_EVENTS_FOR_HOLDOUT} events (one each for "
+            f"train, valid and test), so every user was dropped: {short.users} users, {short.events} events "
+            f"(e.g. user {short.example!r})")
     users, items = sorted_ids(logs["user_id"]), sorted_ids(logs["item_id"])
     columns = {
         "user_idx": _codes(logs["user_id"], users).astype(np.int32),
@@ -59,8 +75,8 @@ def build_interactions(raw: RawLogs, spec: RewardSpec) -> Interactions:
     table = table[order + ["split", "user_id", "item_id"]]
     for name in ("user_id", "item_id"):
         table[name] = table[name].astype(str)
-    return Interactions(table=table, catalog=_align_catalog(raw, items),
-                        n_users=len(users), n_items=len(items))
+    return Interactions(table=table, catalog=_align_catalog(raw, items), n_users=len(users), n_items=len(items),
+                        dropped_users=short.users, dropped_events=short.events)
 
 
 def _align_catalog(raw: RawLogs, items: np.ndarray) -> pd.DataFrame:

@@ -8,7 +8,12 @@ signal and optionally `propensity`. The item catalog holds `item_id`, `title` an
 strings (`1997-12-04 15:55:49`, `1997-12-04T15:55:49Z`, `1997-12-04T17:55:49+02:00`, `1997-12-04`).
 Zone-aware datetimes and strings are converted to UTC; naive ones are taken as UTC, also when a
 column mixes both. Every form is normalized to int64 seconds since the epoch (fractions of a second
-are dropped).
+are dropped); a time before the epoch (a negative value) breaks the contract. Implausible but
+non-negative times (before 1990, or in the future) are only warned about, by a check on the
+interactions table (`recmodels.data.quality`).
+
+Messages name the file or source, the column and, where there is one, the first offending row:
+`row N` counts the data rows from 0 (the header is not a row).
 
 A file whose columns have other names is mapped onto the contract with `rename_to_contract`
 (`{"movie_id": "item_id", "ts": "timestamp"}`), before validation.
@@ -97,14 +102,28 @@ def _timestamps_as_seconds(col: pd.Series, where: str) -> pd.Series:
         f"got dtype {col.dtype} (e.g. {_example(col)})")
 
 
+def _require_non_negative_timestamps(col: pd.Series, where: str) -> None:
+    """Seconds since the epoch must not be negative (a time before 1970-01-01 is no logged event)."""
+    negative = col.to_numpy() < 0
+    if negative.any():
+        row = int(np.flatnonzero(negative)[0])
+        raise DataContractError(
+            f"{where}: column {col.name!r} must hold non-negative seconds since 1970-01-01; "
+            f"{int(negative.sum())} values are negative (first at row {row}: {int(col.iloc[row])})")
+
+
 def _require_numeric(col: pd.Series, where: str) -> None:
     if pd.api.types.is_numeric_dtype(col):
         return
     coerced = pd.to_numeric(col, errors="coerce")
-    bad = col[coerced.isna() & col.notna()]
+    bad = (coerced.isna() & col.notna()).to_numpy()
+    if not bad.any():  # every value reads as a number, but the column holds them as text
+        raise DataContractError(
+            f"{where}: column {col.name!r} must be numeric, got dtype {col.dtype} (e.g. {_example(col)})")
+    row = int(np.flatnonzero(bad)[0])
     raise DataContractError(
-        f"{where}: column {col.name!r} must be numeric, got dtype {col.dtype} "
-        f"(e.g. {_example(bad if len(bad) else col)})")
+        f"{where}: column {col.name!r} must be numeric, got dtype {col.dtype}; row {row} holds "
+        f"{_example(col.iloc[[row]])} ({int(bad.sum())} non-numeric values in all)")
 
 
 def _check_column_mapping(columns: dict[str, str], present: list, where: str) -> None:
@@ -143,14 +162,15 @@ def rename_to_contract(df: pd.DataFrame, columns: dict[str, str] | None, where: 
 def validate_raw_logs(df: pd.DataFrame, where: str) -> pd.DataFrame:
     """Check `df` against the raw-log contract and return a normalized copy.
 
-    Normalized: `user_id` / `item_id` as str, `timestamp` as int64 seconds, a fresh RangeIndex
-    (row order is kept: it breaks timestamp ties later). NaN / inf in a signal and duplicate
-    events are left for the reward checks on the interactions table.
+    Normalized: `user_id` / `item_id` as str, `timestamp` as int64 seconds (never negative), a
+    fresh RangeIndex (row order is kept: it breaks timestamp ties later). NaN / inf in a signal,
+    duplicate events and users with too few events are left for the interactions table and its
+    blocking checks.
     """
     if not isinstance(df, pd.DataFrame):
         raise DataContractError(f"{where}: raw logs must be a pandas DataFrame, got {type(df).__name__}")
     if len(df) == 0:
-        raise DataContractError(f"{where}: raw logs are empty (0 rows)")
+        raise DataContractError(f"{where}: raw logs are empty (0 rows; columns present: {list(df.columns)})")
     for name in REQUIRED_COLUMNS:
         if name not in df.columns:
             raise DataContractError(
@@ -164,6 +184,7 @@ def validate_raw_logs(df: pd.DataFrame, where: str) -> pd.DataFrame:
     out = out.assign(user_id=_ids_as_str(out["user_id"], where),
                      item_id=_ids_as_str(out["item_id"], where),
                      timestamp=_timestamps_as_seconds(out["timestamp"], where))
+    _require_non_negative_timestamps(out["timestamp"], where)
     for name in signals:
         _require_numeric(out[name], where)
     if "propensity" in out.columns:
