@@ -29,7 +29,6 @@ import copy
 import dataclasses
 import math
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -240,30 +239,6 @@ class ValidSelection:
             self.callback(row)
 
 
-def _cache_state(cache: ReferenceCache) -> dict:
-    """The reference cache's entries as tensors: keys (history bytes, least recently used first), slots, rows."""
-    keys = list(cache.slot_of)
-    return {"keys": torch.frombuffer(bytearray(b"".join(keys)), dtype=torch.uint8) if keys else None,
-            "key_sizes": torch.tensor([len(k) for k in keys], dtype=torch.int64),
-            "slots": torch.tensor(list(cache.slot_of.values()), dtype=torch.int64),
-            "table": cache.table[:len(keys)] if cache.table is not None else None,  # slots in use are 0..n-1
-            "capacity": cache.table.shape[0] if cache.table is not None else 0,
-            "hits": cache.hits, "misses": cache.misses, "last_hit_rate": cache.last_hit_rate}
-
-
-def _load_cache_state(cache: ReferenceCache, state: dict, device: torch.device) -> None:
-    """Refill a reference cache from `_cache_state`: the same entries in the same slots and LRU order."""
-    if state["table"] is not None:
-        table = state["table"]
-        cache.table = torch.empty(state["capacity"], table.shape[1], dtype=table.dtype, device=device)
-        cache.table[:len(table)] = table.to(device)
-    blob = state["keys"].numpy().tobytes() if state["keys"] is not None else b""
-    ends = state["key_sizes"].cumsum(0).tolist()
-    keys = [blob[start:end] for start, end in zip([0, *ends[:-1]], ends)]
-    cache.slot_of = OrderedDict(zip(keys, state["slots"].tolist()))
-    cache.hits, cache.misses, cache.last_hit_rate = state["hits"], state["misses"], state["last_hit_rate"]
-
-
 def _method_context(spec: PostTrainingMethod, params: Any, pretrained: nn.Module, ranker: nn.Module | None,
                     interactions: pd.DataFrame, config: PostTrainConfig, device: torch.device,
                     tokenization: AtomicItems | SemanticItems, reward_spec: RewardSpec) -> MethodContext:
@@ -312,7 +287,7 @@ def _save_state(path: Path, state_key: str, policy: nn.Module, optimizer: torch.
                 config: PostTrainConfig, ctx: MethodContext, selection: ValidSelection, loop: LoopState) -> None:
     progress = {"step": loop.step, "seen": loop.seen, "train_seconds": loop.train_seconds,
                 "data": dataclasses.asdict(loop.position), "telemetry": loop.telemetry.state_dict(),
-                "selection": selection.state_dict(), "reference_cache": _cache_state(ctx.reference_cache)}
+                "selection": selection.state_dict(), "reference_cache": ctx.reference_cache.state_dict()}
     save_training_state(path, policy, config, optimizer, {"rollouts": ctx.generator}, progress, state_key)
 
 
@@ -323,7 +298,7 @@ def _resume(saved: dict, policy: nn.Module, optimizer: torch.optim.Optimizer, ct
     policy.load_state_dict(saved["state_dict"])
     optimizer.load_state_dict(saved["optimizer"])
     set_rng_state(saved["rng"], {"rollouts": ctx.generator})
-    _load_cache_state(ctx.reference_cache, progress["reference_cache"], ctx.device)
+    ctx.reference_cache.load_state_dict(progress["reference_cache"], ctx.device)
     selection.load_state_dict(progress["selection"])
     loop = LoopState(step=progress["step"], seen=progress["seen"], train_seconds=progress["train_seconds"],
                      position=DataPosition(**progress["data"]), resumed_from_step=progress["step"])

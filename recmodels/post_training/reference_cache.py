@@ -36,6 +36,29 @@ class ReferenceCache:
     def __len__(self) -> int:
         return len(self.slot_of)
 
+    def state_dict(self) -> dict:
+        """The entries as tensors, for a resumable training state: keys (history bytes, least recently used
+        first), their slots, the rows in use and the counters."""
+        keys = list(self.slot_of)
+        return {"keys": torch.frombuffer(bytearray(b"".join(keys)), dtype=torch.uint8) if keys else None,
+                "key_sizes": torch.tensor([len(k) for k in keys], dtype=torch.int64),
+                "slots": torch.tensor(list(self.slot_of.values()), dtype=torch.int64),
+                "table": self.table[:len(keys)] if self.table is not None else None,  # slots in use are 0..n-1
+                "capacity": self.table.shape[0] if self.table is not None else 0,
+                "hits": self.hits, "misses": self.misses, "last_hit_rate": self.last_hit_rate}
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        """Refill from `state_dict()`: the same entries in the same slots and LRU order."""
+        if state["table"] is not None:
+            table = state["table"]
+            self.table = torch.empty(state["capacity"], table.shape[1], dtype=table.dtype, device=device)
+            self.table[:len(table)] = table.to(device)
+        blob = state["keys"].numpy().tobytes() if state["keys"] is not None else b""
+        ends = state["key_sizes"].cumsum(0).tolist()
+        keys = [blob[start:end] for start, end in zip([0, *ends[:-1]], ends)]
+        self.slot_of = OrderedDict(zip(keys, state["slots"].tolist()))
+        self.hits, self.misses, self.last_hit_rate = state["hits"], state["misses"], state["last_hit_rate"]
+
     def _allocate(self, vocab_size: int, device: torch.device) -> None:
         slots = max(1, int(self.max_mib * 2**20 // (4 * vocab_size)))
         self.table = torch.empty(slots, vocab_size, dtype=torch.float32, device=device)

@@ -19,7 +19,19 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
     try:
         write(tmp)
         os.replace(tmp, path)
+        _fsync_dir(path.parent)  # the rename itself survives a power cut
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a platform without directory handles
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
