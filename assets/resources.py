@@ -74,7 +74,9 @@ class MlflowTracking(dg.ConfigurableResource):
     """
 
     tracking_uri: str
-    artifact_root: str
+    # where new experiments keep their artifacts (a folder or a URI), one sub-folder per data set; None leaves
+    # it to the store: a tracking server's default (`mlflow-artifacts:/`, uploaded and downloaded over HTTP)
+    artifact_root: str | None = None
     experiment_prefix: str = "recalign"
 
     def _client(self):
@@ -105,14 +107,22 @@ class MlflowTracking(dg.ConfigurableResource):
         for run_id in close_orphaned_mlflow_runs(self._client(), instance):
             context.log.warning(f"MLflow run {run_id}: its process or its Dagster run ended; closed as FAILED")
 
+    def artifact_location(self, dataset: str) -> str | None:
+        """The artifact location of a new experiment for `dataset`: `<artifact_root>/<dataset>` (a local folder
+        as a `file://` URI), or None (the store's default) when there is no artifact root."""
+        if self.artifact_root is None:
+            return None
+        if re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", self.artifact_root):  # a URI: s3://..., mlflow-artifacts:/...
+            return f"{self.artifact_root.rstrip('/')}/{dataset}"
+        return Path(self.artifact_root, dataset).resolve().as_uri()
+
     def experiment_id(self, dataset: str) -> str:
         client = self._client()
         name = f"{self.experiment_prefix}/{dataset}"
         exp = client.get_experiment_by_name(name)
         if exp is not None:
             return exp.experiment_id
-        location = Path(self.artifact_root, dataset).resolve().as_uri()
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=self.artifact_location(dataset))
 
     @contextmanager
     def start_run(self, context: dg.AssetExecutionContext, dataset: str, data_digest: str,
