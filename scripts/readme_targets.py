@@ -46,6 +46,15 @@ class Target:
     own_home: bool = False  # run in a throw-away home (jobs that are stopped half way)
     timeout_s: float = 240
     env: dict[str, str] = field(default_factory=dict)
+    services: bool = False  # needs `make services` up: checked with --services only
+
+    @property
+    def command(self) -> str:
+        """The command line as the README writes it."""
+        return "".join(f"{k}={v} " for k, v in self.env.items()) + "make " + " ".join(self.args)
+
+
+SERVICES = {"RECALIGN_PROFILE": "services"}
 
 
 def file_logs(path: Path, cache_dir: Path, n_users: int = 150) -> Path:
@@ -87,6 +96,12 @@ def targets(logs_csv: Path) -> list[Target]:
         Target("run SOURCE=simulator", ["run", "SOURCE=simulator"], ready_pattern=FIRST_TRAINING_STEP, own_home=True),
         Target("run SOURCE=file", ["run", "SOURCE=file", f"LOGS={logs_csv}", "COLUMNS=uid=user_id,movie_id=item_id,ts=timestamp"],
                ready_pattern=FIRST_TRAINING_STEP, own_home=True),
+        Target("services run", ["run"], env=SERVICES, services=True,
+               ready_pattern=FIRST_TRAINING_STEP, own_home=True),
+        Target("services dev", ["dev"], env=SERVICES, services=True,
+               health_path="/server_info", port_var="DEV_PORT", timeout_s=180),
+        Target("services profile-env", ["-s", "profile-env"], env=SERVICES, services=True,
+               exit_ok=(0,), exit_pattern=r"MLFLOW_TRACKING_URI=http://127\.0\.0\.1:\d+"),
         Target("run TOKENIZATION=semantic", ["run", "TOKENIZATION=semantic"], ready_pattern=FIRST_TRAINING_STEP,
                own_home=True),
     ]
@@ -145,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.readme_targets", description=__doc__.splitlines()[0])
     parser.add_argument("--home", type=Path, default=ROOT / ".recalign", help="the home `make run` filled")
     parser.add_argument("--only", nargs="*", help="target names to check (default: all)")
+    parser.add_argument("--services", action="store_true",
+                        help="check the services-profile targets instead (after `make services`)")
     args = parser.parse_args(argv)
     home = args.home.resolve()
     cache_dir = home / "cache"
@@ -153,14 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     logs_csv = file_logs(logs_dir / "my_logs.csv", cache_dir)
     failed = []
     for target in targets(logs_csv):
-        if args.only and target.name not in args.only:
+        if (args.only and target.name not in args.only) or target.services != args.services:
             continue
         start = time.monotonic()
         try:
-            print(f"ok   make {' '.join(target.args)}: {check(target, home, cache_dir, logs_dir)}", flush=True)
+            print(f"ok   {target.command}: {check(target, home, cache_dir, logs_dir)}", flush=True)
         except Exception as exc:  # report every target, then fail
             failed.append(target.name)
-            print(f"FAIL make {' '.join(target.args)} ({time.monotonic() - start:.0f} s): {exc}", flush=True)
+            print(f"FAIL {target.command} ({time.monotonic() - start:.0f} s): {exc}", flush=True)
     print(f"{len(failed)} of the README's make targets failed: {failed}" if failed
           else "every README make target started and got past its command line")
     return 1 if failed else 0
