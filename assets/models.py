@@ -8,8 +8,17 @@ The pretrained policy's run config picks its tokenization (`recmodels.tokenizati
 `atomic` (default, one token per item) or `semantic` (the `item_tokens` semantic IDs, L+1 code tokens
 per item). Everything downstream follows the checkpoint: its config says which policy it is, and the
 record carries the tokenization's name and the file of the item codes it reads (`semantic_ids`).
+
+With `nproc_per_node` > 1 (or `nnodes` > 1) the pretrained policy trains data-parallel: the asset launches
+`torchrun` on `assets/pretraining_worker.py` through Dagster Pipes (`dg.PipesSubprocessClient`), passing the
+job as Pipes extras; the worker's log lines reach the run's logs as it trains, its epoch rows come back as
+custom messages and go to MLflow through the same callback as in one process, and the checkpoint its lead
+process wrote is loaded and registered as usual (docs/distributed.md).
 """
 
+import os
+import sys
+from pathlib import Path
 from typing import Optional
 
 import dagster as dg
@@ -21,8 +30,9 @@ from assets.records import InteractionsRecord, ItemTokensRecord, PretrainedPolic
 from assets.resources import MlflowTracking, RecalignHome
 from recmodels.data.tables import read_parquet
 from recmodels.storage.checkpoints import clear_training_state
+from recmodels.storage.model_io import load_policy
 from recmodels.tokenization.items import DEFAULT_TOKENIZATION, TOKENIZATIONS, tokenization_class
-from recmodels.training.pretraining import PretrainConfig, pretrain_policy
+from recmodels.training.pretraining import PretrainConfig, PretrainResult, pretrain_policy
 from recmodels.training.ranker_training import RankerTrainConfig, train_ranker
 
 
@@ -42,6 +52,44 @@ class PretrainAssetConfig(dg.Config):
     n_heads: Optional[int] = None
     dropout: Optional[float] = None
     checkpoint_every: Optional[int] = None  # epochs between two saves of the resumable training state
+    # data-parallel training under torchrun (docs/distributed.md); 1 process (the default) trains in the asset
+    nproc_per_node: int = 1  # processes on this node (one per GPU with CUDA); batch_size stays the global batch
+    nnodes: int = 1  # nodes; more than 1 needs rdzv_endpoint and the same torchrun command started on the others
+    rdzv_endpoint: Optional[str] = None  # host:port of the c10d rendezvous (multi-node only)
+    rdzv_id: str = "recalign-pretraining"  # the rendezvous id every node of the job passes
+
+
+WORKER = Path(__file__).with_name("pretraining_worker.py")
+POLICY_CHECKPOINT = "pretrained_policy.pt"
+
+
+def torchrun_command(settings: dict) -> list[str]:
+    """The torchrun command of this node: `--standalone` on one node, a c10d rendezvous on several."""
+    command = [sys.executable, "-m", "torch.distributed.run"]
+    if settings["nnodes"] == 1:
+        command.append("--standalone")
+    else:
+        command += ["--nnodes", str(settings["nnodes"]), "--rdzv_backend", "c10d",
+                    "--rdzv_endpoint", settings["rdzv_endpoint"], "--rdzv_id", settings["rdzv_id"]]
+    return command + ["--nproc_per_node", str(settings["nproc_per_node"]), str(WORKER)]
+
+
+def _thread_env(nproc_per_node: int) -> dict[str, str]:
+    """OMP_NUM_THREADS for the worker processes unless the environment sets it: this node's cores shared among them
+    (torchrun itself would give each process one thread)."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return {}
+    return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc_per_node))}
+
+
+def _check_parallel_settings(settings: dict) -> bool:
+    """Whether the run config asks for data-parallel training; dg.Failure naming the field when it is invalid."""
+    for name in ("nproc_per_node", "nnodes"):
+        if settings[name] < 1:
+            raise dg.Failure(f"pretrained_policy config '{name}' must be >= 1, got {settings[name]}")
+    if settings["nnodes"] > 1 and not settings["rdzv_endpoint"]:
+        raise dg.Failure("pretrained_policy config 'nnodes' > 1 needs 'rdzv_endpoint' (host:port of the rendezvous)")
+    return settings["nproc_per_node"] * settings["nnodes"] > 1
 
 
 def _train_policy(settings: dict, interactions: InteractionsRecord, item_tokens: ItemTokensRecord, callback,
@@ -58,10 +106,48 @@ def _train_policy(settings: dict, interactions: InteractionsRecord, item_tokens:
     return result, codes_file, {**vars(train_cfg), **vars(policy_cfg)}
 
 
+def _train_policy_distributed(context: dg.AssetExecutionContext, settings: dict, interactions: InteractionsRecord,
+                              item_tokens: ItemTokensRecord, callback, resume_dir, checkpoint: Path):
+    """`_train_policy` in `torchrun` processes launched through Dagster Pipes; also returns the metadata the
+    worker reported. The epoch rows go to `callback` once the worker has finished."""
+    from recmodels.training.distributed import job_spec
+
+    kind = tokenization_class(settings["tokenization"])
+    tokenization = kind.with_codes(kind.load_codes(item_tokens.path))
+    codes_file = {kind.codes_key: item_tokens.path} if kind.codes_key else {}
+    n_items = interactions.n_items
+    train_cfg = library_config(PretrainConfig, settings)
+    policy_cfg = library_config(kind.config_class, settings, **tokenization.vocabulary(n_items))
+    if train_cfg.batch_size < settings["nproc_per_node"] * settings["nnodes"]:
+        raise dg.Failure(f"pretrained_policy config 'batch_size'={train_cfg.batch_size} is the global batch: it must "
+                         f"be at least the number of processes ({settings['nproc_per_node'] * settings['nnodes']})")
+    spec = job_spec(interactions.table, n_items, kind.name, train_cfg, policy_cfg, checkpoint,
+                    item_codes=item_tokens.path if kind.codes_key else None, resume_dir=resume_dir)
+    invocation = dg.PipesSubprocessClient().run(command=torchrun_command(settings), context=context, extras=spec,
+                                                env=_thread_env(settings["nproc_per_node"]))
+    messages = invocation.get_custom_messages()
+    for message in messages:
+        if "epoch_row" in message:
+            callback(message["epoch_row"])
+    summary = next((m["result"] for m in messages if "result" in m), None)
+    if summary is None:
+        raise dg.Failure("the data-parallel pretraining worker ended without reporting its result")
+    result = PretrainResult(policy=load_policy(checkpoint), policy_config=policy_cfg, history=summary["history"],
+                            best_epoch=summary["best_epoch"], best_valid_ndcg10=summary["best_valid_ndcg10"],
+                            resumed_from_epoch=summary["resumed_from_epoch"])
+    reported = {}  # the metadata of the worker's materialization: processes, backend, wall time
+    for reported_result in invocation.get_results(implicit_materializations=False):
+        if isinstance(reported_result, dg.MaterializeResult):
+            reported.update(reported_result.metadata or {})
+    params = {**vars(train_cfg), **vars(policy_cfg), "nproc_per_node": settings["nproc_per_node"],
+              "nnodes": settings["nnodes"]}
+    return result, codes_file, params, reported
+
+
 @dg.asset(group_name="models", kinds={"pytorch", "mlflow"})
 def pretrained_policy(context: dg.AssetExecutionContext, config: PretrainAssetConfig, interactions: InteractionsRecord,
                       item_tokens: ItemTokensRecord, home: RecalignHome,
-                      mlflow: MlflowTracking) -> PretrainedPolicyRecord:
+                      mlflow: MlflowTracking) -> dg.Output[PretrainedPolicyRecord]:
     """Causal transformer trained with next-item NLL (atomic) or next-code NLL (semantic IDs), early-stopped
     on valid NDCG@10."""
     settings = config.model_dump()
@@ -69,11 +155,18 @@ def pretrained_policy(context: dg.AssetExecutionContext, config: PretrainAssetCo
         raise dg.Failure(f"pretrained_policy config 'tokenization' must be one of {list(TOKENIZATIONS)}, "
                          f"got {settings['tokenization']!r}")
     tokenization = settings["tokenization"]
+    parallel = _check_parallel_settings(settings)
     resume_dir = home.resume_dir(interactions.dataset, context)
+    distributed_metadata = {}
     with tracked_training(context, mlflow, interactions.dataset, interactions.digest,
                           {"tokenization": tokenization}) as training:
-        result, codes_file, params = _train_policy(settings, interactions, item_tokens, training.callback,
-                                                   resume_dir)
+        if parallel:  # the worker's lead process writes the checkpoint where save_and_register writes it again
+            checkpoint = Path(home.run_dir(interactions.dataset, context.run_id)) / POLICY_CHECKPOINT
+            result, codes_file, params, distributed_metadata = _train_policy_distributed(
+                context, settings, interactions, item_tokens, training.callback, resume_dir, checkpoint)
+        else:
+            result, codes_file, params = _train_policy(settings, interactions, item_tokens, training.callback,
+                                                       resume_dir)
         if result.resumed_from_epoch is not None:
             context.log.info(f"resumed pretraining from the state saved after epoch {result.resumed_from_epoch} "
                              f"in {resume_dir}")
@@ -81,7 +174,7 @@ def pretrained_policy(context: dg.AssetExecutionContext, config: PretrainAssetCo
         for artifact_path, path in codes_file.items():  # the item-codes file, beside the checkpoint
             training.mlflow.log_artifact(path, artifact_path=artifact_path)
         registered = save_and_register(training, home, interactions.dataset, result.policy, result.policy_config,
-                                       "pretrained_policy.pt", POLICY_MODEL,
+                                       POLICY_CHECKPOINT, POLICY_MODEL,
                                        tags={"role": "pretrained_policy", "tokenization": tokenization})
     throughput = sum(row["sequences_per_s"] for row in result.history) / len(result.history)
     record = PretrainedPolicyRecord(**registered, tokenization=tokenization, **codes_file, best_epoch=result.best_epoch,
@@ -93,8 +186,10 @@ def pretrained_policy(context: dg.AssetExecutionContext, config: PretrainAssetCo
                                  "history": history_table(result.history)})
     if result.resumed_from_epoch is not None:
         context.add_output_metadata({"resumed_from_epoch": result.resumed_from_epoch})
+    if distributed_metadata:
+        context.add_output_metadata(distributed_metadata)
     clear_training_state(resume_dir)  # the model is stored: a later attempt must not resume this run
-    return record
+    return dg.Output(record)  # an Output, not the bare record: a step that opened a Pipes session must return one
 
 
 class RankerAssetConfig(dg.Config):

@@ -15,6 +15,9 @@ states, epoch, history and early-stopping state; `recmodels.storage.checkpoints`
 state saved with the same config, data and tokenization continues from it and ends with the same
 weights as an uninterrupted run; a state from another run is ignored with a warning. Saving draws
 from no RNG, so the numbers are the same with or without a `resume_dir`.
+
+Several processes: `recmodels.training.distributed.pretrain_distributed` runs the same loop (`run_epochs`
+with a `DataParallel`) in every process of a torchrun job, each on its share of every global batch.
 """
 from __future__ import annotations
 
@@ -127,17 +130,12 @@ def pretrain_policy(interactions: pd.DataFrame, n_items: int, policy_config: Any
     """Train the policy of `tokenization` (default: atomic items, a GenerativePolicy) on the train split;
     early-stop on valid NDCG@10, keep the best weights. `policy_config` defaults to the tokenization's
     vocabulary with the library's knobs. With `resume_dir`, a resumable state is saved there every
-    `config.checkpoint_every` epochs, and a state found there is resumed (see the module docstring)."""
-    config = config or PretrainConfig()
-    tokenization = tokenization or AtomicItems()
-    check_interactions(interactions, n_items)
-    policy_config, config = _resolve_configs(n_items, tokenization, policy_config, config)
+    `config.checkpoint_every` epochs, and a state found there is resumed (see the module docstring).
+    `recmodels.training.distributed.pretrain_distributed` is the same training in several processes."""
+    data = prepare_pretraining(interactions, n_items, policy_config, config, tokenization)
+    config, policy_config, tokenization = data.config, data.policy_config, data.tokenization
+    tokens, targets, valid = data.tokens, data.targets, data.valid
     device = torch.device(device) if device is not None else default_device()
-
-    seqs = build_user_sequences(interactions)
-    windows = training_windows(seqs, config.max_len, config.stride)
-    tokens, targets = tokenization.window_tokens(windows.inputs, windows.targets)
-    valid = eval_examples(seqs, "valid", config.max_len)
 
     gen = seed_everything(config.seed)
     policy = tokenization.policy_class(policy_config).to(device)
@@ -153,8 +151,39 @@ def pretrain_policy(interactions: pd.DataFrame, n_items: int, policy_config: Any
     if resume_dir is not None:
         state_key = pretrain_fingerprint(interactions, n_items, policy_config, config, tokenization, tokens,
                                          targets, device)
-    return run_epochs(policy, len(windows), batch_loss, evaluate, config, gen, result, callback,
+    return run_epochs(policy, data.n_windows, batch_loss, evaluate, config, gen, result, callback,
                       resume_dir=resume_dir, state_key=state_key)
+
+
+@dataclass
+class PretrainData:
+    """What pretraining trains and selects on, built the same way in one process or several."""
+
+    config: PretrainConfig  # resolved: max_len set
+    policy_config: Any
+    tokenization: ItemTokenization
+    tokens: torch.Tensor  # [n_windows, S] token windows of the train split
+    targets: torch.Tensor  # [n_windows, S] their next-token targets (0 = none)
+    valid: EvalExamples  # the valid items ranked by model selection
+
+    @property
+    def n_windows(self) -> int:
+        return len(self.tokens)
+
+
+def prepare_pretraining(interactions: pd.DataFrame, n_items: int, policy_config: Any = None,
+                        config: PretrainConfig | None = None,
+                        tokenization: ItemTokenization | None = None) -> PretrainData:
+    """Check the inputs, resolve the configs and cut the train windows and valid examples (draws no RNG)."""
+    config = config or PretrainConfig()
+    tokenization = tokenization or AtomicItems()
+    check_interactions(interactions, n_items)
+    policy_config, config = _resolve_configs(n_items, tokenization, policy_config, config)
+    seqs = build_user_sequences(interactions)
+    windows = training_windows(seqs, config.max_len, config.stride)
+    tokens, targets = tokenization.window_tokens(windows.inputs, windows.targets)
+    valid = eval_examples(seqs, "valid", config.max_len)
+    return PretrainData(config, policy_config, tokenization, tokens, targets, valid)
 
 
 def pretrain_fingerprint(interactions: pd.DataFrame, n_items: int, policy_config: Any, config: PretrainConfig,
@@ -167,10 +196,24 @@ def pretrain_fingerprint(interactions: pd.DataFrame, n_items: int, policy_config
                        tokens, targets, device.type)
 
 
+@dataclass(frozen=True)
+class DataParallel:
+    """How `run_epochs` runs as one of `world_size` data-parallel processes (built by
+    `recmodels.training.distributed`). Every process walks the same seeded shuffle; `batch_loss(idx)` gets the
+    GLOBAL batch `idx`, computes this process's share of it and returns its part of the batch loss, scaled so
+    that the gradients averaged over the processes are the one-process gradient of the whole batch and the
+    batch losses of the processes average to the whole batch's loss; `evaluate()` returns the same metrics in
+    every process (one evaluates, all receive), so every process takes the same early-stopping decisions."""
+
+    world_size: int
+    lead: bool  # this process writes the resumable state (the caller gives the callback to it alone)
+    sum_over_processes: Callable[[float], float]  # the sum of a number over all processes (a collective)
+
+
 def run_epochs(policy: torch.nn.Module, n_windows: int, batch_loss: Callable[[torch.Tensor], torch.Tensor],
                evaluate: Callable[[], dict[str, float]], config: PretrainConfig, generator: torch.Generator,
                result, callback: Callable[[dict], None] | None = None, resume_dir: str | Path | None = None,
-               state_key: str = ""):
+               state_key: str = "", parallel: DataParallel | None = None):
     """The epoch loop of pretraining, whatever the tokenization: AdamW over seeded shuffles of the windows.
 
     `batch_loss(idx)` is the loss of the windows `idx`; `evaluate()` returns the valid metrics (with
@@ -182,6 +225,9 @@ def run_epochs(policy: torch.nn.Module, n_windows: int, batch_loss: Callable[[to
     `checkpoint_every`-th epoch and after the last one (early stop included), with `state_key` (the run's
     fingerprint) as its fingerprint; a state there with the same key is resumed: its history rows go to
     `callback` first, then training goes on from the epoch after it.
+
+    With `parallel`, this is one process of a data-parallel run (see `DataParallel`): the epoch's train loss
+    is averaged over the processes, and only the lead process writes the resumable state (all read it).
     """
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     best = BestWeights(policy, config.patience)
@@ -200,6 +246,8 @@ def run_epochs(policy: torch.nn.Module, n_windows: int, batch_loss: Callable[[to
             optimizer.step()
             total, n_batches = total + loss.item(), n_batches + 1
         train_seconds = time.perf_counter() - start
+        if parallel is not None:  # each process summed its parts of the batch losses: one collective per epoch
+            total = parallel.sum_over_processes(total) / parallel.world_size
         row = {"epoch": epoch, "train_loss": total / n_batches}
         evaluated = epoch % config.eval_every == 0 or epoch == config.epochs
         if evaluated:
@@ -215,7 +263,8 @@ def run_epochs(policy: torch.nn.Module, n_windows: int, batch_loss: Callable[[to
                 result.best_valid_ndcg10, result.best_epoch = row["valid_ndcg@10"], epoch
             else:
                 stopped = best.should_stop
-        if state_file is not None and (epoch % config.checkpoint_every == 0 or epoch == config.epochs or stopped):
+        writes_state = state_file is not None and (parallel is None or parallel.lead)
+        if writes_state and (epoch % config.checkpoint_every == 0 or epoch == config.epochs or stopped):
             progress = {"epoch": epoch, "stopped": stopped, "history": result.history, "best_epoch": result.best_epoch,
                         "best_valid_ndcg10": result.best_valid_ndcg10, "best": best.state_dict()}
             save_training_state(state_file, policy, config, optimizer, {"shuffle": generator}, progress, state_key)
