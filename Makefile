@@ -9,11 +9,13 @@ export RECALIGN_HOME
 export MLFLOW_DISABLE_TELEMETRY := true
 # make run variables: SOURCE (movielens-100k, movielens-1m, simulator or file), LOGS (the file for
 # SOURCE=file), COLUMNS (file column -> contract column, e.g. movie_id=item_id,ts=timestamp),
-# TOKENIZATION (atomic or semantic). They become the YAML run config RUN_CONFIG.
+# TOKENIZATION (atomic or semantic), WORKERS (steps at once, each in its own process; default: the cores).
+# They become the YAML run config RUN_CONFIG.
 SOURCE ?= movielens-100k
 LOGS ?=
 COLUMNS ?=
 TOKENIZATION ?= atomic
+WORKERS ?=
 RUN_CONFIG = $(RECALIGN_HOME)/run_config.yaml
 
 DEV_PORT ?= 3000
@@ -96,7 +98,7 @@ setup: $(BIN)/.installed $(PROFILE_INSTALL) $(DAGSTER_HOME)/dagster.yaml
 # The summary is printed when the run fails too; the target fails when the run or the summary does.
 run: setup
 	$(BIN)/python -m pipelines.run_config --source '$(SOURCE)' --logs '$(LOGS)' --columns '$(COLUMNS)' \
-	  --tokenization '$(TOKENIZATION)' --out $(RUN_CONFIG)
+	  --tokenization '$(TOKENIZATION)' --workers '$(WORKERS)' --out $(RUN_CONFIG)
 	$(BIN)/dagster job execute -m pipelines.definitions -j full_chain -c $(RUN_CONFIG); status=$$?; \
 	  $(BIN)/python -m pipelines.run_summary || status=1; exit $$status
 

@@ -4,7 +4,10 @@ test HR@10 / NDCG@10 per policy under both protocols.
     python benchmarks/pipeline_benchmark.py [--source movielens-100k] [--home DIR] [--tokenization semantic]
 
 Uses a real Dagster instance and MLflow store under a fresh temporary home (or --home), with the
-library's default model settings, so the numbers are those of `make run`.
+library's default model settings, so the models and their numbers are those of `make run`. All steps
+run in this process (`execute_in_process`), one after the other, with torch's default thread count:
+the per-asset times are the steps' own. `make run` runs the steps in parallel processes;
+benchmarks/parallel_steps.py times that at 1 and 2 step processes.
 """
 from __future__ import annotations
 

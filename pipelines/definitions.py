@@ -8,20 +8,69 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import dagster as dg  # noqa: E402
+import torch  # noqa: E402
 
 from assets import ALL_ASSETS, ALL_CHECKS  # noqa: E402
+from assets.orphaned_runs import HOST_TAG, run_worker_pid, this_host  # noqa: E402
 from assets.studies import STUDY_ASSETS, cross_dataset_comparison, robustness_study  # noqa: E402
 from pipelines.resources import build_resources  # noqa: E402
+from pipelines.run_config import executor_config  # noqa: E402
 from pipelines.sensors import build_new_raw_logs_sensor  # noqa: E402
+from recmodels.runtime import set_threads, threads_per_process  # noqa: E402
 
 STUDIES_GROUP = "studies"
 
-# The whole chain, raw logs to the champion; the studies (their own group) are separate jobs. Steps
-# run in one process: each step of the multiprocess executor re-imports torch, mlflow and GX
-# (seconds each) and the models train one at a time on the CPU anyway.
+
+def max_concurrent(run: dg.DagsterRun) -> int:
+    """How many step processes `run` executes at once: its executor config with the job's defaults applied,
+    `0`/unset meaning what Dagster's multiprocess executor takes then (its env var, else the CPU count)."""
+    import multiprocessing
+
+    execution = dg.validate_run_config(defs.resolve_job_def(run.job_name), run.run_config).get("execution") or {}
+    multiprocess = next(iter(execution.values()), {}).get("multiprocess") or {}
+    configured = multiprocess.get("max_concurrent")
+    default = os.environ.get("DAGSTER_MULTIPROCESS_EXECUTOR_MAX_CONCURRENT")
+    return configured or (int(default) if default else multiprocessing.cpu_count())
+
+
+class StepProcessThreads(dg.ConfigurableResource):
+    """Torch intra-op threads in a step process of the multiprocess executor: `max(1, cores // max_concurrent)`,
+    so that the steps running at once share the cores instead of each starting a thread per core. `cores`
+    is torch's own default in the process (the cores it may use, or `OMP_NUM_THREADS`): with one step
+    at a time a step process trains with the threads, hence the numbers, of an in-process run.
+
+    Runs whose steps all run in the run's own process (the in-process executor, `dg.materialize`,
+    `execute_in_process`) keep torch's default: the process that logged the executor's "Executing
+    steps ..." event is this one."""
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        run, instance = context.dagster_run, context.instance
+        if run is None or instance is None or run_worker_pid(instance, run.run_id) in (None, os.getpid()):
+            return
+        set_threads(threads_per_process(max_concurrent(run), cores=torch.get_num_threads()))
+
+
+@dg.success_hook(required_resource_keys={"step_threads"})
+def step_process_threads(context: dg.HookContext) -> None:
+    """Declares `step_threads` for every step of full_chain, so each step process sets its thread count
+    before the step runs (Dagster initializes the resources of a step's hooks with the step's own);
+    then logs the process and thread count the step ran with."""
+    context.log.debug(f"step {context.step_key} ran in process {os.getpid()}, torch threads: {torch.get_num_threads()}")
+
+
+# The whole chain, raw logs to the champion; the studies (their own group) are separate jobs.
+# Dagster's multiprocess executor runs each step in its own process, up to `max_concurrent` at once
+# (default: this machine's cores; `make run WORKERS=N`), so the post-training variants, independent of
+# each other, train side by side; each step process uses its share of the cores' torch threads
+# (`StepProcessThreads`, through the hook). The default run config (pipelines/run_config.py
+# `executor_config`) forks the step processes from a forkserver that imported torch, mlflow and GX
+# once: a spawned step would import them again (seconds per step). `execution: config: in_process: {}`
+# runs every step in the run's process. The run is tagged with its host from the start (the MLflow
+# resource, which tags it too, starts only with the first model step): assets/orphaned_runs.py.
 full_chain_job = dg.define_asset_job(
     "full_chain", selection=dg.AssetSelection.all() - dg.AssetSelection.groups(STUDIES_GROUP),
-    executor_def=dg.in_process_executor,
+    executor_def=dg.multi_or_in_process_executor, config={"execution": {"config": executor_config()}},
+    hooks={step_process_threads}, run_tags={HOST_TAG: this_host()},
     description="Materialize every asset from raw logs to the evaluation report and the champion.")
 
 robustness_study_job = dg.define_asset_job(
@@ -44,4 +93,4 @@ defs = dg.Definitions(
     assets=[*ALL_ASSETS, *STUDY_ASSETS], asset_checks=ALL_CHECKS,
     jobs=[full_chain_job, robustness_study_job, cross_dataset_comparison_job], schedules=[nightly_retraining],
     sensors=[new_raw_logs],
-    resources=build_resources(), executor=dg.in_process_executor)
+    resources={**build_resources(), "step_threads": StepProcessThreads()}, executor=dg.in_process_executor)

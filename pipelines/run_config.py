@@ -2,12 +2,17 @@
 
     python -m pipelines.run_config --source movielens-100k --tokenization atomic --out run_config.yaml
     python -m pipelines.run_config --source file --logs my_logs.csv --columns movie_id=item_id,ts=timestamp --out ...
+    python -m pipelines.run_config --workers 1 --out ...    # one step process at a time
 
 `dagster job execute` takes run config only from files, so the Makefile's variables (`SOURCE`,
-`LOGS`, `COLUMNS`, `TOKENIZATION`) become a YAML file under `RECALIGN_HOME`; the file stays there
-so the exact config of the last `make run` can be read or re-used with `-c`. Bad input (an unknown
-source, `file` without logs, a missing file, a malformed column mapping) is an error that names the
-variable, before anything runs.
+`LOGS`, `COLUMNS`, `TOKENIZATION`, `WORKERS`) become a YAML file under `RECALIGN_HOME`; the file stays
+there so the exact config of the last `make run` can be read or re-used with `-c`. Bad input (an
+unknown source, `file` without logs, a missing file, a malformed column mapping, a worker count that
+is no positive integer) is an error that names the variable, before anything runs.
+
+`WORKERS` is the multiprocess executor's `max_concurrent`, the number of steps that run at once, each
+in its own process (default: the cores this process may use); the file always holds the executor's
+whole config (`execution: config: multiprocess: ...`), start method included.
 """
 from __future__ import annotations
 
@@ -18,11 +23,40 @@ from pathlib import Path
 import yaml
 
 from recmodels.data.sources import SOURCES
+from recmodels.runtime import available_cores
 from recmodels.tokenization.items import DEFAULT_TOKENIZATION, TOKENIZATIONS
+
+
+# The forkserver that Dagster's multiprocess executor forks the step processes from imports this once
+# (torch, mlflow, GX, the code location and warmed caches), instead of each step process importing it
+# again (seconds per step under the default `spawn`).
+PRELOAD_MODULES = ("pipelines.step_preload",)
 
 
 class RunConfigError(ValueError):
     """A `make run` variable is wrong; the message names it."""
+
+
+def parse_workers(text: str | int | None) -> int | None:
+    """`WORKERS`: empty -> None (the default), else a positive integer."""
+    if text is None or str(text).strip() == "":
+        return None
+    try:
+        workers = int(str(text).strip())
+    except ValueError:
+        workers = 0
+    if workers < 1:
+        raise RunConfigError(f"WORKERS={text!r}: the number of steps run at once, a positive integer "
+                             "(leave it empty for one per core)")
+    return workers
+
+
+def executor_config(workers: int | None = None) -> dict:
+    """`full_chain`'s executor config (`execution: config:`): Dagster's multiprocess executor, `workers`
+    step processes at once (default: `available_cores()`), forked from a forkserver that preloads
+    `PRELOAD_MODULES` (pipelines/step_preload.py)."""
+    return {"multiprocess": {"max_concurrent": workers or available_cores(),
+                             "start_method": {"forkserver": {"preload_modules": list(PRELOAD_MODULES)}}}}
 
 
 def parse_columns(text: str) -> dict[str, str]:
@@ -40,8 +74,9 @@ def parse_columns(text: str) -> dict[str, str]:
 
 
 def full_chain_run_config(source: str = "movielens-100k", logs: str | None = None, columns: str = "",
-                          tokenization: str = DEFAULT_TOKENIZATION) -> dict:
-    """Run config of the `full_chain` job for one data source and tokenization."""
+                          tokenization: str = DEFAULT_TOKENIZATION, workers: str | int | None = None) -> dict:
+    """Run config of the `full_chain` job for one data source and tokenization, `workers` steps at once."""
+    workers = parse_workers(workers)
     if source not in SOURCES:
         raise RunConfigError(f"SOURCE={source!r} is not a known source; use one of {', '.join(SOURCES)}")
     if tokenization not in TOKENIZATIONS:
@@ -59,7 +94,8 @@ def full_chain_run_config(source: str = "movielens-100k", logs: str | None = Non
     elif logs or columns:
         raise RunConfigError(f"LOGS and COLUMNS are for SOURCE=file; SOURCE={source!r} reads its own data")
     return {"ops": {"raw_logs": {"config": raw_logs},
-                    "pretrained_policy": {"config": {"tokenization": tokenization}}}}
+                    "pretrained_policy": {"config": {"tokenization": tokenization}}},
+            "execution": {"config": executor_config(workers)}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,10 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logs", default="", help="raw-log file for --source file")
     parser.add_argument("--columns", default="", help="file column -> contract column, e.g. movie_id=item_id,ts=timestamp")
     parser.add_argument("--tokenization", default=DEFAULT_TOKENIZATION)
+    parser.add_argument("--workers", default="",
+                        help="steps run at once, each in its own process (default: one per core)")
     parser.add_argument("--out", required=True, type=Path, help="where to write the YAML run config")
     args = parser.parse_args(argv)
     try:
-        config = full_chain_run_config(args.source, args.logs or None, args.columns, args.tokenization)
+        config = full_chain_run_config(args.source, args.logs or None, args.columns, args.tokenization,
+                                       args.workers)
     except RunConfigError as exc:
         print(f"make run: {exc}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
-"""Device choice, seeding and eval mode, shared by every training and scoring loop."""
+"""Device choice, seeding, eval mode and the intra-op thread count, shared by every training and scoring loop."""
 from __future__ import annotations
 
+import os
 import random
 from contextlib import contextmanager, nullcontext
 from typing import Iterator
@@ -12,6 +13,36 @@ import torch
 def default_device() -> torch.device:
     """CUDA when present, CPU otherwise."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on: its affinity mask where the OS has one (a container or
+    `taskset` limit), else `os.cpu_count()`."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # no affinity API (macOS, Windows)
+        return os.cpu_count() or 1
+
+
+def threads_per_process(processes: int, cores: int | None = None) -> int:
+    """Intra-op threads for each of `processes` processes that share `cores` (default: `available_cores()`)
+    without oversubscribing them: `max(1, cores // processes)`."""
+    cores = available_cores() if cores is None else cores
+    return max(1, cores // max(1, processes))
+
+
+def set_threads(n: int) -> int:
+    """Use `n` (>= 1) intra-op threads for torch's CPU kernels in this process; return the previous count.
+
+    For a given `n` a seeded training gives the same weights in any process (tests/test_parallel_steps.py);
+    another `n` splits torch's parallel reductions differently, which changes the low-order bits of the
+    weights (about 1e-7 on the small chain), as running on a machine with another core count does."""
+    if n < 1:
+        raise ValueError(f"threads must be >= 1, got {n}")
+    previous = torch.get_num_threads()
+    if n != previous:
+        torch.set_num_threads(n)
+    return previous
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -94,6 +94,7 @@ def targets(logs_csv: Path) -> list[Target]:
         Target("run SOURCE=movielens-1m", ["run", "SOURCE=movielens-1m"], ready_pattern=FIRST_TRAINING_STEP,
                own_home=True, timeout_s=300),
         Target("run SOURCE=simulator", ["run", "SOURCE=simulator"], ready_pattern=FIRST_TRAINING_STEP, own_home=True),
+        Target("run WORKERS=1", ["run", "WORKERS=1"], ready_pattern=FIRST_TRAINING_STEP, own_home=True),
         Target("run SOURCE=file", ["run", "SOURCE=file", f"LOGS={logs_csv}", "COLUMNS=uid=user_id,movie_id=item_id,ts=timestamp"],
                ready_pattern=FIRST_TRAINING_STEP, own_home=True),
         Target("services run", ["run"], env=SERVICES, services=True,

@@ -62,7 +62,8 @@ def test_a_killed_run_is_closed_and_resumes_from_failure(tmp_path):
     client = MlflowClient(f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
     experiments = [e.experiment_id for e in client.search_experiments()]
     running = client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'")
-    assert [r.data.tags["dagster_asset_key"] for r in running] == [killed_asset]
+    in_progress = {r.data.tags["dagster_asset_key"] for r in running}  # steps may run side by side
+    assert killed_asset in in_progress and all(a.startswith("post_trained_") for a in in_progress)
 
     resumed = subprocess.run([sys.executable, "-m", "pipelines.reexecute"], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=600)
@@ -79,7 +80,8 @@ def test_a_killed_run_is_closed_and_resumes_from_failure(tmp_path):
         materialization = instance.get_latest_materialization_event(dg.AssetKey(killed_asset))
         assert materialization.run_id == child.run_id
         assert materialization.asset_materialization.metadata["resumed_from_step"].value >= 5
-    closed = client.get_run(running[0].info.run_id)
-    assert closed.info.status == "FAILED" and closed.data.tags["recalign.closed_reason"]
+    for run in running:
+        closed = client.get_run(run.info.run_id)
+        assert closed.info.status == "FAILED" and closed.data.tags["recalign.closed_reason"]
     still_running = client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'")
     assert still_running == []

@@ -67,3 +67,54 @@ def test_the_whole_code_location_loads_as_dagster_dev_loads_it():
     dg.Definitions.validate_loadable(defs)
     repository = defs.get_repository_def()
     assert {"full_chain", "robustness_study_job", "cross_dataset_comparison_job"} <= set(repository.job_names)
+
+
+def test_full_chain_runs_each_step_in_its_own_process_one_per_core_by_default():
+    from assets.orphaned_runs import HOST_TAG, this_host
+    from recmodels.runtime import available_cores
+
+    job = defs.resolve_job_def("full_chain")
+    assert job.executor_def.name == dg.multi_or_in_process_executor.name
+    (executor,) = dg.validate_run_config(job, {})["execution"].values()
+    assert executor["multiprocess"]["max_concurrent"] == available_cores()
+    assert executor["multiprocess"]["start_method"]["forkserver"]["preload_modules"] == ["pipelines.step_preload"]
+    one = dg.validate_run_config(job, {"execution": {"config": {"multiprocess": {"max_concurrent": 1}}}})
+    assert next(iter(one["execution"].values()))["multiprocess"]["max_concurrent"] == 1
+    assert dg.validate_run_config(job, {"execution": {"config": {"in_process": {}}}})
+    assert job.run_tags[HOST_TAG] == this_host()  # a run is this host's from its start, not from its first model step
+    assert {hook.name for hook in job.hook_defs} == {"step_process_threads"}
+
+
+def test_a_step_process_takes_its_share_of_the_cores(monkeypatch):
+    from pipelines.definitions import max_concurrent
+    from recmodels.runtime import available_cores, threads_per_process
+
+    def run(config: dict) -> dg.DagsterRun:
+        return dg.DagsterRun(job_name="full_chain", run_id="r", run_config=config)
+
+    assert max_concurrent(run({})) == available_cores()
+    assert max_concurrent(run({"execution": {"config": {"multiprocess": {"max_concurrent": 3}}}})) == 3
+    monkeypatch.setenv("DAGSTER_MULTIPROCESS_EXECUTOR_MAX_CONCURRENT", "5")  # Dagster's own default when unset
+    assert max_concurrent(run({"execution": {"config": {"multiprocess": {}}}})) == 5
+    assert [threads_per_process(n, cores=2) for n in (1, 2, 3)] == [2, 1, 1]
+    assert threads_per_process(2, cores=8) == 4
+
+
+def test_steps_run_in_the_run_process_keep_torch_threads():
+    import torch
+
+    from pipelines.definitions import StepProcessThreads, step_process_threads
+    from recmodels.runtime import set_threads
+
+    @dg.asset
+    def tiny() -> int:
+        return torch.get_num_threads()
+
+    job = dg.define_asset_job("tiny_job", selection=[tiny], hooks={step_process_threads})
+    tiny_defs = dg.Definitions(assets=[tiny], jobs=[job], resources={"step_threads": StepProcessThreads()})
+    previous = set_threads(3)
+    try:
+        result = tiny_defs.resolve_job_def("tiny_job").execute_in_process()
+        assert result.success and result.output_for_node("tiny") == 3 and torch.get_num_threads() == 3
+    finally:
+        set_threads(previous)

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import dagster as dg
 import pytest
+import yaml
 
 from pipelines.definitions import defs
-from pipelines.run_config import RunConfigError, full_chain_run_config, parse_columns
+from pipelines.run_config import RunConfigError, full_chain_run_config, main, parse_columns
+from recmodels.runtime import available_cores
 from pipelines.run_summary import exit_code, latest_run, summary
 from scripts.ui_check import small_run_config
 from tests.synthetic import make_synthetic_logs
@@ -23,6 +25,24 @@ def test_every_documented_variant_is_a_valid_full_chain_config(kwargs):
     assert dg.validate_run_config(JOB, config)
     assert config["ops"]["raw_logs"]["config"]["source"] == kwargs.get("source", "movielens-100k")
     assert config["ops"]["pretrained_policy"]["config"]["tokenization"] == kwargs.get("tokenization", "atomic")
+    assert config["execution"]["config"]["multiprocess"]["max_concurrent"] == available_cores()
+
+
+@pytest.mark.parametrize("workers, expected", [("", None), ("1", 1), (" 3 ", 3), (2, 2)])
+def test_workers_become_the_executors_max_concurrent(workers, expected):
+    config = full_chain_run_config(workers=workers)
+    assert dg.validate_run_config(JOB, config)
+    multiprocess = config["execution"]["config"]["multiprocess"]
+    assert multiprocess["max_concurrent"] == (expected or available_cores())
+    assert "forkserver" in multiprocess["start_method"]  # the whole executor config, not only the count
+
+
+def test_the_config_file_holds_the_workers(tmp_path, capsys):
+    out = tmp_path / "run_config.yaml"
+    assert main(["--source", "simulator", "--workers", "1", "--out", str(out)]) == 0
+    assert yaml.safe_load(out.read_text())["execution"]["config"]["multiprocess"]["max_concurrent"] == 1
+    assert main(["--workers", "many", "--out", str(out)]) == 2
+    assert "make run: WORKERS='many'" in capsys.readouterr().err
 
 
 def test_file_source_takes_an_absolute_path_and_the_column_mapping(tmp_path, monkeypatch):
@@ -41,6 +61,10 @@ def test_file_source_takes_an_absolute_path_and_the_column_mapping(tmp_path, mon
     ({"source": "file", "logs": "/no/such/logs.csv"}, "LOGS='/no/such/logs.csv': no such file"),
     ({"source": "simulator", "columns": "a=user_id"}, "LOGS and COLUMNS are for SOURCE=file"),
     ({"tokenization": "bpe"}, "TOKENIZATION='bpe'"),
+    ({"workers": "0"}, "WORKERS='0'"),
+    ({"workers": "-2"}, "WORKERS='-2'"),
+    ({"workers": "two"}, "WORKERS='two'"),
+    ({"workers": "1.5"}, "WORKERS='1.5'"),
 ])
 def test_bad_variables_are_refused_naming_the_variable(kwargs, named):
     with pytest.raises(RunConfigError, match=named.replace("(", r"\(")):
