@@ -17,6 +17,7 @@ COLUMNS ?=
 TOKENIZATION ?= atomic
 WORKERS ?=
 RUN_CONFIG = $(RECALIGN_HOME)/run_config.yaml
+RUN_TAGS = $(RECALIGN_HOME)/run_tags.json
 
 DEV_PORT ?= 3000
 MLFLOW_PORT ?= 5000
@@ -98,8 +99,9 @@ setup: $(BIN)/.installed $(PROFILE_INSTALL) $(DAGSTER_HOME)/dagster.yaml
 # The summary is printed when the run fails too; the target fails when the run or the summary does.
 run: setup
 	$(BIN)/python -m pipelines.run_config --source '$(SOURCE)' --logs '$(LOGS)' --columns '$(COLUMNS)' \
-	  --tokenization '$(TOKENIZATION)' --workers '$(WORKERS)' --out $(RUN_CONFIG)
-	$(BIN)/dagster job execute -m pipelines.definitions -j full_chain -c $(RUN_CONFIG); status=$$?; \
+	  --tokenization '$(TOKENIZATION)' --workers '$(WORKERS)' --out $(RUN_CONFIG) --tags-out $(RUN_TAGS)
+	$(BIN)/dagster job execute -m pipelines.definitions -j full_chain -c $(RUN_CONFIG) --tags "$$(cat $(RUN_TAGS))"; \
+	  status=$$?; \
 	  $(BIN)/python -m pipelines.run_summary || status=1; exit $$status
 
 # A failed (or killed) full_chain run again from where it stopped: finished steps are not recomputed and a
@@ -111,9 +113,11 @@ resume: setup
 robustness: setup  ## the robustness study on simulated logs (noise grid; pipelines/configs/robustness_study.yaml)
 	$(BIN)/dagster job execute -m pipelines.definitions -j robustness_study_job -c pipelines/configs/robustness_study.yaml
 
-compare-datasets: setup  ## the same comparison on MovieLens-100k, MovieLens-1M and the simulator, one summary table
-	$(BIN)/dagster job execute -m pipelines.definitions -j cross_dataset_comparison_job \
-	  -c pipelines/configs/cross_dataset_comparison.yaml
+# The data set partitions compared by `make compare-datasets`: the chain on each, then one summary table.
+COMPARE_DATASETS ?= movielens-100k movielens-1m simulator
+compare-datasets: setup  ## the full chain on each of COMPARE_DATASETS (one partition each), then one summary table
+	for dataset in $(COMPARE_DATASETS); do $(MAKE) --no-print-directory run SOURCE=$$dataset || exit 1; done
+	$(BIN)/dagster job execute -m pipelines.definitions -j cross_dataset_summary_job
 
 compare-tokenizations: setup  ## atomic vs semantic-ID policy on MovieLens-100k (JSON; report under .recalign/)
 	$(BIN)/python benchmarks/tokenization_comparison.py --dataset movielens-100k --epochs 20 \

@@ -17,6 +17,7 @@ from typing import Sequence
 import dagster as dg
 import pandas as pd
 
+from assets.partitions import DATASET_PARTITIONS
 from assets.metadata import markdown_table
 from assets.model_runs import POST_TRAINED_MODEL, registered_model_name
 from assets.post_training import post_trained_policies
@@ -112,7 +113,7 @@ def build_champion_asset(upstream: Sequence[dg.AssetsDefinition | dg.AssetChecks
     """The `champion` asset, guarded by the blocking checks defined on (or beside) the `upstream` assets."""
     known_checks = [spec for definition in upstream for spec in definition.check_specs]
 
-    @dg.asset(name="champion", group_name="promotion", kinds={"mlflow"},
+    @dg.asset(name="champion", group_name="promotion", kinds={"mlflow"}, partitions_def=DATASET_PARTITIONS,
               ins={"interactions": dg.AssetIn(), "evaluation_report": dg.AssetIn(), **POST_TRAINED_INPUTS})
     def champion(context: dg.AssetExecutionContext, config: ChampionConfig, home: RecalignHome,
                  mlflow: MlflowTracking, interactions: InteractionsRecord, evaluation_report: EvaluationReportRecord,

@@ -5,6 +5,7 @@ from typing import Any, Optional
 import dagster as dg
 
 from assets.metadata import markdown_table
+from assets.partitions import DATASET_PARTITIONS
 from assets.records import InteractionsRecord, RawLogsRecord
 from assets.resources import RecalignHome
 from recmodels.data.interactions import build_interactions
@@ -16,27 +17,28 @@ from recmodels.data.tables import frame_digest, read_parquet, write_parquet
 
 
 class RawLogsConfig(dg.Config):
-    """Where the logs come from: `movielens-100k` (default), `movielens-1m`, `file` with a path, or
-    `simulator` (settings of `recmodels.data.simulator.SimulatorConfig` in `simulator`).
+    """Settings of the run's source, which is its partition (assets/partitions.py): `path` (and
+    `catalog_path`) of the `file` partition's logs, `simulator` settings of the `simulator` partition
+    (`recmodels.data.simulator.SimulatorConfig`).
 
     `columns` renames a file's columns to the contract's before validation, as {file's name: contract
-    name}, e.g. `{"movie_id": "item_id", "ts": "timestamp"}`; `file` source only."""
+    name}, e.g. `{"movie_id": "item_id", "ts": "timestamp"}`; `file` partition only."""
 
-    source: str = "movielens-100k"
     path: Optional[str] = None
     catalog_path: Optional[str] = None
     simulator: dict[str, Any] = {}
     columns: dict[str, str] = {}
 
 
-@dg.asset(group_name="data", kinds={"parquet"})
+@dg.asset(group_name="data", kinds={"parquet"}, partitions_def=DATASET_PARTITIONS)
 def raw_logs(context: dg.AssetExecutionContext, config: RawLogsConfig, home: RecalignHome) -> RawLogsRecord:
-    """Raw interaction logs in the raw-log contract (user_id, item_id, timestamp, feedback signals).
+    """Raw interaction logs in the raw-log contract (user_id, item_id, timestamp, feedback signals),
+    from the source that the run's partition names.
 
     The data set is the source's name, or for a `file` `<file stem>-<first 12 hex characters of the
     logs' digest>`: different logs under one file name are different data sets. Logs that break the
     contract fail the asset with a `DataContractError` naming the file, the column and the row."""
-    raw = load_raw_logs(config.source, path=config.path, catalog_path=config.catalog_path, cache_dir=home.cache_dir,
+    raw = load_raw_logs(context.partition_key, path=config.path, catalog_path=config.catalog_path, cache_dir=home.cache_dir,
                         simulator=config.simulator or None, columns=config.columns or None)
     out = home.run_dir(raw.name, context.run_id)
     record = RawLogsRecord(
@@ -59,7 +61,7 @@ class RewardSpecConfig(dg.Config):
     high: float = 1.0
 
 
-@dg.asset(group_name="data", kinds={"parquet"})
+@dg.asset(group_name="data", kinds={"parquet"}, partitions_def=DATASET_PARTITIONS)
 def interactions(context: dg.AssetExecutionContext, config: RewardSpecConfig, raw_logs: RawLogsRecord,
                  home: RecalignHome) -> InteractionsRecord:
     """Reward-labeled interactions with a chronological leave-one-out split, and the item catalog.

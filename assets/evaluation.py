@@ -7,6 +7,7 @@ semantic IDs: constrained accuracy, unconstrained hallucination rate.
 
 import dagster as dg
 
+from assets.partitions import DATASET_PARTITIONS
 from assets.metadata import image, markdown_table
 from assets.post_training import post_trained_policies
 from assets.records import (EvaluationReportRecord, InteractionsRecord, PostTrainedPolicyRecord,
@@ -52,7 +53,7 @@ def mlflow_test_metrics(report: dict) -> dict[str, float]:
     return out
 
 
-def report_metadata(report: dict, files: dict) -> dict:
+def report_metadata(report: dict, files: dict, report_dataset: str) -> dict:
     """What the Dagster UI shows of the report: the comparison table, the plots, the verdict."""
     return {"comparison": markdown_table(comparison_table(report)),
             "verdict": dg.MetadataValue.md("\n".join(f"- {s}" for s in report["verdict"])),
@@ -61,6 +62,8 @@ def report_metadata(report: dict, files: dict) -> dict:
             "training_curves": image(files["curves_png"], "valid NDCG@10 and KL per step"),
             "hr10_vs_hallucination": image(files["frontier_png"], "HR@10 vs hallucination rate"),
             "skipped": dg.MetadataValue.json(report["skipped"]),
+            "dataset": report_dataset,
+            "report_json": dg.MetadataValue.path(str(files["json"])),  # what cross_dataset_summary reads
             "report_md": dg.MetadataValue.path(str(files["md"]))}
 
 
@@ -68,7 +71,7 @@ def build_evaluation_report_asset(post_trained_assets) -> dg.AssetsDefinition:
     """The `evaluation_report` asset over the pretrained policy and the given post-trained policy assets."""
     post_trained_inputs = {a.key.path[-1]: dg.AssetIn(a.key) for a in post_trained_assets}
 
-    @dg.asset(name="evaluation_report", group_name="evaluation", kinds={"mlflow"},
+    @dg.asset(name="evaluation_report", group_name="evaluation", kinds={"mlflow"}, partitions_def=DATASET_PARTITIONS,
               ins={"interactions": dg.AssetIn(), "pretrained_policy": dg.AssetIn(),
                    "ranker_reward_model": dg.AssetIn(), **post_trained_inputs})
     def _evaluation_report(context: dg.AssetExecutionContext, home: RecalignHome, mlflow: MlflowTracking,
@@ -108,7 +111,7 @@ def evaluate_and_report(context: dg.AssetExecutionContext, home: RecalignHome, m
         mlflow.log_metrics(mlflow_test_metrics(report), step=0)
         mlflow.log_metrics({f"test_hallucination_rate/{name}": p["hallucination_rate"]
                             for name, p in report["policies"].items()}, step=0)
-    context.add_output_metadata(report_metadata(report, files))
+    context.add_output_metadata(report_metadata(report, files, interactions.dataset))
     return EvaluationReportRecord(
         dataset=interactions.dataset, tokenization=pretrained_policy.tokenization,
         hallucination_rate={name: p["hallucination_rate"] for name, p in report["policies"].items()},

@@ -9,8 +9,8 @@ atomically, and loads an input from the run that produced it:
 - the upstream step ran in this run: this run's file;
 - a re-execution from failure skipped the upstream step: the file of the parent run that produced
   it (Dagster tells which, `upstream_output.run_id`);
-- the upstream asset is not part of this run at all (e.g. materializing `champion` alone): its latest
-  materialization's run.
+- the upstream asset is not part of this run at all (e.g. materializing `champion` alone): the run of
+  its latest materialization of the same partition (data set, assets/partitions.py).
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from dagster._core.execution.context.output import RUN_ID_PLACEHOLDER
 
 from recmodels.storage.atomic_files import atomic_write
 
@@ -44,14 +45,20 @@ class RunScopedIOManager(dg.ConfigurableIOManager):
     def _producing_run(self, context: dg.InputContext) -> str:
         if context.upstream_output is not None:
             try:
-                return context.upstream_output.run_id
+                run_id = context.upstream_output.run_id
             except dg.DagsterInvariantViolationError:  # an upstream asset outside this run's plan: no run id
-                pass
-        event = context.instance.get_latest_materialization_event(context.asset_key)
-        if event is None:
-            raise dg.Failure(f"asset {context.asset_key.to_user_string()} was never materialized: "
+                run_id = None
+            if run_id not in (None, RUN_ID_PLACEHOLDER):  # the placeholder: the same, for a partitioned asset
+                return run_id
+        partition = context.asset_partition_key if context.has_asset_partitions else None
+        records = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=context.asset_key, asset_partitions=[partition] if partition else None),
+            limit=1).records
+        if not records:
+            where = f" for partition {partition!r}" if partition else ""
+            raise dg.Failure(f"asset {context.asset_key.to_user_string()} was never materialized{where}: "
                              "materialize it before the assets that read it")
-        return event.run_id
+        return records[0].run_id
 
     def load_input(self, context: dg.InputContext) -> Any:
         path = self._path(context.asset_key, self._producing_run(context))

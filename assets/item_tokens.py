@@ -13,6 +13,7 @@ from typing import Optional
 import dagster as dg
 import pandas as pd
 
+from assets.partitions import DATASET_PARTITIONS
 from assets.metadata import markdown_table
 from assets.model_runs import library_config
 from assets.records import InteractionsRecord, ItemTokensRecord
@@ -35,7 +36,7 @@ class ItemTokensConfig(dg.Config):
     year_weight: Optional[float] = None
 
 
-@dg.asset(group_name="data", kinds={"numpy", "scikitlearn"})
+@dg.asset(group_name="data", kinds={"numpy", "scikitlearn"}, partitions_def=DATASET_PARTITIONS)
 def item_tokens(context: dg.AssetExecutionContext, config: ItemTokensConfig, interactions: InteractionsRecord,
                 home: RecalignHome) -> ItemTokensRecord:
     """Semantic IDs: every item's unique tuple of L RQ-KMeans codes plus a disambiguation code."""
@@ -66,6 +67,7 @@ def item_tokens(context: dg.AssetExecutionContext, config: ItemTokensConfig, int
 
 
 @dg.asset_check(asset=item_tokens, name=CHECK_NAME, blocking=True, compute_kind="great_expectations",
+                partitions_def=DATASET_PARTITIONS,
                 description="Great Expectations: every item has one tuple, no two items share one, each maps back.")
 def item_tokens_bijection(item_tokens: ItemTokensRecord) -> dg.AssetCheckResult:
     outcome = bijection_check(SemanticIds.load(item_tokens.path))

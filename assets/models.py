@@ -23,6 +23,7 @@ from typing import Optional
 
 import dagster as dg
 
+from assets.partitions import DATASET_PARTITIONS
 from assets.metadata import history_table, model_record_metadata
 from assets.model_runs import (POLICY_MODEL, RANKER_MODEL, library_config, save_and_register,
                                tracked_training)
@@ -144,7 +145,7 @@ def _train_policy_distributed(context: dg.AssetExecutionContext, settings: dict,
     return result, codes_file, params, reported
 
 
-@dg.asset(group_name="models", kinds={"pytorch", "mlflow"})
+@dg.asset(group_name="models", kinds={"pytorch", "mlflow"}, partitions_def=DATASET_PARTITIONS)
 def pretrained_policy(context: dg.AssetExecutionContext, config: PretrainAssetConfig, interactions: InteractionsRecord,
                       item_tokens: ItemTokensRecord, home: RecalignHome,
                       mlflow: MlflowTracking) -> dg.Output[PretrainedPolicyRecord]:
@@ -202,7 +203,7 @@ class RankerAssetConfig(dg.Config):
     seed: Optional[int] = None
 
 
-@dg.asset(group_name="models", kinds={"pytorch", "mlflow"})
+@dg.asset(group_name="models", kinds={"pytorch", "mlflow"}, partitions_def=DATASET_PARTITIONS)
 def ranker_reward_model(context: dg.AssetExecutionContext, config: RankerAssetConfig, interactions: InteractionsRecord,
                         home: RecalignHome, mlflow: MlflowTracking) -> RankerRewardModelRecord:
     """Reward regressor on logged (history, item) pairs: the 'production ranker' that RL methods optimize."""

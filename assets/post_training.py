@@ -16,6 +16,7 @@ from typing import Any, Mapping, Optional
 
 import dagster as dg
 
+from assets.partitions import DATASET_PARTITIONS
 from assets.metadata import history_table, model_record_metadata
 from assets.model_runs import POST_TRAINED_MODEL, library_config, save_and_register_servable, tracked_training
 from assets.records import InteractionsRecord, PostTrainedPolicyRecord, PretrainedPolicyRecord, RankerRewardModelRecord
@@ -44,6 +45,7 @@ class PostTrainAssetConfig(dg.Config):
 
 def post_trained_asset(variant: str, method: str, fixed: dict[str, Any]) -> dg.AssetsDefinition:
     @dg.asset(name=f"post_trained_{variant}", group_name="post_training", kinds={"pytorch", "mlflow"},
+              partitions_def=DATASET_PARTITIONS,
               tags={"method": method}, description=f"The pretrained policy post-trained with `{method}` "
               f"{fixed or '(default knobs)'} (docs/design.md §4).")
     def _asset(context: dg.AssetExecutionContext, config: PostTrainAssetConfig, interactions: InteractionsRecord,

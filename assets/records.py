@@ -168,7 +168,7 @@ class RobustnessStudyRecord:
 
 @dataclass(frozen=True, kw_only=True)
 class CrossDatasetComparisonRecord:
-    """`cross_dataset_comparison`: where the summary was written, and the data sets it covers."""
+    """`cross_dataset_summary`: where the summary was written, and the data sets it covers."""
 
     study: str  # "cross_dataset"
     dir: str  # the study's folder

@@ -12,6 +12,7 @@ import json
 
 import dagster as dg
 
+from assets.partitions import DATASET_PARTITIONS
 from assets.records import InteractionsRecord
 from assets.resources import RecalignHome
 from recmodels.data.quality import BLOCKING_CHECKS, WARNING_CHECKS, reward_checks
@@ -20,8 +21,8 @@ from recmodels.data.tables import read_parquet
 
 
 @dg.multi_asset_check(
-    specs=[dg.AssetCheckSpec(name, asset="interactions", blocking=True) for name in BLOCKING_CHECKS]
-    + [dg.AssetCheckSpec(name, asset="interactions", blocking=False) for name in WARNING_CHECKS],
+    specs=[dg.AssetCheckSpec(name, asset="interactions", blocking=True, partitions_def=DATASET_PARTITIONS) for name in BLOCKING_CHECKS]
+    + [dg.AssetCheckSpec(name, asset="interactions", blocking=False, partitions_def=DATASET_PARTITIONS) for name in WARNING_CHECKS],
     compute_kind="great_expectations",
 )
 def interactions_reward_checks(context: dg.AssetCheckExecutionContext, interactions: InteractionsRecord,

@@ -1,30 +1,30 @@
-"""The studies (group "studies"): the robustness study and the cross-data-set comparison.
+"""The studies (group "studies"): the robustness study and the cross-data-set summary.
 
-Neither reads the chain's assets: each loads its data through the source functions that `raw_logs`
-and `interactions` use (recmodels.data.*), runs a study of `recmodels.studies`, logs every model it
-trains as its own MLflow run in the experiment of its data set (tags `study`, `model`, `role`, and
-`noise` for the robustness study), and writes its report, tables and figures under
+The robustness study does not read the chain's assets: it simulates logs through the source functions
+that `raw_logs` and `interactions` use (recmodels.data.*), runs `recmodels.studies.robustness`, logs
+every model it trains as its own MLflow run in the simulator's experiment (tags `study`, `model`,
+`role`, `noise`). The cross-data-set summary trains nothing: it reads the latest `evaluation_report`
+of each data set partition of the chain. Both write their tables and figures under
 `<home>/studies/<study>/<dagster run id>/`. Docs: docs/studies.md.
 """
 import hashlib
+import json
 import math
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Optional
 
 import dagster as dg
+import pandas as pd
 
 from assets.metadata import image, markdown_table
 from assets.model_runs import library_config
+from assets.partitions import DATASET_PARTITIONS
 from assets.records import CrossDatasetComparisonRecord, RobustnessStudyRecord
 from assets.resources import MlflowTracking, RecalignHome
-from recmodels.evaluation.report_output import write_report
 from recmodels.post_training.loop import PostTrainConfig
-from recmodels.post_training.registry import METHODS
 from recmodels.storage.checkpoints import save_checkpoint
-from recmodels.studies.comparison import COMPARISON_SWEEPS, ComparisonConfig, method_variants
-from recmodels.studies.cross_dataset import (DATASETS, CrossDatasetConfig, run_cross_dataset, summary_table,
-                                             write_summary)
+from recmodels.studies.cross_dataset import summary_table, write_summary
 from recmodels.studies.robustness import (DEFAULT_EVAL_EVERY, DEFAULT_LAMBDAS, DEFAULT_METHODS, DEFAULT_NOISE_LEVELS,
                                           DEFAULT_PRETRAIN, DEFAULT_STEPS, STUDY_SIMULATOR, RobustnessConfig,
                                           run_robustness_study)
@@ -180,79 +180,65 @@ def robustness_study(context: dg.AssetExecutionContext, config: RobustnessStudyC
                                  pretraining_runs=result.pretraining_runs, findings=result.findings)
 
 
-class CrossDatasetComparisonConfig(dg.Config):
-    """The data sets, the variants and the budgets of the cross-data-set comparison.
+class CrossDatasetSummaryConfig(dg.Config):
+    """Which data set partitions the summary compares: `partitions` (default: every partition that has an
+    evaluation report), each through its latest `evaluation_report` materialization."""
 
-    pretrain_epochs_cap / ranker_epochs_cap: {data set: most epochs} (MovieLens-1M has ~10x the events
-    of MovieLens-100k); simulator: SimulatorConfig settings of the `simulator` data set.
-    """
-
-    datasets: list[str] = list(DATASETS)
-    lambdas: list[float] = list(COMPARISON_SWEEPS["exp_rw_sft"])
-    nll_grpo_alphas: list[float] = list(COMPARISON_SWEEPS["nll_grpo"])
-    methods: list[str] = [m for m in METHODS if m not in COMPARISON_SWEEPS]  # every other registered method
-    pretrain_epochs: int = 30
-    pretrain_epochs_cap: dict[str, int] = {"movielens-1m": 10}
-    pretrain: dict[str, Any] = {}
-    ranker_epochs: Optional[int] = None
-    ranker_epochs_cap: dict[str, int] = {"movielens-1m": 5}
-    steps: int = 200
-    batch_size: Optional[int] = None
-    eval_every: int = 50
-    lr: Optional[float] = None
-    seed: int = 0
-    n_boot: int = 1000
-    simulator: dict[str, Any] = {}
-    save_checkpoints: bool = True
-
-    def to_library(self) -> CrossDatasetConfig:
-        comparison = ComparisonConfig(
-            pretrain={**self.pretrain, "epochs": self.pretrain_epochs},
-            ranker=library_config(RankerTrainConfig, {"epochs": self.ranker_epochs}),
-            post_train=library_config(PostTrainConfig, {"steps": self.steps, "batch_size": self.batch_size,
-                                                        "eval_every": self.eval_every, "lr": self.lr}),
-            variants=method_variants(self.methods, self.lambdas, self.nll_grpo_alphas), seed=self.seed,
-            n_boot=self.n_boot)
-        return CrossDatasetConfig(datasets=tuple(self.datasets), comparison=comparison,
-                                  pretrain_epochs=dict(self.pretrain_epochs_cap),
-                                  ranker_epochs=dict(self.ranker_epochs_cap), simulator=dict(self.simulator))
+    partitions: list[str] = []
 
 
-@dg.asset(group_name="studies", kinds={"pytorch", "mlflow"})
-def cross_dataset_comparison(context: dg.AssetExecutionContext, config: CrossDatasetComparisonConfig,
-                             home: RecalignHome, mlflow: MlflowTracking) -> CrossDatasetComparisonRecord:
-    """The same method comparison on MovieLens-100k, MovieLens-1M and the simulator: one summary table."""
-    study = config.to_library()
-    out = study_dir(home, "cross_dataset", context.run_id)
-    with StudyRuns(context, mlflow, out / "checkpoints" if config.save_checkpoints else None) as runs:
-        result = run_cross_dataset(study, home.cache_dir, runs)
-    reports = result.reports
-    plots = {}
-    for dataset, comparison in result.comparisons.items():
-        files = write_report(comparison.report, out / "datasets" / dataset)
-        plots[dataset] = files["png"]
-        metrics = {f"test_{m}/{name}": p["metrics"][m]["mean"] for name, p in comparison.report["policies"].items()
-                   for m in ("ndcg@10", "hr@10", "true_top10") if m in p["metrics"]}
-        metrics |= {f"test_{m}_unmasked/{name}": p["unmasked"]["metrics"][m]["mean"]  # RecBole-comparable protocol
-                    for name, p in comparison.report["policies"].items() if p.get("unmasked")
-                    for m in ("ndcg@10", "hr@10")}
-        log_study_run(context, mlflow, dataset, [comparison.data_digest],
-                      {"policies": list(comparison.report["policies"])}, files, metrics, study="cross_dataset",
-                      model="evaluation_report")
-    summary = write_summary(reports, out)
-    log_study_run(context, mlflow, CROSS_DATASET_EXPERIMENT, [c.data_digest for c in result.comparisons.values()],
-                  config.model_dump(), summary, {}, study="cross_dataset", model="cross_dataset_comparison")
+def latest_reports(instance: dg.DagsterInstance, partitions: list[str]) -> list[dict]:
+    """The latest `evaluation_report` materialization of each partition that has one: partition, data set,
+    run id, time and the path of its report.json."""
+    found = []
+    for partition in partitions:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("evaluation_report"), asset_partitions=[partition]),
+            limit=1).records
+        if not records:
+            continue
+        materialization = records[0].asset_materialization
+        metadata = materialization.metadata if materialization is not None else {}
+        if "report_json" not in metadata:
+            continue  # written before reports named their report.json
+        found.append({"partition": partition, "dataset": metadata["dataset"].value,
+                      "run_id": records[0].run_id, "materialized_at": records[0].timestamp,
+                      "report_json": metadata["report_json"].value})
+    return found
+
+
+@dg.asset(group_name="studies", kinds={"mlflow"}, deps=["evaluation_report"])
+def cross_dataset_summary(context: dg.AssetExecutionContext, config: CrossDatasetSummaryConfig, home: RecalignHome,
+                          mlflow: MlflowTracking) -> CrossDatasetComparisonRecord:
+    """The method comparison on every data set, one table: the latest evaluation report of each data set
+    partition of the chain (a backfill of the partitions, or `make compare-datasets`, materializes them).
+    Each column names the run whose report it shows, so every number traces back to its models' lineage."""
+    partitions = config.partitions or DATASET_PARTITIONS.get_partition_keys()
+    unknown = sorted(set(partitions) - set(DATASET_PARTITIONS.get_partition_keys()))
+    if unknown:
+        raise dg.Failure(f"cross_dataset_summary: {unknown} are not data set partitions; "
+                         f"choose from {DATASET_PARTITIONS.get_partition_keys()}")
+    sources = latest_reports(context.instance, list(partitions))
+    if not sources:
+        raise dg.Failure(f"cross_dataset_summary: no evaluation report in partitions {list(partitions)}; "
+                         "materialize the full_chain job for them first (make compare-datasets)")
+    reports = {s["dataset"]: json.loads(Path(s["report_json"]).read_text()) for s in sources}
+    summary = write_summary(reports, study_dir(home, "cross_dataset", context.run_id))
+    log_study_run(context, mlflow, CROSS_DATASET_EXPERIMENT, [s["run_id"] for s in sources],
+                  {"partitions": [s["partition"] for s in sources]}, summary, {}, study="cross_dataset",
+                  model="cross_dataset_summary")
     true_table = summary_table(reports, "true_top10")
+    missing = sorted(set(partitions) - {s["partition"] for s in sources})
     context.add_output_metadata({
         "ndcg@10": dg.MetadataValue.md(summary_table(reports).to_markdown(index=False)),
         "ndcg@10_diff_vs_pretrained": dg.MetadataValue.md(
             summary_table(reports, section="diff_vs_baseline").to_markdown(index=False)),
         **({"true_top10": dg.MetadataValue.md(true_table.to_markdown(index=False))}
            if len(true_table.columns) > 1 else {}),
-        **{f"plot_{d}": image(p, f"{d}: NDCG@10 and HR@10 per policy") for d, p in plots.items()},
-        "mlflow_model_runs": runs.runs, "summary_md": dg.MetadataValue.path(str(summary["md"]))})
-    return CrossDatasetComparisonRecord(study="cross_dataset", dir=str(out),
+        "reports": markdown_table(pd.DataFrame(sources)[["partition", "dataset", "run_id"]]),
+        "partitions_without_report": missing, "summary_md": dg.MetadataValue.path(str(summary["md"]))})
+    return CrossDatasetComparisonRecord(study="cross_dataset", dir=str(Path(summary["md"]).parent),
                                         files={k: str(v) for k, v in summary.items()}, datasets=list(reports))
 
 
-STUDY_ASSETS = [robustness_study, cross_dataset_comparison]
+STUDY_ASSETS = [robustness_study, cross_dataset_summary]

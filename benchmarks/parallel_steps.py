@@ -9,9 +9,10 @@ Each run is a real `dagster job execute` (as `make run` starts it) with the same
 `execution` block, one after the other, each on a fresh temporary home (its own Dagster instance and
 MLflow store), on the same machine. Reported per run: the command's wall time (`wall_s`, start-up of
 the CLI included), the run's own time from the Dagster event log (`run_s`), the span of the
-post-training steps (`post_training_s`) and the sum of the step times (`step_s_total`, the CPU-bound
-work that parallel processes share), the torch threads each step process used; then the speedup of
-every run over the first one.
+post-training steps (`post_training_s`), the sum of the step times (`step_s_total`, the CPU-bound
+work that parallel processes share), the model steps' times, the torch threads each step process used
+and the 1-minute load average at its start and end (other work on the machine shows there); then the
+speedup of every run over the first one.
 """
 from __future__ import annotations
 
@@ -67,15 +68,19 @@ def run_timings(home: Path) -> dict:
             elif event.event_type in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE):
                 ends[event.step_key] = entry.timestamp
     post = [k for k in starts if k.startswith("post_trained_")]
+    models = ("ranker_reward_model", "pretrained_policy", "evaluation_report")
     return {"status": run.status.value,
             "run_s": round(record.end_time - record.start_time, 1) if record.end_time else None,
             "post_training_s": round(max(ends[k] for k in post) - min(starts[k] for k in post), 1) if post else None,
             "step_s_total": round(sum(ends[k] - starts[k] for k in ends), 1),
+            "model_step_s": {k: round(ends[k] - starts[k], 1) for k in models if k in ends},
             "steps": len(ends), "torch_threads_per_step": sorted(threads)}
 
 
-def run_chain(config: dict, execution: dict, cache: Path | None, keep: bool) -> dict:
-    """`dagster job execute` of full_chain on a fresh home; its timings."""
+def run_chain(config: dict, partition: str, execution: dict, cache: Path | None, keep: bool) -> dict:
+    """`dagster job execute` of full_chain on the `partition` data set on a fresh home; its timings."""
+    from pipelines.run_config import full_chain_command
+
     home = Path(tempfile.mkdtemp(prefix="recalign-parallel-"))
     (home / "dagster").mkdir()
     shutil.copy(ROOT / "dagster.yaml", home / "dagster" / "dagster.yaml")
@@ -86,11 +91,12 @@ def run_chain(config: dict, execution: dict, cache: Path | None, keep: bool) -> 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "MLFLOW_ARTIFACT",
                                                                         "OMP_NUM_THREADS", "MKL_NUM_THREADS"))}
     env |= {"DAGSTER_HOME": str(home / "dagster"), "RECALIGN_HOME": str(home), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    load_start = round(os.getloadavg()[0], 2)
     start = time.perf_counter()
-    done = subprocess.run([DAGSTER, "job", "execute", "-m", "pipelines.definitions", "-j", "full_chain",
-                           "-c", str(config_file)], cwd=ROOT, env=env, capture_output=True, text=True)
+    done = subprocess.run(full_chain_command(DAGSTER, config_file, partition), cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
-    result = {"wall_s": round(wall, 1), "returncode": done.returncode, **run_timings(home)}
+    result = {"wall_s": round(wall, 1), "returncode": done.returncode, **run_timings(home),
+              "load_avg_1min_start_end": [load_start, round(os.getloadavg()[0], 2)]}
     if done.returncode != 0:
         result["output_tail"] = (done.stdout + done.stderr)[-2000:]
     if keep:
@@ -115,20 +121,22 @@ def main() -> None:
     args = parser.parse_args()
 
     from pipelines.run_config import executor_config, parse_workers
+    from scripts.ui_check import SMALL_RUN_PARTITION
     from recmodels.runtime import available_cores, threads_per_process
 
     workers = [parse_workers(w) for w in args.workers.split(",")]
     load_before = [round(x, 2) for x in os.getloadavg()]
     config = chain_config(args.chain, args.post_train_steps)
+    partition = SMALL_RUN_PARTITION if args.chain == "small" else args.chain
     # warm the page cache with what every process imports, so that the first timed run does not pay for it
     subprocess.run([sys.executable, "-c", "import pipelines.definitions, mlflow.pyfunc, great_expectations"],
                    cwd=ROOT, check=True, capture_output=True)
     runs = []
     if args.in_process:
-        runs.append({"executor": "in_process", **run_chain(config, {"in_process": {}}, args.cache_dir, args.keep)})
+        runs.append({"executor": "in_process", **run_chain(config, partition, {"in_process": {}}, args.cache_dir, args.keep)})
     for n in workers:
         runs.append({"executor": "multiprocess", "max_concurrent": n, "expected_torch_threads": threads_per_process(n),
-                     **run_chain(config, executor_config(n), args.cache_dir, args.keep)})
+                     **run_chain(config, partition, executor_config(n), args.cache_dir, args.keep)})
     base = runs[0]["wall_s"]
     for run in runs:
         run["speedup_vs_first"] = round(base / run["wall_s"], 2)

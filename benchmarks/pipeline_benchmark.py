@@ -73,12 +73,12 @@ def main() -> None:
     from pipelines.definitions import defs
 
     job = defs.resolve_job_def("full_chain")
-    run_config = {"ops": {"raw_logs": {"config": {"source": args.source}},
-                          "pretrained_policy": {"config": {"tokenization": args.tokenization}}}}
+    run_config = {"ops": {"pretrained_policy": {"config": {"tokenization": args.tokenization}}}}
     (home / "dagster").mkdir(exist_ok=True)
     with dg.instance_for_test(temp_dir=str(home / "dagster")) as instance:
         start = time.perf_counter()
-        result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
+        result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False,
+                                        partition_key=args.source)
         total = time.perf_counter() - start
         steps = step_wall_times(instance, result.run_id)
     pretrained = result.output_for_node("pretrained_policy") if result.success else None

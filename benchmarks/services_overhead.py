@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 import yaml  # noqa: E402
 
 from pipelines.resources import profile_environment  # noqa: E402
+from pipelines.run_config import full_chain_command  # noqa: E402
 from scripts.ui_check import small_run_config  # noqa: E402
 
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
@@ -61,8 +62,7 @@ def one_run(env: dict[str, str], config: Path, log: Path) -> dict:
     tag = uuid.uuid4().hex
     start = time.perf_counter()
     with log.open("w") as out:
-        code = subprocess.run([DAGSTER, "job", "execute", "-m", "pipelines.definitions", "-j", "full_chain",
-                               "-c", str(config), "--tags", json.dumps({TAG: tag})],
+        code = subprocess.run(full_chain_command(DAGSTER, config, "file", {TAG: tag}),
                               cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
     wall = time.perf_counter() - start
     if code != 0:
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     logs = work / f"services-overhead-{uuid.uuid4().hex[:8]}.parquet"
     simulate_logs(SimulatorConfig(**config["ops"]["raw_logs"]["config"]["simulator"])).logs.to_parquet(logs)
     dataset = load_raw_logs("file", path=str(logs), cache_dir=work).name
-    config["ops"]["raw_logs"] = {"config": {"source": "file", "path": str(logs)}}
+    config["ops"]["raw_logs"] = {"config": {"path": str(logs)}}
     config_path = work / "run_config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     envs = {p: run_environment(profile_environment(p, work / p)) for p in PROFILES}

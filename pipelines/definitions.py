@@ -1,5 +1,6 @@
-"""The code location that `dagster dev -w workspace.yaml` and `dg` load: assets, the full_chain job,
-the nightly schedule, the new-raw-logs sensor, and the two study jobs (docs/studies.md)."""
+"""The code location that `dagster dev -w workspace.yaml` and `dg` load: assets, the full_chain job
+(one data set partition per run, assets/partitions.py), the nightly schedule, the new-raw-logs sensor,
+and the two study jobs (docs/studies.md)."""
 from __future__ import annotations
 
 import os
@@ -12,7 +13,8 @@ import torch  # noqa: E402
 
 from assets import ALL_ASSETS, ALL_CHECKS  # noqa: E402
 from assets.orphaned_runs import HOST_TAG, run_worker_pid, this_host  # noqa: E402
-from assets.studies import STUDY_ASSETS, cross_dataset_comparison, robustness_study  # noqa: E402
+from assets.partitions import BUILTIN_DATASETS  # noqa: E402
+from assets.studies import STUDY_ASSETS, cross_dataset_summary, robustness_study  # noqa: E402
 from pipelines.resources import build_resources  # noqa: E402
 from pipelines.run_config import executor_config  # noqa: E402
 from pipelines.sensors import build_new_raw_logs_sensor  # noqa: E402
@@ -77,20 +79,28 @@ robustness_study_job = dg.define_asset_job(
     "robustness_study_job", selection=dg.AssetSelection.assets(robustness_study), executor_def=dg.in_process_executor,
     description="Sweep the observed-reward noise of the simulator; compare every method's true-reward gain per level.")
 
-cross_dataset_comparison_job = dg.define_asset_job(
-    "cross_dataset_comparison_job", selection=dg.AssetSelection.assets(cross_dataset_comparison),
+cross_dataset_summary_job = dg.define_asset_job(
+    "cross_dataset_summary_job", selection=dg.AssetSelection.assets(cross_dataset_summary),
     executor_def=dg.in_process_executor,
-    description="Run the same method comparison on MovieLens-100k, MovieLens-1M and the simulator; one summary table.")
+    description="One table of the method comparison on every data set: the latest evaluation report of each "
+                "partition of the chain (materialize the partitions first: a backfill, or make compare-datasets).")
 
-nightly_retraining = dg.ScheduleDefinition(
-    name="nightly_retraining", job=full_chain_job, cron_schedule="0 2 * * *", execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.STOPPED,
-    description="Retrain and re-evaluate the whole chain at 02:00 UTC every night (turn it on in the UI).")
+
+@dg.schedule(name="nightly_retraining", job=full_chain_job, cron_schedule="0 2 * * *", execution_timezone="UTC",
+             default_status=dg.DefaultScheduleStatus.STOPPED,
+             description="Retrain and re-evaluate the whole chain of every built-in data set partition "
+                         f"({', '.join(BUILTIN_DATASETS)}) at 02:00 UTC every night, one run each "
+                         "(turn it on in the UI).")
+def nightly_retraining(context: dg.ScheduleEvaluationContext):
+    night = context.scheduled_execution_time.strftime("%Y-%m-%d")
+    for dataset in BUILTIN_DATASETS:
+        yield dg.RunRequest(run_key=f"{dataset}-{night}", partition_key=dataset)
+
 
 new_raw_logs = build_new_raw_logs_sensor(full_chain_job)
 
 defs = dg.Definitions(
     assets=[*ALL_ASSETS, *STUDY_ASSETS], asset_checks=ALL_CHECKS,
-    jobs=[full_chain_job, robustness_study_job, cross_dataset_comparison_job], schedules=[nightly_retraining],
+    jobs=[full_chain_job, robustness_study_job, cross_dataset_summary_job], schedules=[nightly_retraining],
     sensors=[new_raw_logs],
     resources={**build_resources(), "step_threads": StepProcessThreads()}, executor=dg.in_process_executor)

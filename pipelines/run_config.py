@@ -5,7 +5,8 @@
     python -m pipelines.run_config --workers 1 --out ...    # one step process at a time
 
 `dagster job execute` takes run config only from files, so the Makefile's variables (`SOURCE`,
-`LOGS`, `COLUMNS`, `TOKENIZATION`, `WORKERS`) become a YAML file under `RECALIGN_HOME`; the file stays
+`LOGS`, `COLUMNS`, `TOKENIZATION`, `WORKERS`) become a YAML file under `RECALIGN_HOME`, and the run's
+partition, the source (assets/partitions.py), the JSON tags of `--tags-out`; the file stays
 there so the exact config of the last `make run` can be read or re-used with `-c`. Bad input (an
 unknown source, `file` without logs, a missing file, a malformed column mapping, a worker count that
 is no positive integer) is an error that names the variable, before anything runs.
@@ -17,6 +18,7 @@ whole config (`execution: config: multiprocess: ...`), start method included.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -75,13 +77,14 @@ def parse_columns(text: str) -> dict[str, str]:
 
 def full_chain_run_config(source: str = "movielens-100k", logs: str | None = None, columns: str = "",
                           tokenization: str = DEFAULT_TOKENIZATION, workers: str | int | None = None) -> dict:
-    """Run config of the `full_chain` job for one data source and tokenization, `workers` steps at once."""
+    """Run config of the `full_chain` job for one data source and tokenization, `workers` steps at once.
+    The source itself is the run's partition (`partition_tags(source)`), not part of the config."""
     workers = parse_workers(workers)
     if source not in SOURCES:
         raise RunConfigError(f"SOURCE={source!r} is not a known source; use one of {', '.join(SOURCES)}")
     if tokenization not in TOKENIZATIONS:
         raise RunConfigError(f"TOKENIZATION={tokenization!r}: use one of {', '.join(TOKENIZATIONS)}")
-    raw_logs: dict = {"source": source}
+    raw_logs: dict = {}
     if source == "file":
         if not logs:
             raise RunConfigError("SOURCE=file needs LOGS=path/to/logs.parquet|.csv|.tsv")
@@ -98,6 +101,18 @@ def full_chain_run_config(source: str = "movielens-100k", logs: str | None = Non
             "execution": {"config": executor_config(workers)}}
 
 
+def partition_tags(source: str) -> dict[str, str]:
+    """The run tags that make a `full_chain` run materialize the `source` partition (assets/partitions.py)."""
+    return {"dagster/partition": source}
+
+
+def full_chain_command(dagster: str | Path, config: str | Path, source: str, tags: dict | None = None) -> list[str]:
+    """The `dagster job execute` command line of a `full_chain` run on the `source` partition, as `make run`
+    starts it (for the tests and benchmarks that start real runs)."""
+    return [str(dagster), "job", "execute", "-m", "pipelines.definitions", "-j", "full_chain", "-c", str(config),
+            "--tags", json.dumps({**partition_tags(source), **(tags or {})})]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.run_config", description=__doc__.splitlines()[0])
     parser.add_argument("--source", default="movielens-100k")
@@ -107,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", default="",
                         help="steps run at once, each in its own process (default: one per core)")
     parser.add_argument("--out", required=True, type=Path, help="where to write the YAML run config")
+    parser.add_argument("--tags-out", type=Path,
+                        help="where to write the run's tags as JSON (the partition: `dagster job execute --tags`)")
     args = parser.parse_args(argv)
     try:
         config = full_chain_run_config(args.source, args.logs or None, args.columns, args.tokenization,
@@ -117,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(yaml.safe_dump(config, sort_keys=False))
     print(f"run config: {args.out}")
+    if args.tags_out:
+        args.tags_out.write_text(json.dumps(partition_tags(args.source)))
     return 0
 
 

@@ -2,7 +2,7 @@
 
 The folder is `RECALIGN_WATCH_DIR` (default `<RECALIGN_HOME>/incoming`). Every new `.parquet`,
 `.csv` or `.tsv` file there starts one `full_chain` run with `raw_logs` reading that file
-(`source: file`). A file counts as new when its path, size or modification time differs from
+(the `file` partition). A file counts as new when its path, size or modification time differs from
 what the sensor has already seen: the cursor remembers each file's signature, and the run key
 (path + mtime + size) makes Dagster refuse a second run for the same file even if the cursor is
 lost. Hidden files and files modified in the last `SETTLE_S` seconds (possibly still being
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.partitions import FILE_PARTITION
 from pipelines.resources import project_home
 
 LOG_SUFFIXES = (".parquet", ".csv", ".tsv")
@@ -53,7 +54,7 @@ def new_log_files(folder: Path, seen: dict[str, str], now: float | None = None) 
 
 
 def raw_logs_run_config(path: Path) -> dict:
-    return {"ops": {"raw_logs": {"config": {"source": "file", "path": str(path)}}}}
+    return {"ops": {"raw_logs": {"config": {"path": str(path)}}}}
 
 
 def build_new_raw_logs_sensor(job: dg.JobDefinition | dg.UnresolvedAssetJobDefinition) -> dg.SensorDefinition:
@@ -71,6 +72,7 @@ def build_new_raw_logs_sensor(job: dg.JobDefinition | dg.UnresolvedAssetJobDefin
         for path, signature in files:
             seen[str(path)] = signature
             yield dg.RunRequest(run_key=f"{path}:{signature}", run_config=raw_logs_run_config(path),
+                                partition_key=FILE_PARTITION,
                                 tags={"recalign/raw_logs_file": str(path)})
         existing = {str(p) for p in folder.iterdir()}
         context.update_cursor(json.dumps({p: s for p, s in seen.items() if p in existing}, sort_keys=True))

@@ -48,7 +48,7 @@ def chain_fingerprint(tokenization: str, root: Path) -> dict:
 
     from assets import ALL_ASSETS, ALL_CHECKS
     from assets.resources import MlflowTracking, RecalignHome
-    from scripts.ui_check import small_run_config
+    from scripts.ui_check import SMALL_RUN_PARTITION, small_run_config
 
     config = small_run_config()
     config["ops"]["pretrained_policy"]["config"]["tokenization"] = tokenization
@@ -57,7 +57,7 @@ def chain_fingerprint(tokenization: str, root: Path) -> dict:
                                           artifact_root=str(root / "artifacts"))}
     with dg.instance_for_test(temp_dir=str(root)) as instance:
         result = dg.materialize([*ALL_ASSETS, *ALL_CHECKS], instance=instance, resources=resources,
-                                run_config=config, raise_on_error=True)
+                                run_config=config, raise_on_error=True, partition_key=SMALL_RUN_PARTITION)
     outputs = {a.key.to_user_string(): result.output_for_node(a.key.to_user_string()) for a in ALL_ASSETS}
     checkpoints = {name: tensors_digest(record.checkpoint) for name, record in sorted(outputs.items())
                    if getattr(record, "checkpoint", None)}  # the model records (a skipped variant's is None)

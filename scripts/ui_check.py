@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from assets.model_runs import POST_TRAINED_MODEL, registered_model_name
+from pipelines.run_config import full_chain_command
 from scripts.local_servers import BIN, HOST, free_port, running, server_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,11 +35,15 @@ CHECKS = ("schema", "reward_not_null_and_finite", "reward_in_range", "reward_std
 TINY_POST_TRAINING = {"steps": 4, "eval_every": 2, "batch_size": 16}
 
 
+SMALL_RUN_PARTITION = "simulator"  # the data set partition of small_run_config
+
+
 def small_run_config() -> dict:
-    """Simulated logs and tiny models: the whole chain in about a minute on two cores."""
+    """Simulated logs and tiny models: the whole chain in about a minute on two cores (partition
+    `SMALL_RUN_PARTITION`)."""
     from assets.post_training import VARIANTS
 
-    ops = {"raw_logs": {"config": {"source": "simulator", "simulator": {
+    ops = {"raw_logs": {"config": {"simulator": {
                "n_users": 60, "n_items": 40, "events_per_user": [6, 14], "seed": 3}}},
            "pretrained_policy": {"config": {"epochs": 3, "d_model": 16, "n_heads": 1, "n_layers": 1, "max_len": 10,
                                             "batch_size": 32}},
@@ -90,8 +95,7 @@ def materialize_small_run(home: Path, env: dict[str, str], log: Path) -> float:
     config = home / "small_run.json"
     config.write_text(json.dumps(small_run_config()))
     with open(log, "w") as out:
-        subprocess.run([str(BIN / "dagster"), "job", "execute", "-m", "pipelines.definitions", "-j", "full_chain",
-                        "-c", str(config)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, check=True,
+        subprocess.run(full_chain_command(BIN / "dagster", config, SMALL_RUN_PARTITION), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, check=True,
                        timeout=900)
     return time.monotonic() - start
 

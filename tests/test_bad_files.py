@@ -182,11 +182,11 @@ def store(tmp_path_factory) -> dict:
 def run_chain(logs_file: Path, home: Path, store: dict, instance: dg.DagsterInstance,
               assets=CHAIN, checks=CHECKS) -> dg.ExecuteInProcessResult:
     ops = {name: {"config": cfg} for name, cfg in TINY.items() if name in {a.key.to_user_string() for a in assets}}
-    ops["raw_logs"] = {"config": {"source": "file", "path": str(logs_file)}}
+    ops["raw_logs"] = {"config": {"path": str(logs_file)}}
     resources = {"home": RecalignHome(root=str(home)),
                  "mlflow": MlflowTracking(tracking_uri=store["uri"], artifact_root=store["artifacts"])}
     return dg.materialize([*assets, *checks], instance=instance, resources=resources, run_config={"ops": ops},
-                          raise_on_error=False)
+                          raise_on_error=False, partition_key="file")
 
 
 def materialized(instance: dg.DagsterInstance) -> set[str]:

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scripts.ui_check import small_run_config
+from pipelines.run_config import full_chain_command
+from scripts.ui_check import SMALL_RUN_PARTITION, small_run_config
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,8 +39,7 @@ def write_config(path: Path, config: dict) -> Path:
 
 
 def start_chain(config: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([DAGSTER, "job", "execute", "-m", "pipelines.definitions", "-j", "full_chain",
-                             "-c", str(config)], cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+    return subprocess.Popen(full_chain_command(DAGSTER, config, SMALL_RUN_PARTITION), cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
 
 
@@ -50,6 +50,11 @@ def test_two_runs_at_once_on_a_new_store_both_succeed(tmp_path):
 
     env = chain_env(tmp_path / "home")
     config = write_config(tmp_path / "run_config.yaml", small_run_config())
+    # Dagster creates its own sqlite storage on first use without a lock (two processes creating it at once
+    # can fail in alembic): create it first, as `make run` or `make dev` would have; the MLflow store and
+    # everything of recalign's stay brand new.
+    subprocess.run([sys.executable, "-c", "import dagster as dg; dg.DagsterInstance.get().get_run_records()"],
+                   env=env, check=True, timeout=120)
     logs = [tmp_path / f"run{i}.log" for i in range(2)]
     runs = [start_chain(config, env, log) for log in logs]
     codes = [run.wait(timeout=600) for run in runs]

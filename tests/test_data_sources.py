@@ -279,11 +279,11 @@ def test_column_mapping_for_a_source_other_than_file_rejected_naming_the_source(
 @pytest.mark.integration
 def test_raw_logs_asset_applies_the_column_mapping_of_its_config(tmp_path):
     path = write_csv(tmp_path / "mine.csv", PEOPLES_CSV)
-    run_config = {"ops": {"raw_logs": {"config": {"source": "file", "path": str(path), "columns": PEOPLES_MAPPING}}}}
+    run_config = {"ops": {"raw_logs": {"config": {"path": str(path), "columns": PEOPLES_MAPPING}}}}
     (tmp_path / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
         result = dg.materialize([raw_logs, interactions], instance=instance, run_config=run_config,
-                                resources={"home": RecalignHome(root=str(tmp_path / "home"))})
+                                resources={"home": RecalignHome(root=str(tmp_path / "home"))}, partition_key="file")
     assert result.success
     record = result.output_for_node("raw_logs")
     logs = pd.read_parquet(record.logs)

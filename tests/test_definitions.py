@@ -1,6 +1,8 @@
 """The code location loads and wires the chain, job and schedule the way users rely on."""
 from __future__ import annotations
 
+import datetime
+
 import dagster as dg
 
 from pipelines.definitions import defs
@@ -50,12 +52,35 @@ def test_nightly_schedule_at_two_utc_on_the_full_chain():
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
 
 
+def test_every_chain_asset_and_check_is_partitioned_by_data_set():
+    graph = defs.resolve_asset_graph()
+    chain = defs.resolve_job_def("full_chain")
+    assert chain.partitions_def.get_partition_keys() == ["movielens-100k", "movielens-1m", "file", "simulator"]
+    for node in chain.nodes:
+        key = dg.AssetKey(node.name)
+        if key in graph.get_all_asset_keys():
+            assert graph.get(key).partitions_def == chain.partitions_def, node.name
+    assert all(graph.get_check_spec(k).partitions_def == chain.partitions_def for k in graph.asset_check_keys)
+    assert graph.get(dg.AssetKey("cross_dataset_summary")).partitions_def is None  # one table over the partitions
+
+
+def test_the_nightly_schedule_retrains_every_built_in_data_set_once_a_night():
+    schedule = defs.resolve_schedule_def("nightly_retraining")
+    with dg.instance_for_test() as instance:
+        when = datetime.datetime(2026, 3, 1, 2, 0, tzinfo=datetime.timezone.utc)
+        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=when,
+                                            repository_def=defs.get_repository_def())
+        requests = schedule.evaluate_tick(context).run_requests
+    assert [r.partition_key for r in requests] == ["movielens-100k", "movielens-1m", "simulator"]
+    assert len({r.run_key for r in requests}) == 3 and all("2026-03-01" in r.run_key for r in requests)
+
+
 def test_studies_are_their_own_jobs_and_stay_out_of_the_nightly_chain():
     chain = {node.name for node in defs.resolve_job_def("full_chain").nodes}
-    assert {"robustness_study", "cross_dataset_comparison"}.isdisjoint(chain)
+    assert {"robustness_study", "cross_dataset_summary"}.isdisjoint(chain)
     assert {"raw_logs", "evaluation_report", "champion"} <= chain
     graph = defs.resolve_asset_graph()
-    for name in ("robustness_study", "cross_dataset_comparison"):
+    for name in ("robustness_study", "cross_dataset_summary"):
         assert graph.get(dg.AssetKey(name)).group_name == "studies"
         job = defs.resolve_job_def(f"{name}_job")
         assert {node.name for node in job.nodes} == {name}
@@ -66,7 +91,7 @@ def test_the_whole_code_location_loads_as_dagster_dev_loads_it():
     # job and op names share one namespace: a job named like an asset fails only here, not per job
     dg.Definitions.validate_loadable(defs)
     repository = defs.get_repository_def()
-    assert {"full_chain", "robustness_study_job", "cross_dataset_comparison_job"} <= set(repository.job_names)
+    assert {"full_chain", "robustness_study_job", "cross_dataset_summary_job"} <= set(repository.job_names)
 
 
 def test_full_chain_runs_each_step_in_its_own_process_one_per_core_by_default():
@@ -75,9 +100,11 @@ def test_full_chain_runs_each_step_in_its_own_process_one_per_core_by_default():
 
     job = defs.resolve_job_def("full_chain")
     assert job.executor_def.name == dg.multi_or_in_process_executor.name
-    (executor,) = dg.validate_run_config(job, {})["execution"].values()
-    assert executor["multiprocess"]["max_concurrent"] == available_cores()
-    assert executor["multiprocess"]["start_method"]["forkserver"]["preload_modules"] == ["pipelines.step_preload"]
+    for partition in job.partitions_def.get_partition_keys():  # every data set's run gets the executor's config
+        default = job.partitioned_config.get_run_config_for_partition_key(partition)
+        (executor,) = dg.validate_run_config(job, default)["execution"].values()
+        assert executor["multiprocess"]["max_concurrent"] == available_cores()
+        assert executor["multiprocess"]["start_method"]["forkserver"]["preload_modules"] == ["pipelines.step_preload"]
     one = dg.validate_run_config(job, {"execution": {"config": {"multiprocess": {"max_concurrent": 1}}}})
     assert next(iter(one["execution"].values()))["multiprocess"]["max_concurrent"] == 1
     assert dg.validate_run_config(job, {"execution": {"config": {"in_process": {}}}})

@@ -116,7 +116,7 @@ def test_the_torchrun_command_of_one_node_and_of_several():
 @pytest.mark.integration
 def test_the_asset_trains_in_two_processes_through_dagster_pipes(tmp_path):
     logs, catalog = write_synthetic_dataset(tmp_path / "data", n_users=40, n_items=30, seed=4)
-    ops = {"raw_logs": {"config": {"source": "file", "path": str(logs), "catalog_path": str(catalog)}},
+    ops = {"raw_logs": {"config": {"path": str(logs), "catalog_path": str(catalog)}},
            "item_tokens": {"config": {"n_levels": 2, "codebook_size": 4, "svd_dim": 8, "seed": 1}},
            "pretrained_policy": {"config": {"epochs": 3, "d_model": 16, "n_heads": 1, "n_layers": 1, "max_len": 10,
                                             "batch_size": 32, "nproc_per_node": 2}}}
@@ -126,7 +126,7 @@ def test_the_asset_trains_in_two_processes_through_dagster_pipes(tmp_path):
     (tmp_path / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
         result = dg.materialize([raw_logs, interactions, item_tokens, pretrained_policy], instance=instance,
-                                resources=resources, run_config={"ops": ops})
+                                resources=resources, run_config={"ops": ops}, partition_key="file")
         logs_text = " ".join(e.message or "" for e in instance.all_logs(result.run_id))
     assert result.success
     record = result.output_for_node("pretrained_policy")

@@ -8,6 +8,7 @@ import dagster as dg
 import numpy as np
 import pytest
 
+from assets.partitions import DATASET_PARTITIONS
 from assets.data import interactions, raw_logs
 from assets.item_tokens import item_tokens, item_tokens_bijection
 from assets.records import ItemTokensRecord
@@ -29,11 +30,12 @@ def dagster_dir(tmp_path: Path) -> str:
 def materialized(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("item_tokens")
     logs, catalog = write_synthetic_dataset(tmp / "data", n_users=40, n_items=30, seed=4)
-    run_config = {"ops": {"raw_logs": {"config": {"source": "file", "path": str(logs), "catalog_path": str(catalog)}},
+    run_config = {"ops": {"raw_logs": {"config": {"path": str(logs), "catalog_path": str(catalog)}},
                           "item_tokens": {"config": {"n_levels": 2, "codebook_size": 4, "svd_dim": 8, "seed": 1}}}}
     with dg.instance_for_test(temp_dir=dagster_dir(tmp)) as instance:
         result = dg.materialize([raw_logs, interactions, item_tokens, item_tokens_bijection], instance=instance,
-                                resources={"home": RecalignHome(root=str(tmp / "home"))}, run_config=run_config)
+                                resources={"home": RecalignHome(root=str(tmp / "home"))}, run_config=run_config,
+                                partition_key="file")
         yield tmp, result
 
 
@@ -76,18 +78,18 @@ def broken_ids() -> SemanticIds:
 def test_a_broken_mapping_fails_the_blocking_check_naming_the_duplicated_tuple(tmp_path):
     path = broken_ids().save(tmp_path / "broken.npz")
 
-    @dg.asset(name="item_tokens")
+    @dg.asset(name="item_tokens", partitions_def=DATASET_PARTITIONS)
     def broken_item_tokens() -> ItemTokensRecord:
         return ItemTokensRecord(dataset="broken", path=str(path), n_items=5, level_sizes=[2, 2, 2], tuple_length=3,
                                 n_collisions=0, max_disambiguation=1, codebook_usage=[1.0, 1.0], build_seconds=0.0)
 
-    @dg.asset(deps=["item_tokens"])
+    @dg.asset(deps=["item_tokens"], partitions_def=DATASET_PARTITIONS)
     def downstream() -> int:
         return 1
 
     with dg.instance_for_test(temp_dir=dagster_dir(tmp_path)) as instance:
         result = dg.materialize([broken_item_tokens, downstream, item_tokens_bijection], instance=instance,
-                                raise_on_error=False)
+                                raise_on_error=False, partition_key="file")
     (evaluation,) = result.get_asset_check_evaluations()
     assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR
     assert "tuple 1-1-0 is shared by item_idx [3, 4]" in evaluation.description

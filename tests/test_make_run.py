@@ -4,6 +4,8 @@ The summary is checked on real `full_chain` runs (tiny models) in a real Dagster
 store; CI runs `make run` itself on MovieLens-100k (`.ci/run`)."""
 from __future__ import annotations
 
+import json
+
 import dagster as dg
 import pytest
 import yaml
@@ -23,7 +25,7 @@ JOB = defs.resolve_job_def("full_chain")
 def test_every_documented_variant_is_a_valid_full_chain_config(kwargs):
     config = full_chain_run_config(**kwargs)
     assert dg.validate_run_config(JOB, config)
-    assert config["ops"]["raw_logs"]["config"]["source"] == kwargs.get("source", "movielens-100k")
+    assert "source" not in config["ops"]["raw_logs"]["config"]  # the source is the run's partition
     assert config["ops"]["pretrained_policy"]["config"]["tokenization"] == kwargs.get("tokenization", "atomic")
     assert config["execution"]["config"]["multiprocess"]["max_concurrent"] == available_cores()
 
@@ -37,10 +39,11 @@ def test_workers_become_the_executors_max_concurrent(workers, expected):
     assert "forkserver" in multiprocess["start_method"]  # the whole executor config, not only the count
 
 
-def test_the_config_file_holds_the_workers(tmp_path, capsys):
-    out = tmp_path / "run_config.yaml"
-    assert main(["--source", "simulator", "--workers", "1", "--out", str(out)]) == 0
+def test_the_config_file_holds_the_workers_and_the_tags_the_partition(tmp_path, capsys):
+    out, tags = tmp_path / "run_config.yaml", tmp_path / "run_tags.json"
+    assert main(["--source", "simulator", "--workers", "1", "--out", str(out), "--tags-out", str(tags)]) == 0
     assert yaml.safe_load(out.read_text())["execution"]["config"]["multiprocess"]["max_concurrent"] == 1
+    assert json.loads(tags.read_text()) == {"dagster/partition": "simulator"}
     assert main(["--workers", "many", "--out", str(out)]) == 2
     assert "make run: WORKERS='many'" in capsys.readouterr().err
 
@@ -51,7 +54,7 @@ def test_file_source_takes_an_absolute_path_and_the_column_mapping(tmp_path, mon
     config = full_chain_run_config("file", "logs.csv", "uid=user_id, movie_id=item_id,ts=timestamp")
     assert dg.validate_run_config(JOB, config)
     assert config["ops"]["raw_logs"]["config"] == {
-        "source": "file", "path": str(tmp_path / "logs.csv"),
+        "path": str(tmp_path / "logs.csv"),
         "columns": {"uid": "user_id", "movie_id": "item_id", "ts": "timestamp"}}
 
 
@@ -81,7 +84,7 @@ def test_malformed_column_mappings_are_refused(text, named):
 def run_chain(instance: dg.DagsterInstance, raw_logs_config: dict) -> dg.ExecuteInProcessResult:
     config = small_run_config()
     config["ops"]["raw_logs"] = {"config": raw_logs_config}
-    return JOB.execute_in_process(run_config=config, instance=instance, raise_on_error=False)
+    return JOB.execute_in_process(run_config=config, instance=instance, raise_on_error=False, partition_key="file")
 
 
 @pytest.mark.integration
@@ -89,7 +92,7 @@ def test_summary_of_a_successful_run_names_report_verdict_champion_and_next_comm
     logs = tmp_path / "logs.parquet"
     make_synthetic_logs(n_users=50, n_items=30, seed=1).to_parquet(logs)
     with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
-        result = run_chain(instance, {"source": "file", "path": str(logs)})
+        result = run_chain(instance, {"path": str(logs)})
         assert result.success
         run = latest_run(instance)
         lines, report = summary(instance, run)
@@ -114,7 +117,7 @@ def test_summary_of_a_failed_run_names_the_failed_step_and_fails(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("user_id,item_id,timestamp,rating\n1,2,yesterday,4\n")
     with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
-        result = run_chain(instance, {"source": "file", "path": str(bad)})
+        result = run_chain(instance, {"path": str(bad)})
         assert not result.success
         run = latest_run(instance)
         lines, report = summary(instance, run)

@@ -31,7 +31,7 @@ def model_name(result, kind: str) -> str:
 
 def run_config(logs_path: Path) -> dict:
     ops = {name: {"config": cfg} for name, cfg in SMALL_MODELS.items()}
-    ops["raw_logs"] = {"config": {"source": "file", "path": str(logs_path)}}
+    ops["raw_logs"] = {"config": {"path": str(logs_path)}}
     return {"ops": ops}
 
 
@@ -48,7 +48,7 @@ def materialize(tmp_path: Path, logs_path: Path, instance: dg.DagsterInstance) -
                                  artifact_root=str(tmp_path / "artifacts")),
     }
     return dg.materialize([*ALL_ASSETS, *ALL_CHECKS], instance=instance, resources=resources,
-                          run_config=run_config(logs_path), raise_on_error=False)
+                          run_config=run_config(logs_path), raise_on_error=False, partition_key="file")
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +179,7 @@ def test_a_challenger_that_fails_a_gate_leaves_the_champion_and_says_why(chain):
                                           artifact_root=str(tmp / "artifacts"))}
     impossible = {"alignment_tolerance": -1.0}  # reward alignment would have to rise by a full point
     result = dg.materialize([*ALL_ASSETS, *ALL_CHECKS], selection=["champion"], instance=instance, resources=resources,
-                            run_config={"ops": {"champion": {"config": impossible}}})
+                            run_config={"ops": {"champion": {"config": impossible}}}, partition_key="file")
     record = result.output_for_node("champion")
     assert record.decision == "kept" and record.challenger_version == best
     assert alias_version(client, name, "champion") == other
@@ -224,14 +224,14 @@ def test_missing_column_fails_at_raw_logs_naming_it(tmp_path):
 
 def test_simulated_logs_are_evaluated_against_the_oracle(tmp_path):
     config = run_config(tmp_path / "unused.parquet")
-    config["ops"]["raw_logs"] = {"config": {"source": "simulator", "simulator": {
+    config["ops"]["raw_logs"] = {"config": {"simulator": {
         "n_users": 60, "n_items": 40, "events_per_user": [6, 14], "seed": 3}}}
     resources = {"home": RecalignHome(root=str(tmp_path / "home")),
                  "mlflow": MlflowTracking(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
                                           artifact_root=str(tmp_path / "artifacts"))}
     with dg.instance_for_test(temp_dir=dagster_dir(tmp_path)) as instance:
         result = dg.materialize([*ALL_ASSETS, *ALL_CHECKS], instance=instance, resources=resources,
-                                run_config=config)
+                                run_config=config, partition_key="simulator")
     report = json.loads(Path(result.output_for_node("evaluation_report").json).read_text())
     assert report["extra_metrics"] == ["hacking_gap_top10", "true_top1", "true_top10"]
     assert "ips" not in report["skipped"]  # the simulator logs propensities

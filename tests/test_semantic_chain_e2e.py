@@ -27,7 +27,7 @@ CHAIN = [raw_logs, interactions, item_tokens, item_tokens_bijection, pretrained_
 
 def run_config(logs: Path, catalog: Path, tokenization: str = "semantic") -> dict:
     return {"ops": {
-        "raw_logs": {"config": {"source": "file", "path": str(logs), "catalog_path": str(catalog)}},
+        "raw_logs": {"config": {"path": str(logs), "catalog_path": str(catalog)}},
         "item_tokens": {"config": {"n_levels": 2, "codebook_size": 6, "svd_dim": 8}},
         "pretrained_policy": {"config": {"tokenization": tokenization, "epochs": 2, "d_model": 16, "n_heads": 1,
                                          "n_layers": 1, "max_len": 8, "batch_size": 32}},
@@ -52,7 +52,7 @@ def chain(tmp_path_factory):
     logs, catalog = write_synthetic_dataset(tmp / "data", n_users=40, n_items=40, seed=5)
     with dg.instance_for_test(temp_dir=dagster_dir(tmp)) as instance:
         result = dg.materialize(CHAIN, instance=instance, resources=resources(tmp),
-                                run_config=run_config(logs, catalog))
+                                run_config=run_config(logs, catalog), partition_key="file")
         yield tmp, result
 
 
@@ -111,7 +111,7 @@ def test_an_unknown_tokenization_fails_naming_the_choices(tmp_path):
         result = dg.materialize(CHAIN[:5], instance=instance, resources=resources(tmp_path),
                                 run_config={"ops": {k: v for k, v in run_config(logs, catalog, "bpe")["ops"].items()
                                                     if k in ("raw_logs", "item_tokens", "pretrained_policy")}},
-                                raise_on_error=False)
+                                raise_on_error=False, partition_key="file")
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert failure.step_key == "pretrained_policy"

@@ -44,7 +44,8 @@ def test_one_run_per_new_file_reading_that_file(watched):
     write_logs(folder / ".partial.parquet")  # hidden: an upload in progress
     requests, cursor = evaluate(instance)
     assert [r.run_config["ops"]["raw_logs"]["config"] for r in requests] == [
-        {"source": "file", "path": str(first)}, {"source": "file", "path": str(second)}]  # oldest first
+        {"path": str(first)}, {"path": str(second)}]  # oldest first
+    assert [r.partition_key for r in requests] == ["file", "file"]  # the partition of user files
     assert len({r.run_key for r in requests}) == 2
     job = defs.resolve_job_def("full_chain")
     for r in requests:

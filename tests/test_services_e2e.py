@@ -14,7 +14,6 @@ deleted afterwards; the Dagster run stays in Postgres, tagged `recalign/services
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipelines.run_config import full_chain_command
 from scripts.ui_check import small_run_config
 
 pytestmark = pytest.mark.services
@@ -62,7 +62,7 @@ def small_file_config(tmp: Path) -> tuple[dict, Path]:
     config = small_run_config()
     logs = tmp / f"services-e2e-{uuid.uuid4().hex[:8]}.parquet"
     simulate_logs(SimulatorConfig(**config["ops"]["raw_logs"]["config"]["simulator"])).logs.to_parquet(logs)
-    config["ops"]["raw_logs"] = {"config": {"source": "file", "path": str(logs)}}
+    config["ops"]["raw_logs"] = {"config": {"path": str(logs)}}
     return config, logs
 
 
@@ -86,8 +86,7 @@ def services_run(tmp_path_factory):
     tag = uuid.uuid4().hex
     log = tmp / "run.log"
     with log.open("w") as out:
-        code = subprocess.run([DAGSTER, "job", "execute", "-m", "pipelines.definitions", "-j", "full_chain",
-                               "-c", str(config_path), "--tags", json.dumps({TAG: tag})],
+        code = subprocess.run(full_chain_command(DAGSTER, config_path, "file", {TAG: tag}),
                               cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=1200).returncode
     assert code == 0, log.read_text()[-4000:]
     with pytest.MonkeyPatch.context() as mp:

