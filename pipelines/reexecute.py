@@ -8,7 +8,7 @@ The steps that succeeded are not run again: their stored outputs (`<RECALIGN_HOM
 are read back, so the upstream assets are not recomputed. A training step that was killed resumes from
 the training state it saved (`<RECALIGN_HOME>/datasets/<data set>/runs/<root run id>/resume/`). A run
 whose process was killed is first marked failed (assets/orphaned_runs.py), so it can be re-executed.
-The new run has the failed run's config and shows in the UI as its child. `make resume` runs this
+The new run has the failed run's config and partition and shows in the UI as its child. `make resume` runs this
 and then the end-of-run summary.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ import sys
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import dagster as dg  # noqa: E402
+from dagster._core.storage.tags import PARTITION_NAME_TAG, SYSTEM_TAG_PREFIX  # noqa: E402
 
 from assets.orphaned_runs import fail_orphaned_dagster_runs  # noqa: E402
 
@@ -54,6 +55,13 @@ def failed_run(instance: dg.DagsterInstance, run_id: str | None) -> dg.DagsterRu
     return run
 
 
+def inherited_tags(parent: dg.DagsterRun) -> dict[str, str]:
+    """The parent's tags that the re-execution keeps, as the UI's re-execution does: its partition (the
+    data set, assets/partitions.py) and the non-system tags; Dagster sets the re-execution's own."""
+    return {key: value for key, value in parent.tags.items()
+            if key == PARTITION_NAME_TAG or not key.startswith(SYSTEM_TAG_PREFIX)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.reexecute", description=__doc__.splitlines()[0])
     parser.add_argument("run_id", nargs="?", help=f"the failed run (default: the latest {JOB} run)")
@@ -68,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"re-executing run {parent.run_id} from failure")
         result = dg.execute_job(dg.reconstructable(full_chain), instance=instance, raise_on_error=False,
+                                tags=inherited_tags(parent),
                                 reexecution_options=dg.ReexecutionOptions.from_failure(parent.run_id, instance))
         print(f"run {result.run_id} (re-execution of {parent.run_id}): {'SUCCESS' if result.success else 'FAILURE'}")
         return 0 if result.success else 1

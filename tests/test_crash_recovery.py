@@ -16,7 +16,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from scripts.ui_check import small_run_config
+from scripts.ui_check import SMALL_RUN_PARTITION, small_run_config
 from tests.test_concurrent_runs import ROOT, chain_env, start_chain, write_config
 
 pytestmark = pytest.mark.integration
@@ -74,6 +74,7 @@ def test_a_killed_run_is_closed_and_resumes_from_failure(tmp_path):
         assert instance.get_run_by_id(parent.run_id).status == dg.DagsterRunStatus.FAILURE
         (child,) = [r.dagster_run for r in instance.get_run_records() if r.dagster_run.run_id != parent.run_id]
         assert child.status == dg.DagsterRunStatus.SUCCESS and child.parent_run_id == parent.run_id
+        assert child.tags["dagster/partition"] == SMALL_RUN_PARTITION  # the same data set
         executed = step_starts(instance, child.run_id)
         assert killed_asset in executed and "champion" in executed
         assert not executed & set(UPSTREAM)  # read back from the killed run's stored outputs
