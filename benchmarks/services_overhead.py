@@ -30,10 +30,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import yaml  # noqa: E402
 
 from pipelines.resources import profile_environment  # noqa: E402
-from pipelines.run_config import full_chain_command  # noqa: E402
+from pipelines.run_config import full_chain_command, write_run_config  # noqa: E402
 from scripts.ui_check import small_run_config  # noqa: E402
 
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
@@ -99,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     dataset = load_raw_logs("file", path=str(logs), cache_dir=work).name
     config["ops"]["raw_logs"] = {"config": {"path": str(logs)}}
     config_path = work / "run_config.yaml"
-    config_path.write_text(yaml.safe_dump(config))
+    write_run_config(config_path, config)
     envs = {p: run_environment(profile_environment(p, work / p)) for p in PROFILES}
     runs: dict[str, list[dict]] = {p: [] for p in PROFILES}
     try:

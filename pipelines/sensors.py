@@ -19,6 +19,7 @@ import dagster as dg
 
 from assets.partitions import FILE_PARTITION
 from pipelines.resources import project_home
+from pipelines.run_config import with_executor
 
 LOG_SUFFIXES = (".parquet", ".csv", ".tsv")
 SETTLE_S = 5.0
@@ -54,7 +55,7 @@ def new_log_files(folder: Path, seen: dict[str, str], now: float | None = None) 
 
 
 def raw_logs_run_config(path: Path) -> dict:
-    return {"ops": {"raw_logs": {"config": {"path": str(path)}}}}
+    return with_executor({"ops": {"raw_logs": {"config": {"path": str(path)}}}})
 
 
 def build_new_raw_logs_sensor(job: dg.JobDefinition | dg.UnresolvedAssetJobDefinition) -> dg.SensorDefinition:

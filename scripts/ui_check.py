@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from assets.model_runs import POST_TRAINED_MODEL, registered_model_name
-from pipelines.run_config import full_chain_command
+from pipelines.run_config import full_chain_command, write_run_config
 from scripts.local_servers import BIN, HOST, free_port, running, server_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,8 +92,7 @@ def visible_text(dom: str) -> str:
 
 def materialize_small_run(home: Path, env: dict[str, str], log: Path) -> float:
     start = time.monotonic()
-    config = home / "small_run.json"
-    config.write_text(json.dumps(small_run_config()))
+    config = write_run_config(home / "small_run.yaml", small_run_config())
     with open(log, "w") as out:
         subprocess.run(full_chain_command(BIN / "dagster", config, SMALL_RUN_PARTITION), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, check=True,
                        timeout=900)

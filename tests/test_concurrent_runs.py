@@ -14,9 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from pipelines.run_config import full_chain_command
+from pipelines.run_config import full_chain_command, write_run_config
 from scripts.ui_check import SMALL_RUN_PARTITION, small_run_config
 
 pytestmark = pytest.mark.integration
@@ -33,11 +32,6 @@ def chain_env(home: Path) -> dict[str, str]:
             "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
-def write_config(path: Path, config: dict) -> Path:
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 def start_chain(config: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(full_chain_command(DAGSTER, config, SMALL_RUN_PARTITION), cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -49,7 +43,7 @@ def test_two_runs_at_once_on_a_new_store_both_succeed(tmp_path):
     from assets.model_runs import POST_TRAINED_MODEL, registered_model_name
 
     env = chain_env(tmp_path / "home")
-    config = write_config(tmp_path / "run_config.yaml", small_run_config())
+    config = write_run_config(tmp_path / "run_config.yaml", small_run_config())
     # Dagster creates its own sqlite storage on first use without a lock (two processes creating it at once
     # can fail in alembic): create it first, as `make run` or `make dev` would have; the MLflow store and
     # everything of recalign's stay brand new.

@@ -17,7 +17,8 @@ import dagster as dg
 import pytest
 
 from scripts.ui_check import SMALL_RUN_PARTITION, small_run_config
-from tests.test_concurrent_runs import ROOT, chain_env, start_chain, write_config
+from pipelines.run_config import write_run_config
+from tests.test_concurrent_runs import ROOT, chain_env, start_chain
 
 pytestmark = pytest.mark.integration
 UPSTREAM = ("raw_logs", "interactions", "item_tokens", "pretrained_policy", "ranker_reward_model")
@@ -49,7 +50,7 @@ def test_a_killed_run_is_closed_and_resumes_from_failure(tmp_path):
     for key in config["ops"]:
         if key.startswith("post_trained_"):
             config["ops"][key] = {"config": SLOWER_POST_TRAINING}
-    run = start_chain(write_config(tmp_path / "run_config.yaml", config), env, tmp_path / "killed.log")
+    run = start_chain(write_run_config(tmp_path / "run_config.yaml", config), env, tmp_path / "killed.log")
     state = wait_for_training_state(home, run)
     os.killpg(run.pid, signal.SIGKILL)  # the whole process group, as the OOM killer or a power cut would
     run.wait(timeout=60)

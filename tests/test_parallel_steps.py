@@ -19,11 +19,11 @@ import dagster as dg
 import pytest
 import torch
 
-from pipelines.run_config import executor_config, full_chain_command
+from pipelines.run_config import executor_config, full_chain_command, write_run_config
 from recmodels.runtime import set_threads, threads_per_process
 from recmodels.storage.checkpoints import load_checkpoint
 from scripts.ui_check import SMALL_RUN_PARTITION, small_run_config
-from tests.test_concurrent_runs import DAGSTER, ROOT, chain_env, write_config
+from tests.test_concurrent_runs import DAGSTER, ROOT, chain_env
 
 pytestmark = pytest.mark.integration
 VARIANTS = ("sft", "dpo", "grpo")  # supervised, preference and RL post-training
@@ -68,7 +68,7 @@ def test_two_step_processes_train_the_weights_of_one_process(tmp_path, monkeypat
     env.pop("OMP_NUM_THREADS")  # the step processes set their own thread count
     config = small_run_config()
     config["execution"] = {"config": executor_config(2)}
-    run = subprocess.run(full_chain_command(DAGSTER, write_config(tmp_path / "run_config.yaml", config),
+    run = subprocess.run(full_chain_command(DAGSTER, write_run_config(tmp_path / "run_config.yaml", config),
                                             SMALL_RUN_PARTITION),
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

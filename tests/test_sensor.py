@@ -46,6 +46,8 @@ def test_one_run_per_new_file_reading_that_file(watched):
     assert [r.run_config["ops"]["raw_logs"]["config"] for r in requests] == [
         {"path": str(first)}, {"path": str(second)}]  # oldest first
     assert [r.partition_key for r in requests] == ["file", "file"]  # the partition of user files
+    # the executor's config travels with the request: a partitioned job's defaults are not merged into it
+    assert all("forkserver" in r.run_config["execution"]["config"]["multiprocess"]["start_method"] for r in requests)
     assert len({r.run_key for r in requests}) == 2
     job = defs.resolve_job_def("full_chain")
     for r in requests:

@@ -22,9 +22,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-import yaml
 
-from pipelines.run_config import full_chain_command
+from pipelines.run_config import full_chain_command, write_run_config
 from scripts.ui_check import small_run_config
 
 pytestmark = pytest.mark.services
@@ -82,7 +81,7 @@ def services_run(tmp_path_factory):
     env |= profile | {"OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     config, logs = small_file_config(tmp)
     config_path = tmp / "run_config.yaml"
-    config_path.write_text(yaml.safe_dump(config))
+    write_run_config(config_path, config)
     tag = uuid.uuid4().hex
     log = tmp / "run.log"
     with log.open("w") as out:
