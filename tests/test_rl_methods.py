@@ -240,17 +240,36 @@ def test_training_windows_carry_propensities_aligned_with_targets(interactions):
     assert training_windows(build_user_sequences(interactions.drop(columns="propensity")), MAX_LEN).propensities is None
 
 
-def test_ips_loss_by_hand():
+def test_ips_loss_without_negative_weights_by_hand():
     batch = TrainingWindows(users=torch.tensor([0]), inputs=torch.tensor([[0, 1, 2, 3]]),
                             targets=torch.tensor([[0, 2, 3, 4]]), rewards=torch.tensor([[0.0, 1.0, -1.0, 0.5]]),
                             propensities=torch.tensor([[1.0, 0.5, 0.2, 0.01]]))
     policy = GenerativePolicy(PolicyConfig(vocab_size=5, max_len=4, d_model=8, n_layers=1, n_heads=1, dropout=0.0))
-    loss, tele = ips_loss(policy, batch, make_ctx(IPSParams(clip=10.0), reference=policy))
+    loss, tele = ips_loss(policy, batch, make_ctx(IPSParams(clip=10.0, signed=False), reference=policy))
     logits, _ = policy(batch.inputs)
     nll = -torch.log_softmax(logits[0], -1)[[1, 2, 3], [2, 3, 4]]
     w = torch.tensor([2.0, 0.0, 10.0])  # 1/0.5, negative reward -> 0, 0.5/0.01 = 50 clipped at 10
     assert loss.item() == pytest.approx(float((w * nll.detach()).sum() / w.sum()), rel=1e-5)
     assert tele["ess"] == pytest.approx(144 / 104 / 3, rel=1e-5) and tele["clipped_rate"] == pytest.approx(1 / 3)
+
+
+def test_signed_ips_keeps_disliked_items_as_negative_weights_clipped_both_ways():
+    batch = TrainingWindows(users=torch.tensor([0]), inputs=torch.tensor([[0, 1, 2, 3]]),
+                            targets=torch.tensor([[0, 2, 3, 4]]), rewards=torch.tensor([[0.0, 1.0, -1.0, 0.5]]),
+                            propensities=torch.tensor([[1.0, 0.5, 0.02, 0.01]]))
+    policy = GenerativePolicy(PolicyConfig(vocab_size=5, max_len=4, d_model=8, n_layers=1, n_heads=1, dropout=0.0))
+    loss, tele = ips_loss(policy, batch, make_ctx(IPSParams(clip=10.0), reference=policy))  # signed: the default
+    logits, _ = policy(batch.inputs)
+    nll = -torch.log_softmax(logits[0], -1)[[1, 2, 3], [2, 3, 4]]
+    w = torch.tensor([2.0, -10.0, 10.0])  # 1/0.5; -1/0.02 = -50 clipped at -10; 0.5/0.01 = 50 clipped at 10
+    assert loss.item() == pytest.approx(float((w * nll.detach()).sum() / w.abs().sum()), rel=1e-5)
+    assert tele["negative_weight_share"] == pytest.approx(1 / 3) and tele["clipped_rate"] == pytest.approx(2 / 3)
+    loss.backward()  # minimizing it lowers the disliked item's log-probability
+    with torch.no_grad():
+        for p in policy.parameters():
+            p -= 0.5 * p.grad
+        after = -torch.log_softmax(policy(batch.inputs)[0][0], -1)[[1, 2, 3], [2, 3, 4]]
+    assert after[1] > nll[1].detach()
 
 
 def test_ips_without_propensities_is_not_applicable(interactions):
