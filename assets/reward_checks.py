@@ -21,8 +21,8 @@ from recmodels.data.tables import read_parquet
 
 
 @dg.multi_asset_check(
-    specs=[dg.AssetCheckSpec(name, asset="interactions", blocking=True, partitions_def=DATASET_PARTITIONS) for name in BLOCKING_CHECKS]
-    + [dg.AssetCheckSpec(name, asset="interactions", blocking=False, partitions_def=DATASET_PARTITIONS) for name in WARNING_CHECKS],
+    specs=[dg.AssetCheckSpec(name, asset="interactions", blocking=name in BLOCKING_CHECKS,
+                             partitions_def=DATASET_PARTITIONS) for name in (*BLOCKING_CHECKS, *WARNING_CHECKS)],
     compute_kind="great_expectations",
 )
 def interactions_reward_checks(context: dg.AssetCheckExecutionContext, interactions: InteractionsRecord,

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from dagster._core.storage.tags import PARTITION_NAME_TAG
 
 from recmodels.data.sources import SOURCES
 from recmodels.runtime import available_cores
@@ -103,7 +104,7 @@ def full_chain_run_config(source: str = "movielens-100k", logs: str | None = Non
 
 def partition_tags(source: str) -> dict[str, str]:
     """The run tags that make a `full_chain` run materialize the `source` partition (assets/partitions.py)."""
-    return {"dagster/partition": source}
+    return {PARTITION_NAME_TAG: source}
 
 
 def with_executor(config: dict) -> dict:
