@@ -20,7 +20,7 @@ import torch
 from pydantic import AliasChoices, ConfigDict, Field
 
 from recmodels.post_training.knobs import MethodKnobs
-from recmodels.post_training.sft import target_nll
+from recmodels.post_training.sft import target_nll, weighted_nll
 from recmodels.tokenization.items import tokenization_of
 from recmodels.data.sequences import TrainingWindows
 
@@ -70,26 +70,42 @@ def log_weights(rewards: torch.Tensor, params: ExpRwSFTParams, baseline: torch.T
     return logw
 
 
-def exp_rw_sft_loss(policy, batch: TrainingWindows, ctx: MethodContext) -> tuple[torch.Tensor, dict[str, float]]:
+def _batch_log_weights(batch: TrainingWindows, ctx: MethodContext) -> torch.Tensor:
+    """log w_i of the batch's M real targets (row-major over [B, T]), detached."""
     params: ExpRwSFTParams = ctx.params
-    nll, mask = target_nll(policy, batch, tokenization_of(ctx))  # [B, T]
-    nll_t = nll[mask]  # [M]
+    mask = batch.targets != 0  # [B, T]
     baseline = None
     if params.baseline:
         b_user = ctx.state["user_mean_reward"][batch.users]  # [B]
         baseline = b_user[:, None].expand_as(mask)[mask]  # [M]
-    logw = log_weights(batch.rewards[mask].float(), params, baseline).detach()  # [M]
+    return log_weights(batch.rewards[mask].float(), params, baseline).detach()  # [M]
+
+
+def _normalized(logw: torch.Tensor, params: ExpRwSFTParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weights [M] and their total: exp(logw - max) over its sum ("batch"), or exp(logw) over M ("none")."""
     if params.normalization == "batch":
         w = torch.exp(logw - logw.max())  # same ratios as exp(logw), never overflows
-        loss = (w * nll_t).sum() / w.sum()
-    else:
-        w = torch.exp(logw)
-        if not torch.isfinite(w).all():
-            raise FloatingPointError(
-                f"exp_rw_sft: weights exp(r / lambda) overflow with lambda={params.lam} and "
-                f"normalization='none' (max r/lambda = {logw.max().item():.3g}); "
-                "use normalization='batch', a larger lambda or w_max")
-        loss = (w * nll_t).mean()
+        return w, w.sum()
+    w = torch.exp(logw)
+    if not torch.isfinite(w).all():
+        raise FloatingPointError(
+            f"exp_rw_sft: weights exp(r / lambda) overflow with lambda={params.lam} and "
+            f"normalization='none' (max r/lambda = {logw.max().item():.3g}); "
+            "use normalization='batch', a larger lambda or w_max")
+    return w, torch.tensor(float(w.numel()), device=w.device)
+
+
+def exp_rw_sft_target_weights(batch: TrainingWindows, ctx: MethodContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weights of the batch's real targets [M] and the loss's denominator (see the module docstring)."""
+    return _normalized(_batch_log_weights(batch, ctx), ctx.params)
+
+
+def exp_rw_sft_loss(policy, batch: TrainingWindows, ctx: MethodContext) -> tuple[torch.Tensor, dict[str, float]]:
+    nll, mask = target_nll(policy, batch, tokenization_of(ctx))  # [B, T]
+    nll_t = nll[mask]  # [M]
+    logw = _batch_log_weights(batch, ctx)  # [M]
+    w, total = _normalized(logw, ctx.params)
+    loss = weighted_nll(nll_t, w, total)
     logw64 = logw.double()
     telemetry = {
         "nll": nll_t.mean().item(),

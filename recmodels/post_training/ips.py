@@ -24,7 +24,7 @@ from pydantic import AliasChoices, ConfigDict, Field
 
 from recmodels.post_training.exp_rw_sft import effective_sample_size
 from recmodels.post_training.knobs import MethodKnobs
-from recmodels.post_training.sft import target_nll
+from recmodels.post_training.sft import target_nll, weighted_nll
 from recmodels.tokenization.items import tokenization_of
 from recmodels.data.sequences import TrainingWindows
 
@@ -58,18 +58,30 @@ def ips_weights(rewards: torch.Tensor, propensities: torch.Tensor, clip: float, 
     return (rewards.clamp(min=0) / propensities).clamp(max=clip)
 
 
-def ips_loss(policy, batch: TrainingWindows, ctx: MethodContext) -> tuple[torch.Tensor, dict[str, float]]:
-    params: IPSParams = ctx.params
+def _check_propensities(batch: TrainingWindows) -> None:
     if batch.propensities is None:
         from recmodels.post_training.registry import MethodNotApplicable
 
         raise MethodNotApplicable(NO_PROPENSITIES)
-    nll, mask = target_nll(policy, batch, tokenization_of(ctx))  # [B, T]
-    nll_t = nll[mask]
+
+
+def ips_target_weights(batch: TrainingWindows, ctx: MethodContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weights of the batch's real targets [M] (detached) and the loss's denominator, the total |w|."""
+    params: IPSParams = ctx.params
+    _check_propensities(batch)
+    mask = batch.targets != 0
     w = ips_weights(batch.rewards[mask].float(), batch.propensities[mask].float(), params.clip,
                     params.signed).detach()  # [M]
-    total = w.abs().sum()  # = w.sum() unless signed
-    loss = (w * nll_t).sum() / total if total > 0 else (0.0 * nll_t).sum()  # no weight: no gradient
+    return w, w.abs().sum()  # = w.sum() unless signed
+
+
+def ips_loss(policy, batch: TrainingWindows, ctx: MethodContext) -> tuple[torch.Tensor, dict[str, float]]:
+    params: IPSParams = ctx.params
+    _check_propensities(batch)
+    nll, mask = target_nll(policy, batch, tokenization_of(ctx))  # [B, T]
+    nll_t = nll[mask]
+    w, total = ips_target_weights(batch, ctx)
+    loss = weighted_nll(nll_t, w, total)  # no weight at all: no gradient
     telemetry = {
         "nll": nll_t.mean().item(),
         "weighted_nll": loss.item(),

@@ -124,7 +124,7 @@ def _frozen_copy(module: nn.Module, device: torch.device) -> nn.Module:
     return module
 
 
-def _map_windows(windows: TrainingWindows, fn) -> TrainingWindows:
+def map_windows(windows: TrainingWindows, fn) -> TrainingWindows:
     """Apply `fn` to every tensor field (optional fields left None)."""
     return TrainingWindows(**{f.name: None if getattr(windows, f.name) is None else fn(getattr(windows, f.name))
                               for f in dataclasses.fields(windows)})
@@ -159,12 +159,12 @@ def _batches(windows: TrainingWindows, batch_size: int, generator: torch.Generat
                 continue
             position.batch = b + 1
             idx = order[s:s + batch_size]
-            yield position.epoch, _map_windows(windows, lambda t: t[idx])
+            yield position.epoch, map_windows(windows, lambda t: t[idx])
         taken, position.epoch, position.batch = 0, position.epoch + 1, 0
 
 
 def _to(batch: TrainingWindows, device: torch.device) -> TrainingWindows:
-    return _map_windows(batch, lambda t: t.to(device))
+    return map_windows(batch, lambda t: t.to(device))
 
 
 def _check_ranker(spec: PostTrainingMethod, ranker: nn.Module | None) -> None:
@@ -215,11 +215,15 @@ class ValidSelection:
         self.history: list[dict] = []
         self.best_step, self.best_ndcg = -1, float("-inf")
 
+    def measure(self, step: int, epoch: float, telemetry: dict[str, float]) -> dict:
+        """The evaluation row of the policy as it is now."""
+        return {"step": step, "epoch": round(epoch, 4), **telemetry,
+                "kl_to_reference": self.tokenization.kl_to_reference(self.policy, self.reference, self.valid.history,
+                                                                     self.device),
+                **self.tokenization.evaluate(self.policy, self.valid, self.device)}
+
     def evaluate(self, step: int, epoch: float, telemetry: dict[str, float]) -> None:
-        row = {"step": step, "epoch": round(epoch, 4), **telemetry,
-               "kl_to_reference": self.tokenization.kl_to_reference(self.policy, self.reference, self.valid.history,
-                                                                    self.device),
-               **self.tokenization.evaluate(self.policy, self.valid, self.device)}
+        row = self.measure(step, epoch, telemetry)
         self.history.append(row)
         if self.callback is not None:
             self.callback(row)
@@ -306,15 +310,24 @@ def _resume(saved: dict, policy: nn.Module, optimizer: torch.optim.Optimizer, ct
     return loop
 
 
+# (batch on the device, optimizer) -> the step's telemetry: one update of the policy
+StepFn = Callable[[TrainingWindows, torch.optim.Optimizer], dict[str, float]]
+
+
 def _train(spec: PostTrainingMethod, policy: nn.Module, windows: TrainingWindows, ctx: MethodContext,
            config: PostTrainConfig, generator: torch.Generator, selection: ValidSelection,
-           state_file: Path | None = None, state_key: str = "") -> LoopState:
+           state_file: Path | None = None, state_key: str = "", step: StepFn | None = None,
+           writes_state: bool = True) -> LoopState:
     """`config.steps` optimizer steps, evaluated every `eval_every` steps and at the last; the final loop state.
 
     With `state_file`, a resumable state is saved there (with `state_key` as fingerprint) once at least
     `checkpoint_every` steps passed since the last save and the method's memory is spent, and after the
     last step; a state there with the same key is resumed instead of starting at step 0.
+
+    `step` replaces the update on the method's loss (the data-parallel step of `distributed.py`);
+    `writes_state=False`: this process reads a saved state but leaves the saving to another.
     """
+    step = step or (lambda batch, optimizer: _optimizer_step(spec, policy, batch, ctx, optimizer, config.grad_clip))
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     saved = load_training_state(state_file, state_key) if state_file is not None else None
     if saved is None:
@@ -329,14 +342,14 @@ def _train(spec: PostTrainingMethod, policy: nn.Module, windows: TrainingWindows
             break
         started = time.perf_counter()
         ctx.step = loop.step
-        loop.telemetry.add(_optimizer_step(spec, policy, _to(batch, ctx.device), ctx, optimizer, config.grad_clip))
+        loop.telemetry.add(step(_to(batch, ctx.device), optimizer))
         loop.train_seconds += time.perf_counter() - started
         loop.step += 1
         loop.seen += len(batch)
         if loop.step % config.eval_every == 0 or loop.step == config.steps:
             selection.evaluate(loop.step, loop.seen / len(windows), loop.telemetry.pop_means())
             policy.train()
-        if state_file is not None and (loop.step == config.steps or (
+        if state_file is not None and writes_state and (loop.step == config.steps or (
                 loop.step - last_save >= config.checkpoint_every and _memory_spent(ctx.memory))):
             _save_state(state_file, state_key, policy, optimizer, config, ctx, selection, loop)
             last_save = loop.step
@@ -381,6 +394,33 @@ def post_train(method: str, pretrained: GenerativePolicy | SemanticPolicy, inter
     With `resume_dir`, a resumable state is saved there every `config.checkpoint_every` steps and a
     state found there is resumed (see the module docstring); `resumed_from_step` says from which step.
     """
+    run = prepare_run(method, pretrained, interactions, config, ranker, device, semantic_ids, reward_spec, resume_dir)
+    selection = ValidSelection(run.policy, run.ctx.reference, run.valid, run.tokenization, run.ctx.device, callback)
+    loop = _train(run.spec, run.policy, run.windows, run.ctx, config, run.generator, selection, run.state_file,
+                  run.state_key)
+    return finish_run(run, selection, loop)
+
+
+@dataclass
+class PreparedRun:
+    """Everything a post-training run sets up before its first step (`prepare_run`)."""
+
+    spec: PostTrainingMethod
+    policy: nn.Module  # the copy of the pretrained policy that trains, on the device
+    windows: TrainingWindows
+    valid: EvalExamples
+    ctx: MethodContext
+    tokenization: AtomicItems | SemanticItems
+    generator: torch.Generator  # the data shuffle
+    state_file: Path | None  # where the resumable state lives (None: no resume_dir)
+    state_key: str
+
+
+def prepare_run(method: str, pretrained: GenerativePolicy | SemanticPolicy, interactions: pd.DataFrame,
+                config: PostTrainConfig, ranker: nn.Module | None = None, device=None,
+                semantic_ids: SemanticIds | None = None, reward_spec: RewardSpec | None = None,
+                resume_dir: str | Path | None = None) -> PreparedRun:
+    """The checks, seeds, data and method context of a `post_train` run (shared with the data-parallel run)."""
     tokenization = tokenization_for(pretrained, semantic_ids)
     tokenization.check(pretrained, interactions)
     spec = get_method(method)
@@ -396,14 +436,19 @@ def post_train(method: str, pretrained: GenerativePolicy | SemanticPolicy, inter
     valid = eval_examples(seqs, "valid", max_len)
     reward_spec = reward_spec or RewardSpec()
     ctx = _method_context(spec, params, pretrained, ranker, interactions, config, device, tokenization, reward_spec)
-    selection = ValidSelection(policy, ctx.reference, valid, tokenization, device, callback)
     state_file, state_key = None, ""
     if resume_dir is not None:
         state_file = training_state_path(resume_dir)
         state_key = post_train_fingerprint(method, params, pretrained, ranker, interactions, config, windows,
                                            semantic_ids, reward_spec, device)
-    loop = _train(spec, policy, windows, ctx, config, generator, selection, state_file, state_key)
+    return PreparedRun(spec=spec, policy=policy, windows=windows, valid=valid, ctx=ctx, tokenization=tokenization,
+                       generator=generator, state_file=state_file, state_key=state_key)
+
+
+def finish_run(run: PreparedRun, selection: ValidSelection, loop: LoopState) -> PostTrainResult:
+    """The result: the best valid weights restored into the policy, its history and bookkeeping."""
     selection.best.restore()
-    return PostTrainResult(policy=policy, method=method, history=selection.history, best_step=selection.best_step,
-                           best_valid_ndcg10=selection.best_ndcg, params=_knobs_as_used(spec, ctx), steps=loop.step,
+    return PostTrainResult(policy=run.policy, method=run.spec.name, history=selection.history,
+                           best_step=selection.best_step, best_valid_ndcg10=selection.best_ndcg,
+                           params=_knobs_as_used(run.spec, run.ctx), steps=loop.step,
                            train_seconds=loop.train_seconds, resumed_from_step=loop.resumed_from_step)

@@ -21,6 +21,9 @@ from recmodels.post_training import adagrpo, dpo, exp_rw_sft, grpo, ips, nll_grp
 from recmodels.post_training.knobs import MethodKnobs
 
 LossFn = Callable[..., tuple[torch.Tensor, dict[str, float]]]  # (policy, batch, ctx) -> (loss, telemetry)
+# (batch, ctx) -> (w [M], total): the weight of each real target of the batch (row-major over [B, T], detached)
+# and the denominator, for a method whose loss is sum_i w_i NLL_i / total (sft.weighted_nll)
+TargetWeightsFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 PrepareFn = Callable[[Any, pd.DataFrame], dict[str, torch.Tensor]]
 
 # What a method optimizes, which decides the comparisons it enters:
@@ -58,6 +61,10 @@ class PostTrainingMethod:
     family: Family | None = None  # which comparisons it enters (None: none, only the per-policy tables)
     key_knobs: tuple[str, ...] | None = None  # the knobs the report's tables show (None: every knob)
     sweep: Sweep | None = None  # the knob values it runs at in the chain besides (or instead of) its defaults
+    # an NLL-type method (loss = weighted NLL of the logged targets) gives its weights: it can then train
+    # data-parallel, each process on its share of a batch whose weights are taken over the whole batch
+    # (recmodels/post_training/distributed.py)
+    target_weights: TargetWeightsFn | None = None
 
     def parse_params(self, raw: Mapping[str, Any] | None) -> MethodKnobs:
         """The knob model from `method_params`; an unknown, repeated or invalid knob raises ValueError naming
@@ -101,13 +108,16 @@ class PostTrainingMethod:
 
 METHODS: dict[str, PostTrainingMethod] = {
     "sft": PostTrainingMethod("sft", sft.SFTParams, sft.sft_loss, family="nll",
+                              target_weights=sft.sft_target_weights,
                               description="next-item NLL on the same logs (more training, no reward)"),
     "exp_rw_sft": PostTrainingMethod("exp_rw_sft", exp_rw_sft.ExpRwSFTParams, exp_rw_sft.exp_rw_sft_loss,
                                      prepare=exp_rw_sft.prepare, family="reward_weighted_nll",
+                                     target_weights=exp_rw_sft.exp_rw_sft_target_weights,
                                      key_knobs=("lam", "baseline", "w_max"),
                                      sweep=Sweep("lam", "lambda", (0.1, 0.3, 3.0)),
                                      description="NLL weighted by exp(reward / lambda)"),
     "ips": PostTrainingMethod("ips", ips.IPSParams, ips.ips_loss, prepare=ips.prepare, family="reward_weighted_nll",
+                              target_weights=ips.ips_target_weights,
                               key_knobs=("clip",),
                               description="self-normalized NLL weighted by clipped reward / propensity"),
     "dpo": PostTrainingMethod("dpo", dpo.DPOParams, dpo.dpo_loss, needs_ranker=True, family="rlhf",
@@ -140,6 +150,11 @@ def get_method(name: str) -> PostTrainingMethod:
 def methods_of_family(*families: Family) -> tuple[str, ...]:
     """The registered methods of these families, in registry order."""
     return tuple(name for name, spec in METHODS.items() if spec.family in families)
+
+
+def data_parallel_methods() -> tuple[str, ...]:
+    """The methods that can train data-parallel under torchrun: those that give their target weights."""
+    return tuple(name for name, spec in METHODS.items() if spec.target_weights is not None)
 
 
 def needs_ranker(method: str | None) -> bool:

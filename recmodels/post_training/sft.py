@@ -36,8 +36,20 @@ def target_nll(policy, batch: TrainingWindows, tokenization=None) -> tuple[torch
     return nll, mask
 
 
+def weighted_nll(nll: torch.Tensor, weights: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """sum_i w_i NLL_i / total over the real targets [M]: the loss of every NLL-type method (sft, exp_rw_sft,
+    ips). A zero total (every weight 0) is a loss without gradient."""
+    return (weights * nll).sum() / total if total > 0 else (0.0 * nll).sum()
+
+
+def sft_target_weights(batch: TrainingWindows, ctx: MethodContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight 1 for each of the batch's M real targets, total M: the mean NLL."""
+    n = (batch.targets != 0).sum()
+    return torch.ones(int(n), device=batch.targets.device), n.float()
+
+
 def sft_loss(policy, batch: TrainingWindows, ctx: MethodContext) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean NLL over the batch's real targets."""
     nll, mask = target_nll(policy, batch, tokenization_of(ctx))
-    loss = nll[mask].mean()
+    loss = weighted_nll(nll[mask], *sft_target_weights(batch, ctx))
     return loss, {"nll": loss.item()}
