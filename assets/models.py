@@ -10,14 +10,12 @@ per item). Everything downstream follows the checkpoint: its config says which p
 record carries the tokenization's name and the file of the item codes it reads (`semantic_ids`).
 
 With `nproc_per_node` > 1 (or `nnodes` > 1) the pretrained policy trains data-parallel: the asset launches
-`torchrun` on `assets/pretraining_worker.py` through Dagster Pipes (`dg.PipesSubprocessClient`), passing the
-job as Pipes extras; the worker's log lines reach the run's logs as it trains, its epoch rows come back as
-custom messages and go to MLflow through the same callback as in one process, and the checkpoint its lead
-process wrote is loaded and registered as usual (docs/distributed.md).
+`torchrun` on `assets/training_worker.py` through Dagster Pipes (`assets/torchrun.py`), passing the job as
+Pipes extras; the worker's log lines reach the run's logs as it trains, its epoch rows come back as custom
+messages and go to MLflow through the same callback as in one process, and the checkpoint its lead process
+wrote is loaded and registered as usual (docs/distributed.md).
 """
 
-import os
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -29,6 +27,7 @@ from assets.model_runs import (POLICY_MODEL, RANKER_MODEL, library_config, save_
                                tracked_training)
 from assets.records import InteractionsRecord, ItemTokensRecord, PretrainedPolicyRecord, RankerRewardModelRecord
 from assets.resources import MlflowTracking, RecalignHome
+from assets.torchrun import TorchrunConfig, check_global_batch, n_processes, run_training_job
 from recmodels.data.tables import read_parquet
 from recmodels.storage.checkpoints import clear_training_state
 from recmodels.storage.model_io import load_policy
@@ -37,7 +36,7 @@ from recmodels.training.pretraining import PretrainConfig, PretrainResult, pretr
 from recmodels.training.ranker_training import RankerTrainConfig, train_ranker
 
 
-class PretrainAssetConfig(dg.Config):
+class PretrainAssetConfig(TorchrunConfig):
     """Knobs of the pretrained policy; a field left empty keeps the library default. `tokenization`:
     "atomic" (one token per item) or "semantic" (the item_tokens semantic IDs)."""
 
@@ -53,44 +52,9 @@ class PretrainAssetConfig(dg.Config):
     n_heads: Optional[int] = None
     dropout: Optional[float] = None
     checkpoint_every: Optional[int] = None  # epochs between two saves of the resumable training state
-    # data-parallel training under torchrun (docs/distributed.md); 1 process (the default) trains in the asset
-    nproc_per_node: int = 1  # processes on this node (one per GPU with CUDA); batch_size stays the global batch
-    nnodes: int = 1  # nodes; more than 1 needs rdzv_endpoint and the same torchrun command started on the others
-    rdzv_endpoint: Optional[str] = None  # host:port of the c10d rendezvous (multi-node only)
-    rdzv_id: str = "recalign-pretraining"  # the rendezvous id every node of the job passes
 
 
-WORKER = Path(__file__).with_name("pretraining_worker.py")
 POLICY_CHECKPOINT = "pretrained_policy.pt"
-
-
-def torchrun_command(settings: dict) -> list[str]:
-    """The torchrun command of this node: `--standalone` on one node, a c10d rendezvous on several."""
-    command = [sys.executable, "-m", "torch.distributed.run"]
-    if settings["nnodes"] == 1:
-        command.append("--standalone")
-    else:
-        command += ["--nnodes", str(settings["nnodes"]), "--rdzv_backend", "c10d",
-                    "--rdzv_endpoint", settings["rdzv_endpoint"], "--rdzv_id", settings["rdzv_id"]]
-    return command + ["--nproc_per_node", str(settings["nproc_per_node"]), str(WORKER)]
-
-
-def _thread_env(nproc_per_node: int) -> dict[str, str]:
-    """OMP_NUM_THREADS for the worker processes unless the environment sets it: this node's cores shared among them
-    (torchrun itself would give each process one thread)."""
-    if "OMP_NUM_THREADS" in os.environ:
-        return {}
-    return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc_per_node))}
-
-
-def _check_parallel_settings(settings: dict) -> bool:
-    """Whether the run config asks for data-parallel training; dg.Failure naming the field when it is invalid."""
-    for name in ("nproc_per_node", "nnodes"):
-        if settings[name] < 1:
-            raise dg.Failure(f"pretrained_policy config '{name}' must be >= 1, got {settings[name]}")
-    if settings["nnodes"] > 1 and not settings["rdzv_endpoint"]:
-        raise dg.Failure("pretrained_policy config 'nnodes' > 1 needs 'rdzv_endpoint' (host:port of the rendezvous)")
-    return settings["nproc_per_node"] * settings["nnodes"] > 1
 
 
 def _train_policy(settings: dict, interactions: InteractionsRecord, item_tokens: ItemTokensRecord, callback,
@@ -119,27 +83,13 @@ def _train_policy_distributed(context: dg.AssetExecutionContext, settings: dict,
     n_items = interactions.n_items
     train_cfg = library_config(PretrainConfig, settings)
     policy_cfg = library_config(kind.config_class, settings, **tokenization.vocabulary(n_items))
-    if train_cfg.batch_size < settings["nproc_per_node"] * settings["nnodes"]:
-        raise dg.Failure(f"pretrained_policy config 'batch_size'={train_cfg.batch_size} is the global batch: it must "
-                         f"be at least the number of processes ({settings['nproc_per_node'] * settings['nnodes']})")
+    check_global_batch(settings, train_cfg.batch_size, "pretrained_policy")
     spec = job_spec(interactions.table, n_items, kind.name, train_cfg, policy_cfg, checkpoint,
                     item_codes=item_tokens.path if kind.codes_key else None, resume_dir=resume_dir)
-    invocation = dg.PipesSubprocessClient().run(command=torchrun_command(settings), context=context, extras=spec,
-                                                env=_thread_env(settings["nproc_per_node"]))
-    messages = invocation.get_custom_messages()
-    for message in messages:
-        if "epoch_row" in message:
-            callback(message["epoch_row"])
-    summary = next((m["result"] for m in messages if "result" in m), None)
-    if summary is None:
-        raise dg.Failure("the data-parallel pretraining worker ended without reporting its result")
+    summary, reported = run_training_job(context, settings, "pretraining", spec, callback)
     result = PretrainResult(policy=load_policy(checkpoint), policy_config=policy_cfg, history=summary["history"],
                             best_epoch=summary["best_epoch"], best_valid_ndcg10=summary["best_valid_ndcg10"],
                             resumed_from_epoch=summary["resumed_from_epoch"])
-    reported = {}  # the metadata of the worker's materialization: processes, backend, wall time
-    for reported_result in invocation.get_results(implicit_materializations=False):
-        if isinstance(reported_result, dg.MaterializeResult):
-            reported.update(reported_result.metadata or {})
     params = {**vars(train_cfg), **vars(policy_cfg), "nproc_per_node": settings["nproc_per_node"],
               "nnodes": settings["nnodes"]}
     return result, codes_file, params, reported
@@ -156,7 +106,7 @@ def pretrained_policy(context: dg.AssetExecutionContext, config: PretrainAssetCo
         raise dg.Failure(f"pretrained_policy config 'tokenization' must be one of {list(TOKENIZATIONS)}, "
                          f"got {settings['tokenization']!r}")
     tokenization = settings["tokenization"]
-    parallel = _check_parallel_settings(settings)
+    parallel = n_processes(settings, "pretrained_policy") > 1
     resume_dir = home.resume_dir(interactions.dataset, context)
     distributed_metadata = {}
     with tracked_training(context, mlflow, interactions.dataset, interactions.digest,

@@ -105,7 +105,7 @@ def worker(args) -> None:
 
         group = distributed.init_from_env(device="cpu")
         rank, world = group.rank, group.world_size
-        model = distributed.wrap_data_parallel(policy, group)
+        model = distributed.wrap_data_parallel(distributed.SummedWindowNll(policy), group)
         batch_loss = distributed.data_parallel_batch_loss(model, tokens, targets, group)
         barrier = torch.distributed.barrier
     else:

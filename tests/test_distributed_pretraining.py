@@ -16,7 +16,8 @@ import torch
 from assets.data import interactions, raw_logs
 from assets.item_tokens import item_tokens
 from assets.model_runs import POLICY_MODEL, registered_model_name
-from assets.models import pretrained_policy, torchrun_command
+from assets.models import pretrained_policy
+from assets.torchrun import torchrun_command
 from assets.resources import MlflowTracking, RecalignHome
 from recmodels.data.sequences import build_user_sequences, eval_examples
 from recmodels.evaluation.metrics import ndcg
@@ -104,13 +105,16 @@ def test_the_lead_process_checkpoint_loads_and_scores_in_one_process(two_process
 
 
 def test_the_torchrun_command_of_one_node_and_of_several():
-    one = {"nproc_per_node": 2, "nnodes": 1, "rdzv_endpoint": None, "rdzv_id": "recalign-pretraining"}
-    assert torchrun_command(one)[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                                         str(REPO / "assets" / "pretraining_worker.py")]
+    one = {"nproc_per_node": 2, "nnodes": 1, "rdzv_endpoint": None, "rdzv_id": None}
+    assert torchrun_command(one, "pretraining", "pretrained_policy")[1:] == [
+        "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(REPO / "assets" / "training_worker.py"), "pretraining"]
     several = {**one, "nnodes": 3, "rdzv_endpoint": "node0:29400"}
-    assert torchrun_command(several)[3:-1] == ["--nnodes", "3", "--rdzv_backend", "c10d", "--rdzv_endpoint",
-                                               "node0:29400", "--rdzv_id", "recalign-pretraining",
-                                               "--nproc_per_node", "2"]
+    assert torchrun_command(several, "pretraining", "pretrained_policy")[3:-2] == [
+        "--nnodes", "3", "--rdzv_backend", "c10d", "--rdzv_endpoint", "node0:29400",
+        "--rdzv_id", "recalign-pretrained_policy", "--nproc_per_node", "2"]
+    named = torchrun_command({**several, "rdzv_id": "nightly-7"}, "post_training", "post_trained_sft")
+    assert named[named.index("--rdzv_id") + 1] == "nightly-7" and named[-1] == "post_training"
 
 
 @pytest.mark.integration

@@ -119,11 +119,11 @@ class SummedWindowNll(torch.nn.Module):
         return F.cross_entropy(self.policy.target_logits(tokens, targets), targets[targets != 0], reduction="sum")
 
 
-def wrap_data_parallel(policy: torch.nn.Module, group: ProcessGroup) -> DistributedDataParallel:
-    """The DDP module whose forward is `SummedWindowNll(policy)`. DDP broadcasts rank 0's weights and buffers at
-    construction, not the buffers at each forward: the policies' buffers are constants of their config."""
-    return DistributedDataParallel(SummedWindowNll(policy),
-                                   device_ids=[group.device.index] if group.device.type == "cuda" else None,
+def wrap_data_parallel(module: torch.nn.Module, group: ProcessGroup) -> DistributedDataParallel:
+    """The DDP module around `module` (a loss module such as `SummedWindowNll(policy)`). DDP broadcasts rank 0's
+    weights and buffers at construction, not the buffers at each forward: the policies' buffers are constants
+    of their config."""
+    return DistributedDataParallel(module, device_ids=[group.device.index] if group.device.type == "cuda" else None,
                                    forward_sync_buffers=False)
 
 
@@ -168,7 +168,7 @@ def pretrain_distributed(interactions: pd.DataFrame, n_items: int, policy_config
 
     gen = seed_everything(config.seed)  # the same shuffle (and initial weights) in every process
     policy = tokenization.policy_class(policy_config).to(group.device)
-    model = wrap_data_parallel(policy, group)
+    model = wrap_data_parallel(SummedWindowNll(policy), group)
     if group.rank != 0:
         torch.manual_seed(config.seed * DROPOUT_SEED_STRIDE + group.rank)
     result = PretrainResult(policy=policy, policy_config=policy_config)
