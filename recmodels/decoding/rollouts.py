@@ -4,7 +4,7 @@ A rollout is an item the policy generates for a context (a history of item ids [
 context are generated from the *masked* next-item distribution: padding and every item of the
 context's history are never generated (the distribution the evaluation ranks from).
 
-- `sample_rollouts`: G distinct items sampled without replacement;
+- `sample_rollouts`: G distinct items sampled without replacement (`distinct=False`: G independent draws);
 - `top_k_rollouts`: the G most likely items (beam search);
 - `sequence_logprob`: log pi(item | context) of given items (grad flows).
 
@@ -103,16 +103,26 @@ def _check_group_size(log_probs: torch.Tensor, group_size: int) -> None:
                          f"fewer than group_size={group_size}")
 
 
-def sample_from_log_probs(log_probs: torch.Tensor, group_size: int, generator: torch.Generator) -> Rollouts:
-    """G distinct items per row drawn without replacement from exp(log_probs) [N, V] (Gumbel-top-k).
+def sample_from_log_probs(log_probs: torch.Tensor, group_size: int, generator: torch.Generator,
+                          distinct: bool = True) -> Rollouts:
+    """G items per row drawn from exp(log_probs) [N, V].
 
-    top-G of log p + Gumbel noise, with Gumbel = -log(E), E ~ Exp(1). `logp` keeps the graph of
-    `log_probs` (detach it for pi_old), so a loss can reuse the sampling forward pass.
+    `distinct=True`: G different items, drawn without replacement (Gumbel-top-k: the top G of
+    log p + Gumbel noise, with Gumbel = -log(E), E ~ Exp(1)). The group is then no sample of pi:
+    the most likely item appears at most once where G independent draws would hold it about G·pi
+    times, so the tail is over-represented. `distinct=False`: G independent draws (with
+    replacement), a sample of pi whose group mean estimates the expected reward under pi.
+    `logp` keeps the graph of `log_probs` (detach it for pi_old), so a loss can reuse the sampling
+    forward pass.
     """
-    _check_group_size(log_probs, group_size)
+    _check_group_size(log_probs, group_size if distinct else 1)
     with torch.no_grad():
-        noise = torch.empty_like(log_probs, dtype=torch.float32).exponential_(generator=generator).log_()
-        items = (log_probs.detach().float() - noise).topk(group_size, dim=1).indices  # [N, G]
+        if distinct:
+            noise = torch.empty_like(log_probs, dtype=torch.float32).exponential_(generator=generator).log_()
+            items = (log_probs.detach().float() - noise).topk(group_size, dim=1).indices  # [N, G]
+        else:
+            items = torch.multinomial(log_probs.detach().float().exp(), group_size, replacement=True,
+                                      generator=generator)  # [N, G]
     logp = log_probs.gather(1, items)
     return Rollouts(items=items, logp=logp, valid=torch.ones_like(items, dtype=torch.bool),
                     first_token_log_probs=log_probs, token_logp=logp.unsqueeze(-1))
@@ -250,8 +260,9 @@ def tuple_token_log_probs(policy: SemanticPolicy, history_tokens: torch.Tensor, 
 
 def sample_tuple_rollouts(policy: SemanticPolicy, history_tokens: torch.Tensor, group_size: int,
                           generator: torch.Generator, semantic_ids: SemanticIds, exclude: Sequence | None = None,
-                          grad: bool = False) -> Rollouts:
-    """G distinct code tuples per token history [N, S], sampled without replacement, then scored.
+                          grad: bool = False, distinct: bool = True) -> Rollouts:
+    """G code tuples per token history [N, S], sampled (distinct: without replacement; else independent
+    draws, see `sample_from_log_probs`), then scored.
 
     Sampling runs in eval mode without grad (stochastic beam search, `beam_search.sample_tuples`),
     unconstrained (no trie): `items` is 0 and `valid` False where a tuple is no item. `exclude`:
@@ -262,8 +273,8 @@ def sample_tuple_rollouts(policy: SemanticPolicy, history_tokens: torch.Tensor, 
     """
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
-    _check_tuple_space(policy.layout.level_sizes, exclude, group_size)
-    tuples, _ = sample_tuples(policy, history_tokens, group_size, generator, exclude=exclude, distinct=True)
+    _check_tuple_space(policy.layout.level_sizes, exclude, group_size if distinct else 1)
+    tuples, _ = sample_tuples(policy, history_tokens, group_size, generator, exclude=exclude, distinct=distinct)
     with torch.set_grad_enabled(grad):
         token_logp, first = tuple_token_log_probs(policy, history_tokens, tuples, exclude)
     return tuple_rollouts(tuples, token_logp, first, semantic_ids)

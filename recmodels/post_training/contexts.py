@@ -36,6 +36,10 @@ from recmodels.runtime import eval_mode
 
 ContextChoice = Literal["last", "random"]  # the `contexts` knob of the RL methods
 CONTEXT_CHOICES = get_args(ContextChoice)
+# the `rollouts` knob of grpo (and nll_grpo, adagrpo) and ppo: a context's group drawn i.i.d. from pi (with
+# replacement: an unbiased sample, the default) or as distinct items (without replacement: the most likely
+# item counts at most once instead of about G·pi times, which tilts the group, and the gradient, to the tail)
+RolloutSampling = Literal["iid", "distinct"]
 
 
 @dataclass

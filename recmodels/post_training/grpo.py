@@ -1,7 +1,9 @@
 """`grpo`: group-relative policy optimization against the frozen ranker (docs/design.md §4).
 
-For each context x_i (one per window, see contexts.py) G distinct items o_i1..o_iG are sampled
-from pi_old without replacement (recmodels.decoding.rollouts) and scored by the ranker R. An item o is
+For each context x_i (one per window, see contexts.py) G items o_i1..o_iG are sampled from pi_old,
+independently (`rollouts="iid"`, the default) or as G distinct items (`"distinct"`, without
+replacement: biased toward the tail, see contexts.RolloutSampling; recmodels.decoding.rollouts), and
+scored by the ranker R. An item o is
 |o| tokens (1 atomic token, or L+1 semantic-ID codes); t runs over them:
 
     A_ij     = (R(x_i, o_ij) - mean_j R) / (std_j R + 1e-4)          (population std of the group)
@@ -27,7 +29,8 @@ from typing import TYPE_CHECKING
 import torch
 from pydantic import AliasChoices, ConfigDict, Field
 
-from recmodels.post_training.contexts import ContextChoice, RLContexts, dropout, ranker_rewards, select_contexts
+from recmodels.post_training.contexts import (ContextChoice, RLContexts, RolloutSampling, dropout, ranker_rewards,
+                                              select_contexts)
 from recmodels.post_training.knobs import MethodKnobs
 from recmodels.decoding.rollouts import Rollouts, kl_divergence
 from recmodels.data.sequences import TrainingWindows
@@ -46,6 +49,7 @@ class GRPOParams(MethodKnobs):
     eps: float = Field(0.2, gt=0, lt=1, validation_alias=AliasChoices("eps", "epsilon"), title="ε")  # ratio clip
     beta: float = Field(0.04, ge=0, allow_inf_nan=False, title="β")  # weight of the k3 KL to the reference
     contexts: ContextChoice = "last"  # which window positions are contexts: "last" or "random"
+    rollouts: RolloutSampling = "iid"  # a group: G independent draws from pi, or G distinct items
     dropout: bool = False  # run the policy with dropout (as in its training mode) while computing log-probs
 
 
@@ -94,7 +98,8 @@ def grpo_terms(policy, batch: TrainingWindows, ctx: MethodContext, params: GRPOP
     tokenization = ctx.tokenization
     contexts = select_contexts(batch, params.contexts, ctx.generator)
     with dropout(policy, params.dropout):
-        rollouts = tokenization.sample(policy, contexts, params.group_size, ctx.generator, window_logits)
+        rollouts = tokenization.sample(policy, contexts, params.group_size, ctx.generator, window_logits,
+                                       distinct=params.rollouts == "distinct")
     G = params.group_size
     candidates = torch.cat([rollouts.items, contexts.truth[:, None]], dim=1)  # [N, G+1]: rollouts + truth
     valid = torch.cat([rollouts.valid, torch.ones_like(contexts.truth[:, None], dtype=torch.bool)], dim=1)

@@ -1,7 +1,8 @@
 """`ppo`: proximal policy optimization against the frozen ranker, KL-penalized reward (docs/design.md §4).
 
-Rollouts: for each context x (one per window, see contexts.py) K = `samples_per_context` distinct
-items y ~ pi_old (the policy when they are drawn), then
+Rollouts: for each context x (one per window, see contexts.py) K = `samples_per_context` items
+y ~ pi_old (the policy when they are drawn), independent draws (`rollouts="iid"`, the default) or K
+distinct items (`"distinct"`, tilted to the tail, see contexts.RolloutSampling), then
 
     reward  = R(x, y) - beta * (log pi_old(y|x) - log pi_ref(y|x))
     A       = reward - mean of the rollout batch's rewards            (batch-mean baseline)
@@ -29,7 +30,8 @@ from typing import TYPE_CHECKING
 import torch
 from pydantic import ConfigDict, Field
 
-from recmodels.post_training.contexts import ContextChoice, RLContexts, dropout, ranker_rewards, select_contexts
+from recmodels.post_training.contexts import (ContextChoice, RLContexts, RolloutSampling, dropout, ranker_rewards,
+                                              select_contexts)
 from recmodels.post_training.grpo import clipped_surrogate
 from recmodels.post_training.knobs import MethodKnobs
 from recmodels.decoding.rollouts import Rollouts, kl_divergence
@@ -49,6 +51,7 @@ class PPOParams(MethodKnobs):
     inner_epochs: int = Field(2, ge=1)  # optimizer steps per rollout batch
     samples_per_context: int = Field(4, ge=1)
     contexts: ContextChoice = "last"
+    rollouts: RolloutSampling = "iid"  # K independent draws from pi per context, or K distinct items
     dropout: bool = False  # off: pi / pi_old and pi / pi_ref compare deterministic forward passes
 
 
@@ -78,7 +81,8 @@ def _fresh_rollouts(policy, batch: TrainingWindows, ctx: MethodContext,
     tokenization = ctx.tokenization
     contexts = select_contexts(batch, params.contexts, ctx.generator)
     with dropout(policy, params.dropout):
-        rollouts = tokenization.sample(policy, contexts, params.samples_per_context, ctx.generator)
+        rollouts = tokenization.sample(policy, contexts, params.samples_per_context, ctx.generator,
+                                       distinct=params.rollouts == "distinct")
     logp_old = rollouts.logp.detach()
     scores = ranker_rewards(ctx.ranker, contexts, rollouts.items, rollouts.valid, invalid_reward=ctx.invalid_reward)
     ref = tokenization.reference(ctx, contexts, rollouts)

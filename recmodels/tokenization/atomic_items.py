@@ -122,10 +122,11 @@ class AtomicItems(ItemTokenization):
     # --- rollouts over RL contexts ------------------------------------------------------------------------------
 
     def sample(self, policy, contexts: RLContexts, n: int, generator: torch.Generator,
-               window_logits: torch.Tensor | None = None) -> Rollouts:
-        """n distinct items per context by Gumbel-top-k on the forward whose log-probs carry the grad."""
+               window_logits: torch.Tensor | None = None, distinct: bool = True) -> Rollouts:
+        """n items per context (distinct: Gumbel-top-k) from the forward whose log-probs carry the grad."""
         mask = history_mask(contexts.history, policy.cfg.vocab_size)
-        return sample_from_log_probs(_context_log_probs(policy, contexts, mask, window_logits), n, generator)
+        return sample_from_log_probs(_context_log_probs(policy, contexts, mask, window_logits), n, generator,
+                                     distinct)
 
     def sample_reference(self, ctx, contexts: RLContexts, n: int, generator: torch.Generator) -> Rollouts:
         return sample_from_log_probs(self._reference_log_probs(ctx, contexts), n, generator)

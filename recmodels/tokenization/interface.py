@@ -169,8 +169,9 @@ class ItemTokenization:
     # --- rollouts over RL contexts (post-training) --------------------------------------------------------------
 
     def sample(self, policy, contexts: RLContexts, n: int, generator: torch.Generator,
-               window_logits: torch.Tensor | None = None) -> Rollouts:
-        """n distinct items per context from pi, token log-probs with grad (pi_old = their detached values)."""
+               window_logits: torch.Tensor | None = None, distinct: bool = True) -> Rollouts:
+        """n items per context from pi (distinct, or independent draws), token log-probs with grad (pi_old =
+        their detached values)."""
         raise NotImplementedError
 
     def sample_reference(self, ctx, contexts: RLContexts, n: int, generator: torch.Generator) -> Rollouts:

@@ -197,10 +197,12 @@ class SemanticItems(ItemTokenization):
         return contexts.encodings["semantic"]
 
     def sample(self, policy, contexts: RLContexts, n: int, generator: torch.Generator,
-               window_logits: torch.Tensor | None = None) -> Rollouts:
-        """n distinct tuples per context (sampled in eval mode), scored with grad in the policy's current mode."""
+               window_logits: torch.Tensor | None = None, distinct: bool = True) -> Rollouts:
+        """n tuples per context (sampled in eval mode; distinct or independent draws), scored with grad in the
+        policy's current mode."""
         tokens, exclude = self.prompt(contexts)
-        return sample_tuple_rollouts(policy, tokens, n, generator, self.semantic_ids, exclude, grad=True)
+        return sample_tuple_rollouts(policy, tokens, n, generator, self.semantic_ids, exclude, grad=True,
+                                     distinct=distinct)
 
     def sample_reference(self, ctx, contexts: RLContexts, n: int, generator: torch.Generator) -> Rollouts:
         tokens, exclude = self.prompt(contexts)
