@@ -210,6 +210,32 @@ def test_telemetry_table_shows_what_each_method_reports(sweep_report):
     assert rows["exp_rw_sft_lambda_0_1"][2] == "λ=0.1"  # no params: λ read from the variants table
 
 
+def test_signal_per_step_and_adagrpos_effective_alpha():
+    rng = np.random.default_rng(2)
+    ranks, rewards, judged = rng.integers(1, 40, size=30), rng.choice([-1.0, 1.0], size=30), np.zeros(30)
+    report = build_report([
+        PolicyEvaluation("pretrained", ranks, rewards, judged),
+        _post_trained("sft", "sft", ranks, rewards, judged, {}, targets=5000.0, contexts=0.0, rollouts=0.0),
+        _post_trained("nll_grpo_alpha_0_3", "nll_grpo", ranks, rewards, judged, {"alpha": 0.3}, targets=5000.0,
+                      contexts=128.0, rollouts=1024.0),
+        PolicyEvaluation("adagrpo", ranks, rewards, judged, method="adagrpo", extra={
+            "params": {"alpha": 0.3}, "best_step": 50,
+            "history": [{"step": 0, "valid_ndcg@10": 0.1},
+                        {"step": 50, "valid_ndcg@10": 0.2, "gate_open_rate": 0.1, "contexts": 128.0},
+                        {"step": 100, "valid_ndcg@10": 0.2, "gate_open_rate": 0.3, "contexts": 64.0}]}),
+    ], n_boot=50)
+    pols = report["policies"]
+    assert pols["sft"]["training"]["signal_per_step"] == {"targets": 5000.0, "contexts": 0.0, "rollouts": 0.0}
+    assert pols["sft"]["training"]["grpo_weight"] is None
+    assert pols["nll_grpo_alpha_0_3"]["training"]["grpo_weight"] == pytest.approx(0.3)
+    adagrpo = pols["adagrpo"]["training"]
+    assert adagrpo["grpo_weight"] == pytest.approx(0.3 * 0.2)  # α x the mean gate-open rate over training
+    assert adagrpo["signal_per_step"] == {"targets": None, "contexts": 96.0, "rollouts": None}  # step 0 excluded
+    rows = {r[0]: r for r in _table_rows(_section(report_markdown(report), "Signal per step"))}
+    assert rows["nll_grpo_alpha_0_3"][1:] == ["nll_grpo", "5000", "128", "1024", "0.3"]
+    assert rows["adagrpo"][2:] == ["-", "96", "-", "0.06"] and "pretrained" not in rows
+
+
 def test_verdict_names_the_winners(sweep_report):
     v = sweep_report["verdict"]
     assert _section(report_markdown(sweep_report), "Verdict") == " ".join(v)

@@ -16,7 +16,7 @@ from recmodels.post_training.loop import MethodContext, PostTrainConfig, post_tr
 from recmodels.post_training.ppo import PPOParams, ppo_loss
 from recmodels.post_training.registry import MethodNotApplicable, get_method
 from recmodels.models.ranker import RankerConfig, RewardRanker
-from recmodels.decoding.rollouts import history_mask
+from recmodels.decoding.rollouts import history_mask, sample_from_log_probs
 from recmodels.data.sequences import TrainingWindows, build_user_sequences, training_windows
 from tests.synthetic import cyclic_interactions
 
@@ -321,3 +321,49 @@ def test_rollout_methods_need_a_ranker_and_check_their_knobs(interactions):
     with pytest.raises(ValueError, match=r"parameter 'samples_per_context' of post-training method 'dpo'"):
         get_method("dpo").parse_params({"samples_per_context": 1})
     assert get_method("grpo").parse_params({"G": 4, "epsilon": 0.1}).group_size == 4
+
+
+# --- signal per step and rollout sampling ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("method, targets, contexts, rollouts", [
+    ("sft", "M", 0, 0), ("exp_rw_sft", "M", 0, 0), ("ips", "M", 0, 0),
+    ("dpo", 0, "N", "N*4"), ("grpo", 0, "N", "N*8"), ("nll_grpo", "M", "N", "N*8"), ("adagrpo", "M", "N", "N*8")])
+def test_each_method_reports_the_signal_its_step_learned_from(windows, method, targets, contexts, rollouts):
+    """Logged targets in an NLL term (M real targets), RL contexts (N: one per window with a target) and the
+    rollouts scored for them (dpo: 4 reference samples per context, grpo's family: G = 8)."""
+    batch = TrainingWindows(*(t[:12] for t in (windows.users, windows.inputs, windows.targets, windows.rewards,
+                                               windows.propensities)))
+    sizes = {"M": int((batch.targets != 0).sum()), "N": int((batch.targets != 0).any(dim=1).sum())}
+    sizes["N*4"], sizes["N*8"] = 4 * sizes["N"], 8 * sizes["N"]
+    expected = {k: float(sizes.get(v, v)) for k, v in zip(("targets", "contexts", "rollouts"),
+                                                          (targets, contexts, rollouts))}
+    spec = get_method(method)
+    _, tele = spec.loss(tiny_policy(), batch, make_ctx(spec.parse_params({})))
+    assert {k: tele[k] for k in expected} == expected
+
+
+def test_ppo_counts_new_contexts_only_on_the_steps_that_draw_them(windows):
+    policy, ctx = tiny_policy(), make_ctx(PPOParams(inner_epochs=2))
+    batch = TrainingWindows(*(t[:12] for t in (windows.users, windows.inputs, windows.targets, windows.rewards)))
+    n = int((batch.targets != 0).any(dim=1).sum())
+    seen = [ppo_loss(policy, batch, ctx)[1] for _ in range(3)]
+    assert [t["contexts"] for t in seen] == [n, 0, n] and [t["rollouts"] for t in seen] == [4 * n, 0, 4 * n]
+
+
+@pytest.mark.parametrize("sampling", ["iid", "distinct"])
+def test_grpo_groups_are_iid_draws_by_default_and_distinct_items_on_request(windows, sampling):
+    """A distribution with ~all its mass on one item: i.i.d. groups repeat it, distinct groups hold it once."""
+    assert GRPOParams().rollouts == "iid" and PPOParams().rollouts == "iid"
+    params = GRPOParams(rollouts=sampling)
+    batch = TrainingWindows(*(t[:12] for t in (windows.users, windows.inputs, windows.targets, windows.rewards)))
+    contexts = select_contexts(batch, "last")
+    mask = history_mask(contexts.history, N_ITEMS + 1)
+    favourite = (~mask).float().argmax(dim=1)  # [N] the first item outside each history
+    logits = torch.full(mask.shape, -30.0)
+    logits[torch.arange(len(contexts)), favourite] = 0.0
+    log_probs = torch.log_softmax(logits.masked_fill(mask, float("-inf")), dim=1)
+    drawn = sample_from_log_probs(log_probs, 8, make_ctx(params).generator,
+                                  distinct=params.rollouts == "distinct").items
+    copies = (drawn == favourite[:, None]).sum(dim=1)
+    assert (copies == (8 if sampling == "iid" else 1)).all()
+    assert not mask.gather(1, drawn).any()  # never an item of the history

@@ -20,6 +20,7 @@ import pandas as pd
 
 from recmodels.evaluation.metrics import (KS, METRIC_NAMES, bootstrap_ci, paired_bootstrap_diff, per_user_metrics,
                                          reward_alignment)
+from recmodels.post_training.contexts import SIGNAL_KEYS
 from recmodels.post_training.registry import METHODS, get_method, methods_of_family, needs_ranker
 from recmodels.post_training.variants import variant_knobs, variants_table
 
@@ -189,7 +190,29 @@ def _training_section(e: PolicyEvaluation) -> dict | None:
                              f"(steps {[r['step'] for r in history]})")
         at_best = rows[-1] if rows else None
     return {"method": e.method, "params": _jsonable(params), "best_step": best, "at_best_step": at_best,
+            "signal_per_step": signal_per_step(history), "grpo_weight": grpo_weight(params, history),
             "history": history}
+
+
+def _mean_over_training(history: list[dict], key: str) -> float | None:
+    """The mean of a telemetry value over the training rows (each the mean of its steps), None if never logged."""
+    values = [row[key] for row in history if row["step"] > 0 and row.get(key) is not None]
+    return sum(values) / len(values) if values else None
+
+
+def signal_per_step(history: list[dict]) -> dict[str, float | None]:
+    """What a step learned from, on average (`recmodels.post_training.contexts.SIGNAL_KEYS`): logged targets in an
+    NLL term, new RL contexts, scored rollouts."""
+    return {key: _mean_over_training(history, key) for key in SIGNAL_KEYS}
+
+
+def grpo_weight(params: dict, history: list[dict]) -> float | None:
+    """The weight the GRPO term gets on average: α (nll_grpo), α x the mean gate-open rate (adagrpo's effective
+    α, what its comparison with nll_grpo at the same α must take into account); None without an α."""
+    if params.get("alpha") is None:
+        return None
+    open_rate = _mean_over_training(history, "gate_open_rate")
+    return params["alpha"] * (open_rate if open_rate is not None else 1.0)
 
 
 def _lambda_sweep(policies: dict, baseline: str) -> list[dict]:

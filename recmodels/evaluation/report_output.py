@@ -16,6 +16,7 @@ from recmodels.evaluation.plots import (plot_hallucination_frontier, plot_lambda
                                         plot_training_curves)
 from recmodels.evaluation.report import (JUDGED, RW_NDCG, TELEMETRY, format_interval, shown_knobs, unmasked_metrics,
                                          verdict)
+from recmodels.post_training.contexts import SIGNAL_KEYS
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
@@ -47,6 +48,20 @@ def _telemetry_md(pols: dict) -> str:
     if not rows:
         return "_no post-training record was passed to the report_"
     return _md_table(["policy", "method", "knobs", "best step", "KL to reference", "valid ndcg@10", *TELEMETRY], rows)
+
+
+def _signal_md(pols: dict) -> str:
+    rows = []
+    for name, p in pols.items():
+        t = p.get("training")
+        if t:
+            signal = t.get("signal_per_step") or {}
+            rows.append([name, p["method"] or "-", *(_num(signal.get(k)) for k in SIGNAL_KEYS),
+                         _num(t.get("grpo_weight"))])
+    if not rows:
+        return "_no post-training record was passed to the report_"
+    return _md_table(["policy", "method", "logged targets (NLL)", "RL contexts", "rollouts scored",
+                      "GRPO weight (α × gate-open rate)"], rows)
 
 
 def _sweep_md(report: dict) -> str:
@@ -133,6 +148,11 @@ def report_markdown(report: dict) -> str:
         _decoding_md(pols),
         "## λ sweep of exp_rw_sft", _sweep_md(report),
         "## Training telemetry", _telemetry_md(pols),
+        "## Signal per step",
+        "Mean per optimizer step over the training: logged targets in an NLL term, RL contexts newly drawn (ppo "
+        "reuses its contexts for its inner epochs), generated items scored by the ranker; the average weight of "
+        "the GRPO term (adagrpo: α times its gate-open rate, its effective α).",
+        _signal_md(pols),
         "## Skipped methods",
         "\n".join(f"- `{name}`: {reason}" for name, reason in skipped.items()) or "_none_",
         "## Protocol", _protocols_md(report), report["protocol"],

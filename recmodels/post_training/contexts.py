@@ -41,6 +41,15 @@ CONTEXT_CHOICES = get_args(ContextChoice)
 # item counts at most once instead of about G·pi times, which tilts the group, and the gradient, to the tail)
 RolloutSampling = Literal["iid", "distinct"]
 
+# What a step learned from, in every method's telemetry (the report's "Signal per step"): logged targets in an
+# NLL term, RL contexts newly drawn for the step, and rollouts (generated items scored by the ranker) for them.
+SIGNAL_KEYS = ("targets", "contexts", "rollouts")
+
+
+def signal_seen(targets: int = 0, contexts: int = 0, rollouts: int = 0) -> dict[str, float]:
+    """The step's signal as telemetry (see SIGNAL_KEYS)."""
+    return dict(zip(SIGNAL_KEYS, (float(targets), float(contexts), float(rollouts))))
+
 
 @dataclass
 class RLContexts:

@@ -40,6 +40,7 @@ from torch.nn.parallel import DistributedDataParallel
 from recmodels.data.rewards import RewardSpec
 from recmodels.data.sequences import TrainingWindows
 from recmodels.data.tables import read_parquet
+from recmodels.post_training.contexts import signal_seen
 from recmodels.post_training.loop import (MethodContext, PostTrainConfig, PostTrainResult, StepFn, ValidSelection,
                                           _train, finish_run, map_windows, prepare_run)
 from recmodels.post_training.registry import MethodNotApplicable, PostTrainingMethod, data_parallel_methods, get_method
@@ -99,7 +100,8 @@ def data_parallel_step(spec: PostTrainingMethod, model: DistributedDataParallel,
         if config.grad_clip is not None:
             nn.utils.clip_grad_norm_(policy.parameters(), config.grad_clip)
         optimizer.step()
-        return {"loss": sums[0].item(), "nll": sums[1].item() / max(int(mask.sum()), 1)}
+        return {"loss": sums[0].item(), "nll": sums[1].item() / max(int(mask.sum()), 1),
+                **signal_seen(targets=int(mask.sum()))}
 
     return step
 

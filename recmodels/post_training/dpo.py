@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import ConfigDict, Field
 
-from recmodels.post_training.contexts import ContextChoice, dropout, ranker_rewards, select_contexts
+from recmodels.post_training.contexts import ContextChoice, dropout, ranker_rewards, select_contexts, signal_seen
 from recmodels.post_training.knobs import MethodKnobs
 from recmodels.decoding.rollouts import kl_divergence
 from recmodels.data.sequences import TrainingWindows
@@ -73,5 +73,6 @@ def dpo_loss(policy, batch: TrainingWindows, ctx: MethodContext) -> tuple[torch.
         "rollout_reward": rewards.mean().item(),
         **tokenization.reference_telemetry(ctx),
         "rollout_invalid_rate": (~samples.valid).float().mean().item(),
+        **signal_seen(contexts=len(contexts), rollouts=samples.items.numel()),
     }
     return loss, telemetry

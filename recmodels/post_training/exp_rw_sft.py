@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from pydantic import AliasChoices, ConfigDict, Field
 
+from recmodels.post_training.contexts import signal_seen
 from recmodels.post_training.knobs import MethodKnobs
 from recmodels.post_training.sft import target_nll, weighted_nll
 from recmodels.tokenization.items import tokenization_of
@@ -114,5 +115,6 @@ def exp_rw_sft_loss(policy, batch: TrainingWindows, ctx: MethodContext) -> tuple
         # raw weights exp((r - b) / lambda) after the clip, before any normalization (saturate at ~8e307)
         "mean_weight": math.exp(min((torch.logsumexp(logw64, 0) - math.log(logw.numel())).item(), 709.0)),
         "max_weight": math.exp(min(logw64.max().item(), 709.0)),
+        **signal_seen(targets=logw.numel()),
     }
     return loss, telemetry

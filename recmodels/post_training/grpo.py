@@ -30,7 +30,7 @@ import torch
 from pydantic import AliasChoices, ConfigDict, Field
 
 from recmodels.post_training.contexts import (ContextChoice, RLContexts, RolloutSampling, dropout, ranker_rewards,
-                                              select_contexts)
+                                              select_contexts, signal_seen)
 from recmodels.post_training.knobs import MethodKnobs
 from recmodels.decoding.rollouts import Rollouts, kl_divergence
 from recmodels.data.sequences import TrainingWindows
@@ -121,6 +121,7 @@ def grpo_terms(policy, batch: TrainingWindows, ctx: MethodContext, params: GRPOP
         "truth_reward_hat": truth_reward_hat.mean().item(),
         **tokenization.reference_telemetry(ctx),
         "rollout_invalid_rate": (~rollouts.valid).float().mean().item(),
+        **signal_seen(contexts=len(contexts), rollouts=rollouts.items.numel()),
     }
     return GroupRollouts(contexts=contexts, rollouts=rollouts, rewards=rewards, truth_reward_hat=truth_reward_hat,
                          advantages=advantages, per_context_loss=per_context, telemetry=telemetry)

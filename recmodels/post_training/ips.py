@@ -23,6 +23,7 @@ import torch
 from pydantic import AliasChoices, ConfigDict, Field
 
 from recmodels.post_training.exp_rw_sft import effective_sample_size
+from recmodels.post_training.contexts import signal_seen
 from recmodels.post_training.knobs import MethodKnobs
 from recmodels.post_training.sft import target_nll, weighted_nll
 from recmodels.tokenization.items import tokenization_of
@@ -89,5 +90,6 @@ def ips_loss(policy, batch: TrainingWindows, ctx: MethodContext) -> tuple[torch.
         "clipped_rate": (w.abs() >= params.clip).float().mean().item(),
         "negative_weight_share": (w < 0).float().mean().item(),
         "mean_weight": w.mean().item(),
+        **signal_seen(targets=w.numel()),
     }
     return loss, telemetry

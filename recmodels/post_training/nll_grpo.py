@@ -34,7 +34,9 @@ def nll_and_group_rollouts(policy, batch: TrainingWindows, ctx: MethodContext,
     """Mean NLL of the batch's real targets (as sft) and the GRPO pass, sharing the windows' forward."""
     with dropout(policy, params.dropout):
         nll, mask, logits = ctx.tokenization.window_nll(policy, batch)  # [B, T], [B, T], [B, T, V] or None
-    return nll[mask].mean(), grpo_terms(policy, batch, ctx, params, window_logits=logits)
+    terms = grpo_terms(policy, batch, ctx, params, window_logits=logits)
+    terms.telemetry["targets"] = float(mask.sum())  # the NLL term's logged targets (signal_seen)
+    return nll[mask].mean(), terms
 
 
 def nll_grpo_loss(policy, batch: TrainingWindows, ctx: MethodContext) -> tuple[torch.Tensor, dict[str, float]]:

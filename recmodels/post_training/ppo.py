@@ -31,7 +31,7 @@ import torch
 from pydantic import ConfigDict, Field
 
 from recmodels.post_training.contexts import (ContextChoice, RLContexts, RolloutSampling, dropout, ranker_rewards,
-                                              select_contexts)
+                                              select_contexts, signal_seen)
 from recmodels.post_training.grpo import clipped_surrogate
 from recmodels.post_training.knobs import MethodKnobs
 from recmodels.decoding.rollouts import Rollouts, kl_divergence
@@ -120,6 +120,9 @@ def ppo_loss(policy, batch: TrainingWindows, ctx: MethodContext) -> tuple[torch.
         "kl": kl_divergence(first_token.detach(), ref_first_token).mean().item(),
         "clip_fraction": ((ratio - 1).abs() > params.eps).float().mean().item(),
         "fresh_rollouts": float(fresh),
+        # new contexts and rollouts only on a fresh step: the inner epochs reuse them
+        **signal_seen(contexts=len(buffer.contexts) if fresh else 0,
+                      rollouts=buffer.rollouts.items.numel() if fresh else 0),
         **ctx.tokenization.reference_telemetry(ctx),
     }
     return loss, telemetry

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 from pydantic import ConfigDict
 
+from recmodels.post_training.contexts import signal_seen
 from recmodels.post_training.knobs import MethodKnobs
 from recmodels.tokenization.items import AtomicItems, tokenization_of
 from recmodels.data.sequences import TrainingWindows
@@ -52,4 +53,4 @@ def sft_loss(policy, batch: TrainingWindows, ctx: MethodContext) -> tuple[torch.
     """Mean NLL over the batch's real targets."""
     nll, mask = target_nll(policy, batch, tokenization_of(ctx))
     loss = weighted_nll(nll[mask], *sft_target_weights(batch, ctx))
-    return loss, {"nll": loss.item()}
+    return loss, {"nll": loss.item(), **signal_seen(targets=int(mask.sum()))}
