@@ -47,6 +47,8 @@ class PostTrainAssetConfig(TorchrunConfig):
     batch_size: Optional[int] = None
     lr: Optional[float] = None
     eval_every: Optional[int] = None
+    early_eval_every: Optional[int] = None  # denser valid checks early: every this many steps up to early_eval_until
+    early_eval_until: Optional[int] = None
     seed: Optional[int] = None
     checkpoint_every: Optional[int] = None  # steps between two saves of the resumable training state
     method_params: dict[str, Any] = {}

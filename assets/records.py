@@ -167,6 +167,17 @@ class RobustnessStudyRecord:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TuningStudyRecord:
+    """`tuning_study`: where the study wrote its tables, and the setting valid chose for each method."""
+
+    study: str  # "tuning"
+    dataset: str
+    dir: str  # the study's folder
+    files: dict[str, str]  # {name: path}: md, grid_csv, chosen_csv, json
+    chosen: dict[str, dict]  # method -> {"variant", "lr", <its searched knob>}
+
+
+@dataclass(frozen=True, kw_only=True)
 class CrossDatasetComparisonRecord:
     """`cross_dataset_summary`: where the summary was written, and the data sets it covers."""
 

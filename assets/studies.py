@@ -1,4 +1,9 @@
-"""The studies (group "studies"): the robustness study and the cross-data-set summary.
+"""The studies (group "studies"): the robustness study, the tuning study and the cross-data-set summary.
+
+The tuning study reads a built-in data set's logs through the source functions that `raw_logs` and
+`interactions` use, runs `recmodels.studies.tuning` (every method searched over the same learning rates
+and its own knob, chosen on valid) and logs every model it trains as its own MLflow run in the data
+set's experiment (tags `study`, `model`, `role`, `method`).
 
 The robustness study does not read the chain's assets: it simulates logs through the source functions
 that `raw_logs` and `interactions` use (recmodels.data.*), runs `recmodels.studies.robustness`, logs
@@ -20,7 +25,7 @@ import pandas as pd
 from assets.metadata import image, markdown_table
 from assets.model_runs import library_config
 from assets.partitions import DATASET_PARTITIONS
-from assets.records import CrossDatasetComparisonRecord, RobustnessStudyRecord
+from assets.records import CrossDatasetComparisonRecord, RobustnessStudyRecord, TuningStudyRecord
 from assets.resources import MlflowTracking, RecalignHome
 from recmodels.post_training.loop import PostTrainConfig
 from recmodels.storage.checkpoints import save_checkpoint
@@ -29,6 +34,11 @@ from recmodels.studies.robustness import (DEFAULT_EVAL_EVERY, DEFAULT_LAMBDAS, D
                                           DEFAULT_PRETRAIN, DEFAULT_STEPS, STUDY_SIMULATOR, RobustnessConfig,
                                           run_robustness_study)
 from recmodels.studies.robustness_report import gain_table, write_robustness
+from recmodels.studies.tuning import DEFAULT_LRS, KNOB_GRID, TuningConfig, chosen_table, run_tuning, write_tuning
+from recmodels.data.interactions import build_interactions
+from recmodels.data.oracle import Oracle
+from recmodels.data.rewards import RewardSpec
+from recmodels.data.sources import load_raw_logs
 from recmodels.training.ranker_training import RankerTrainConfig
 
 CROSS_DATASET_EXPERIMENT = "cross-dataset"  # the summary run's data set name (its MLflow experiment)
@@ -180,6 +190,76 @@ def robustness_study(context: dg.AssetExecutionContext, config: RobustnessStudyC
                                  pretraining_runs=result.pretraining_runs, findings=result.findings)
 
 
+class TuningStudyConfig(dg.Config):
+    """The data set, the grid and the budgets of the tuning study (recmodels.studies.tuning).
+
+    knob_values: per method, other values of the knob it is searched over (`KNOB_GRID`: λ, β or α);
+    pretrain: PretrainConfig / PolicyConfig fields (epochs, d_model, ...); simulator: SimulatorConfig settings
+    for `source: simulator`."""
+
+    source: str = "movielens-100k"  # a built-in data set: movielens-100k, movielens-1m or simulator
+    simulator: dict[str, Any] = {}
+    methods: list[str] = list(KNOB_GRID)
+    lrs: list[float] = list(DEFAULT_LRS)
+    knob_values: dict[str, list[float]] = {}
+    pretrain: dict[str, Any] = {}
+    ranker_epochs: Optional[int] = None
+    steps: int = 200
+    batch_size: Optional[int] = None
+    eval_every: int = 25
+    early_eval_every: int = 5  # valid checks every 5 steps ...
+    early_eval_until: int = 50  # ... for the first 50
+    seed: int = 0
+    n_boot: int = 1000
+
+    def to_library(self) -> TuningConfig:
+        unknown = sorted(set(self.knob_values) - {m for m, grid in KNOB_GRID.items() if grid is not None})
+        if unknown:
+            raise dg.Failure(f"tuning_study config 'knob_values': {unknown} are searched over the learning rate only "
+                             f"or are no methods; methods with a knob: "
+                             f"{[m for m, grid in KNOB_GRID.items() if grid is not None]}")
+        grid = {m: (g[0], tuple(self.knob_values.get(m, g[1]))) if g is not None else None
+                for m, g in KNOB_GRID.items()}
+        try:
+            return TuningConfig(
+                methods=tuple(self.methods), lrs=tuple(self.lrs), knob_grid=grid, pretrain=dict(self.pretrain),
+                ranker=library_config(RankerTrainConfig, {"epochs": self.ranker_epochs}),
+                post_train=library_config(PostTrainConfig, {
+                    "steps": self.steps, "batch_size": self.batch_size, "eval_every": self.eval_every,
+                    "early_eval_every": self.early_eval_every, "early_eval_until": self.early_eval_until}),
+                seed=self.seed, n_boot=self.n_boot)
+        except ValueError as exc:
+            raise dg.Failure(f"tuning_study config: {exc}") from None
+
+
+@dg.asset(group_name="studies", kinds={"pytorch", "mlflow"})
+def tuning_study(context: dg.AssetExecutionContext, config: TuningStudyConfig, home: RecalignHome,
+                 mlflow: MlflowTracking) -> TuningStudyRecord:
+    """Every method with the same small search on valid (learning rate x its own knob), compared at the settings
+    valid chose: the fair comparison of methods (docs/studies.md)."""
+    if config.source not in ("movielens-100k", "movielens-1m", "simulator"):
+        raise dg.Failure(f"tuning_study config 'source' must be movielens-100k, movielens-1m or simulator, "
+                         f"got {config.source!r}")
+    study = config.to_library()
+    raw = load_raw_logs(config.source, cache_dir=home.cache_dir,
+                        simulator=config.simulator if config.source == "simulator" else None)
+    inter = build_interactions(raw, RewardSpec())
+    with StudyRuns(context, mlflow, None) as runs:
+        result = run_tuning(inter.table, inter.n_items, inter.catalog,
+                            Oracle.from_dict(raw.oracle) if raw.oracle else None, study,
+                            lambda event: runs({**event, "study": "tuning"}), dataset=raw.name)
+    files = write_tuning(result, study_dir(home, "tuning", context.run_id))
+    log_study_run(context, mlflow, raw.name, [result.comparison.data_digest], config.model_dump(), files,
+                  {f"test_ndcg@10/{m}": p["metrics"]["ndcg@10"]["mean"] for m, p in result.report["policies"].items()},
+                  study="tuning", model="tuning_study")
+    context.add_output_metadata({
+        "chosen": dg.MetadataValue.md(chosen_table(result).to_markdown(index=False)),
+        "grid": markdown_table(result.grid, max_rows=200), "mlflow_model_runs": runs.runs,
+        "report_md": dg.MetadataValue.path(str(files["md"]))})
+    return TuningStudyRecord(study="tuning", dataset=raw.name, dir=str(Path(files["md"]).parent),
+                             files={k: str(v) for k, v in files.items()}, chosen=result.report["chosen"])
+
+
 class CrossDatasetSummaryConfig(dg.Config):
     """Which data set partitions the summary compares: `partitions` (default: every partition that has an
     evaluation report), each through its latest `evaluation_report` materialization."""
@@ -241,4 +321,4 @@ def cross_dataset_summary(context: dg.AssetExecutionContext, config: CrossDatase
                                         files={k: str(v) for k, v in summary.items()}, datasets=list(reports))
 
 
-STUDY_ASSETS = [robustness_study, cross_dataset_summary]
+STUDY_ASSETS = [robustness_study, tuning_study, cross_dataset_summary]

@@ -14,7 +14,7 @@ import torch  # noqa: E402
 from assets import ALL_ASSETS, ALL_CHECKS  # noqa: E402
 from assets.orphaned_runs import HOST_TAG, run_worker_pid, this_host  # noqa: E402
 from assets.partitions import BUILTIN_DATASETS  # noqa: E402
-from assets.studies import STUDY_ASSETS, cross_dataset_summary, robustness_study  # noqa: E402
+from assets.studies import STUDY_ASSETS, cross_dataset_summary, robustness_study, tuning_study  # noqa: E402
 from pipelines.resources import build_resources  # noqa: E402
 from pipelines.run_config import executor_config  # noqa: E402
 from pipelines.sensors import build_new_raw_logs_sensor  # noqa: E402
@@ -79,6 +79,11 @@ robustness_study_job = dg.define_asset_job(
     "robustness_study_job", selection=dg.AssetSelection.assets(robustness_study), executor_def=dg.in_process_executor,
     description="Sweep the observed-reward noise of the simulator; compare every method's true-reward gain per level.")
 
+tuning_study_job = dg.define_asset_job(
+    "tuning_study_job", selection=dg.AssetSelection.assets(tuning_study), executor_def=dg.in_process_executor,
+    description="Every post-training method with the same search on valid (learning rate x its own knob), "
+                "compared at the settings valid chose.")
+
 cross_dataset_summary_job = dg.define_asset_job(
     "cross_dataset_summary_job", selection=dg.AssetSelection.assets(cross_dataset_summary),
     executor_def=dg.in_process_executor,
@@ -101,6 +106,7 @@ new_raw_logs = build_new_raw_logs_sensor(full_chain_job)
 
 defs = dg.Definitions(
     assets=[*ALL_ASSETS, *STUDY_ASSETS], asset_checks=ALL_CHECKS,
-    jobs=[full_chain_job, robustness_study_job, cross_dataset_summary_job], schedules=[nightly_retraining],
+    jobs=[full_chain_job, robustness_study_job, tuning_study_job, cross_dataset_summary_job],
+    schedules=[nightly_retraining],
     sensors=[new_raw_logs],
     resources={**build_resources(), "step_threads": StepProcessThreads()}, executor=dg.in_process_executor)

@@ -77,10 +77,10 @@ def test_the_nightly_schedule_retrains_every_built_in_data_set_once_a_night():
 
 def test_studies_are_their_own_jobs_and_stay_out_of_the_nightly_chain():
     chain = {node.name for node in defs.resolve_job_def("full_chain").nodes}
-    assert {"robustness_study", "cross_dataset_summary"}.isdisjoint(chain)
+    assert {"robustness_study", "tuning_study", "cross_dataset_summary"}.isdisjoint(chain)
     assert {"raw_logs", "evaluation_report", "champion"} <= chain
     graph = defs.resolve_asset_graph()
-    for name in ("robustness_study", "cross_dataset_summary"):
+    for name in ("robustness_study", "tuning_study", "cross_dataset_summary"):
         assert graph.get(dg.AssetKey(name)).group_name == "studies"
         job = defs.resolve_job_def(f"{name}_job")
         assert {node.name for node in job.nodes} == {name}
@@ -91,7 +91,8 @@ def test_the_whole_code_location_loads_as_dagster_dev_loads_it():
     # job and op names share one namespace: a job named like an asset fails only here, not per job
     dg.Definitions.validate_loadable(defs)
     repository = defs.get_repository_def()
-    assert {"full_chain", "robustness_study_job", "cross_dataset_summary_job"} <= set(repository.job_names)
+    assert {"full_chain", "robustness_study_job", "tuning_study_job", "cross_dataset_summary_job"} <= \
+        set(repository.job_names)
 
 
 def test_full_chain_runs_each_step_in_its_own_process_one_per_core_by_default():

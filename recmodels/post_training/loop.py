@@ -2,7 +2,9 @@
 
 Every method starts from a copy of the pretrained policy and gets the same budget: `steps`
 optimizer steps on batches of `batch_size` training windows (epochs reshuffled with a seeded
-generator). Valid NDCG@10 is measured every `eval_every` steps and the best trained weights are
+generator). Valid NDCG@10 is measured every `eval_every` steps (and, when asked, every
+`early_eval_every` steps up to `early_eval_until`: a method whose best point comes early is not
+judged at a coarse grid) and the best trained weights are
 kept (model selection on valid only). A method only supplies its loss; the loop hands it a
 `MethodContext` with the frozen reference policy, the optional ranker and whatever its
 `prepare` precomputed, so rollout-based methods plug in the same way as likelihood-based ones.
@@ -60,6 +62,8 @@ class PostTrainConfig:
     lr: float = 3e-4
     weight_decay: float = 0.0
     eval_every: int = 25  # steps between valid evaluations
+    early_eval_every: int | None = None  # denser valid evaluations early: every this many steps ...
+    early_eval_until: int = 0  # ... up to this step (both needed; e.g. 5 and 50)
     seed: int = 0
     max_len: int = 50  # history length; capped at the policy's own context length
     stride: int | None = None  # window stride (default max_len)
@@ -75,6 +79,14 @@ class PostTrainConfig:
             raise ValueError(f"PostTrainConfig.lr must be > 0, got {self.lr}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"PostTrainConfig.grad_clip must be > 0 or None, got {self.grad_clip}")
+        if self.early_eval_every is not None and (int(self.early_eval_every) < 1 or int(self.early_eval_until) < 1):
+            raise ValueError(f"PostTrainConfig.early_eval_every={self.early_eval_every} needs early_eval_every >= 1 "
+                             f"and early_eval_until >= 1, got early_eval_until={self.early_eval_until}")
+
+    def evaluates_at(self, step: int) -> bool:
+        """Whether the loop measures valid after optimizer step `step` (>= 1)."""
+        early = self.early_eval_every is not None and step <= self.early_eval_until and step % self.early_eval_every == 0
+        return early or step % self.eval_every == 0 or step == self.steps
 
 
 @dataclass
@@ -346,7 +358,7 @@ def _train(spec: PostTrainingMethod, policy: nn.Module, windows: TrainingWindows
         loop.train_seconds += time.perf_counter() - started
         loop.step += 1
         loop.seen += len(batch)
-        if loop.step % config.eval_every == 0 or loop.step == config.steps:
+        if config.evaluates_at(loop.step):
             selection.evaluate(loop.step, loop.seen / len(windows), loop.telemetry.pop_means())
             policy.train()
         if state_file is not None and writes_state and (loop.step == config.steps or (
@@ -379,7 +391,8 @@ def post_train(method: str, pretrained: GenerativePolicy | SemanticPolicy, inter
     and `history`: step, epoch (fraction of passes over the windows), the method's telemetry
     averaged over the steps since the previous row, kl_to_reference, valid_ndcg@10, valid_hr@10.
     The step-0 row measures the pretrained start; the returned weights are the best of the
-    evaluations after training began (every `eval_every` steps and the last step).
+    evaluations after training began (`config.evaluates_at`: every `eval_every` steps, the denser early ones
+    when asked, and the last step).
 
     `reward_spec` is the interactions' reward labeling (default: `RewardSpec()`, ratings to [-1, 1]):
     a generated item that is no real item (semantic IDs) gets its lower bound as reward.

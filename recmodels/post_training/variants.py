@@ -23,6 +23,7 @@ class Variant:
     name: str
     method: str
     method_params: Mapping[str, Any] = field(default_factory=dict)
+    train: Mapping[str, Any] = field(default_factory=dict)  # PostTrainConfig fields of this variant (a study's lr)
 
 
 def knob_suffix(value: float) -> str:

@@ -39,6 +39,8 @@ Callback = Callable[[Event], None]
 BASELINE = "pretrained"
 PRETRAIN_KEYS = frozenset(f.name for f in dataclasses.fields(PretrainConfig)) - {"seed", "max_len"}
 POLICY_KEYS = frozenset(f.name for f in dataclasses.fields(PolicyConfig)) - {"vocab_size"}
+# what a variant may set of the post-training config besides its knobs (`Variant.train`, e.g. a study's lr)
+VARIANT_TRAIN_KEYS = frozenset(f.name for f in dataclasses.fields(PostTrainConfig)) - {"method_params", "seed"}
 
 
 # The comparison's sweep override of the chain's variants table: exp_rw_sft at three λ (its default λ = 1 included,
@@ -98,6 +100,10 @@ class ComparisonConfig:
                 get_method(v.method).parse_params(dict(v.method_params))
             except ValueError as exc:
                 raise ValueError(f"ComparisonConfig.variants: variant {v.name!r}: {exc}") from None
+            unknown = sorted(set(v.train) - VARIANT_TRAIN_KEYS)
+            if unknown:
+                raise ValueError(f"ComparisonConfig.variants: variant {v.name!r}: unknown post-training settings "
+                                 f"{unknown}; known: {sorted(VARIANT_TRAIN_KEYS)}")
 
 
 @dataclass
@@ -190,7 +196,8 @@ def run_comparison(interactions: pd.DataFrame, n_items: int, catalog: pd.DataFra
     trained: dict[str, PostTrainResult] = {}
     skipped: dict[str, str] = {}
     for v in config.variants:
-        train_cfg = dataclasses.replace(config.post_train, seed=config.seed, method_params=dict(v.method_params))
+        train_cfg = dataclasses.replace(config.post_train, seed=config.seed, method_params=dict(v.method_params),
+                                        **dict(v.train))
         emit("model_started", v.name, role="post_trained_policy", method=v.method,
              params={"variant": v.name, "method": v.method, **vars(train_cfg)}, data_digest=digest)
         try:
