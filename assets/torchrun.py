@@ -72,12 +72,14 @@ def run_training_job(context: dg.AssetExecutionContext, settings: dict, job: str
     asset = context.asset_key.to_user_string()
     invocation = dg.PipesSubprocessClient().run(command=torchrun_command(settings, job, asset), context=context,
                                                 extras=spec, env=thread_env(settings["nproc_per_node"]))
-    messages = invocation.get_custom_messages()
-    for message in messages:
+    summary = None
+    for message in invocation.get_custom_messages():
         if "row" in message:
             callback(message["row"])
-    summary = next(({"skipped": m["skipped"]} if "skipped" in m else m["result"] for m in messages
-                    if "result" in m or "skipped" in m), None)
+        elif "result" in message:
+            summary = message["result"]
+        elif "skipped" in message:
+            summary = {"skipped": message["skipped"]}
     if summary is None:
         raise dg.Failure(f"the data-parallel {job} worker of {asset} ended without reporting its result")
     reported = {}

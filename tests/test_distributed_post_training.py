@@ -190,3 +190,13 @@ def test_a_ranker_driven_variant_given_two_processes_fails_naming_the_methods_th
     assert "post_trained_grpo config 'nproc_per_node'/'nnodes': method 'grpo' does not train data-parallel" in message
     assert "['sft', 'exp_rw_sft', 'ips']" in message
     assert not result.asset_materializations_for_node("post_trained_grpo")
+
+
+@pytest.mark.integration
+def test_a_method_that_cannot_run_on_these_logs_is_skipped_in_two_processes_as_in_one(tmp_path):
+    result, logs_text = _materialize_post_training(tmp_path, {"ips": {"steps": 2, "batch_size": 16,
+                                                                      "nproc_per_node": 2}})
+    assert result.success
+    record = result.output_for_node("post_trained_ips")
+    assert record.skipped == "skipped: the logs carry no propensities" and record.checkpoint is None
+    assert "data-parallel post-training: 2 processes" in logs_text
