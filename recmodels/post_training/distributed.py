@@ -42,7 +42,7 @@ from recmodels.data.sequences import TrainingWindows
 from recmodels.data.tables import read_parquet
 from recmodels.post_training.contexts import signal_seen
 from recmodels.post_training.loop import (MethodContext, PostTrainConfig, PostTrainResult, StepFn, ValidSelection,
-                                          _train, finish_run, map_windows, prepare_run)
+                                          finish_run, map_windows, prepare_run, train_steps)
 from recmodels.post_training.registry import MethodNotApplicable, PostTrainingMethod, data_parallel_methods, get_method
 from recmodels.storage.checkpoints import save_checkpoint
 from recmodels.storage.model_io import load_policy
@@ -130,7 +130,7 @@ def post_train_distributed(method: str, pretrained: nn.Module, interactions: pd.
     model = wrap_data_parallel(WindowNll(run.policy, run.tokenization), group)
     selection = LeadValidSelection(run.policy, run.ctx.reference, run.valid, run.tokenization, run.ctx.device,
                                    callback if is_lead else None, group=group, lead=lead)
-    loop = _train(run.spec, run.policy, run.windows, run.ctx, config, run.generator, selection, run.state_file,
+    loop = train_steps(run.spec, run.policy, run.windows, run.ctx, config, run.generator, selection, run.state_file,
                   run.state_key, step=data_parallel_step(spec, model, run.policy, run.ctx, config, group),
                   writes_state=is_lead)
     return finish_run(run, selection, loop)

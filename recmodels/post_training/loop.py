@@ -284,7 +284,7 @@ def _optimizer_step(spec: PostTrainingMethod, policy: nn.Module, batch: Training
 
 @dataclass
 class LoopState:
-    """What `_train` carries from step to step besides the policy, the optimizer and the generators."""
+    """What `train_steps` carries from step to step besides the policy, the optimizer and the generators."""
 
     step: int = 0  # optimizer steps taken
     seen: int = 0  # training windows consumed
@@ -326,11 +326,11 @@ def _resume(saved: dict, policy: nn.Module, optimizer: torch.optim.Optimizer, ct
 StepFn = Callable[[TrainingWindows, torch.optim.Optimizer], dict[str, float]]
 
 
-def _train(spec: PostTrainingMethod, policy: nn.Module, windows: TrainingWindows, ctx: MethodContext,
+def train_steps(spec: PostTrainingMethod, policy: nn.Module, windows: TrainingWindows, ctx: MethodContext,
            config: PostTrainConfig, generator: torch.Generator, selection: ValidSelection,
            state_file: Path | None = None, state_key: str = "", step: StepFn | None = None,
            writes_state: bool = True) -> LoopState:
-    """`config.steps` optimizer steps, evaluated every `eval_every` steps and at the last; the final loop state.
+    """`config.steps` optimizer steps, valid measured where `config.evaluates_at`; the final loop state.
 
     With `state_file`, a resumable state is saved there (with `state_key` as fingerprint) once at least
     `checkpoint_every` steps passed since the last save and the method's memory is spent, and after the
@@ -409,7 +409,7 @@ def post_train(method: str, pretrained: GenerativePolicy | SemanticPolicy, inter
     """
     run = prepare_run(method, pretrained, interactions, config, ranker, device, semantic_ids, reward_spec, resume_dir)
     selection = ValidSelection(run.policy, run.ctx.reference, run.valid, run.tokenization, run.ctx.device, callback)
-    loop = _train(run.spec, run.policy, run.windows, run.ctx, config, run.generator, selection, run.state_file,
+    loop = train_steps(run.spec, run.policy, run.windows, run.ctx, config, run.generator, selection, run.state_file,
                   run.state_key)
     return finish_run(run, selection, loop)
 
