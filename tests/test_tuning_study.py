@@ -63,6 +63,7 @@ def test_the_study_writes_its_tables(tuned, tmp_path):
     assert "## Chosen settings" in text and "### Signal per step" in text and "## Every grid point" in text
     chosen = pd.read_csv(files["chosen_csv"])
     assert list(chosen["method"]) == ["sft", "exp_rw_sft", "adagrpo"]
+    assert chosen.loc[0, "knob"] == "-" and chosen.loc[2, "knob"].startswith("alpha=")
     assert len(pd.read_csv(files["grid_csv"])) == 12
 
 

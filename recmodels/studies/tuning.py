@@ -139,11 +139,11 @@ def chosen_table(result: TuningResult) -> pd.DataFrame:
         g = result.grid[result.grid["variant"] == variant].iloc[0]
         policy = result.report["policies"][method]
         test, unmasked = policy["metrics"]["ndcg@10"], policy["unmasked"]["metrics"]["ndcg@10"]
-        rows.append({"method": method, "lr": g["lr"], "knob": f"{g['knob']}={g['value']:g}" if g["knob"] else "-",
+        rows.append({"method": method, "lr": g["lr"], "knob": f"{g['knob']}={g['value']:g}" if isinstance(g["knob"], str) else "-",
                      "best_step": int(g["best_step"]), "valid_ndcg@10": round(g["valid_ndcg@10"], 4),
                      "test_ndcg@10": f"{test['mean']:.4f} [{test['low']:.4f}, {test['high']:.4f}]",
                      "test_ndcg@10_unmasked": f"{unmasked['mean']:.4f} [{unmasked['low']:.4f}, {unmasked['high']:.4f}]",
-                     "grpo_weight": policy["training"]["grpo_weight"]})
+                     "grpo_weight": policy["training"]["grpo_weight"] or "-"})
     return pd.DataFrame(rows)
 
 
