@@ -90,7 +90,8 @@ def test_the_tuning_job_runs_on_a_real_instance_and_store(tmp_path):
     job = defs.resolve_job_def("tuning_study_job")
     shipped = yaml.safe_load(open("pipelines/configs/tuning_study.yaml"))
     assert dg.validate_run_config(job, shipped)  # the YAML `make tune` passes is the job's schema
-    config = {"source": "simulator", "simulator": {"n_users": 60, "n_items": 30, "dim": 4, "events_per_user": [4, 9]},
+    world = {"n_users": 60, "n_items": 30, "dim": 4, "events_per_user": [4, 9]}
+    config = {"source": "simulator", "simulator": world,
               "methods": ["sft", "grpo"], "lrs": [1e-3, 1e-2], "knob_values": {"grpo": [0.04]},
               "pretrain": {"epochs": 1, "d_model": 16, "n_layers": 1, "n_heads": 1, "max_len": 10},
               "ranker_epochs": 1, "steps": 4, "eval_every": 2, "early_eval_every": 1, "early_eval_until": 2,

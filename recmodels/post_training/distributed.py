@@ -24,9 +24,6 @@ rollouts sampled from the policy, whose sharing between processes this module do
 """
 from __future__ import annotations
 
-import argparse
-import json
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -47,8 +44,8 @@ from recmodels.post_training.registry import MethodNotApplicable, PostTrainingMe
 from recmodels.storage.checkpoints import save_checkpoint
 from recmodels.storage.model_io import load_policy
 from recmodels.tokenization.items import load_item_codes
-from recmodels.training.distributed import (DROPOUT_SEED_STRIDE, ProcessGroup, broadcast_object, close,
-                                            init_from_env, wrap_data_parallel)
+from recmodels.training.distributed import (DROPOUT_SEED_STRIDE, ProcessGroup, broadcast_object, check_spec,
+                                            init_from_env, run_from_command_line, wrap_data_parallel)
 
 
 class WindowNll(nn.Module):
@@ -147,9 +144,9 @@ def job_spec(method: str, interactions: str | Path, pretrained: str | Path, trai
              reward_spec: RewardSpec | None = None,
              resume_dir: str | Path | None = None) -> dict[str, Any]:
     """A data-parallel post-training job as JSON-able values: the method, the interactions parquet, the
-    pretrained checkpoint, where its item codes are (a record's `item_codes_source()`: semantic IDs), the config, the reward spec, where the lead
-    writes the checkpoint and the resumable state. Every path must be readable (written, for the lead's)
-    from every node."""
+    pretrained checkpoint, where its item codes are (a record's `item_codes_source()`: semantic IDs), the
+    config, the reward spec, where the lead writes the checkpoint and the resumable state. Every path must be
+    readable (written, for the lead's) from every node."""
     return {"method": method, "interactions": str(interactions), "pretrained": str(pretrained),
             "item_codes": dict(item_codes or {}), "train_config": asdict(train_config),
             "reward_spec": asdict(reward_spec or RewardSpec()), "checkpoint": str(checkpoint),
@@ -159,9 +156,7 @@ def job_spec(method: str, interactions: str | Path, pretrained: str | Path, trai
 def run_job(spec: Mapping[str, Any], callback: Callable[[dict], None] | None = None,
             group: ProcessGroup | None = None, lead: int = 0) -> PostTrainResult:
     """Run the job of `spec` (see `job_spec`) as one process of the group; the lead writes the checkpoint."""
-    unknown, missing = set(spec) - SPEC_KEYS, SPEC_KEYS - set(spec)
-    if unknown or missing:
-        raise ValueError(f"job spec: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
+    check_spec(spec, SPEC_KEYS)
     group = group or init_from_env()
     pretrained = load_policy(spec["pretrained"])
     result = post_train_distributed(spec["method"], pretrained, read_parquet(spec["interactions"]),
@@ -182,26 +177,7 @@ def result_summary(result: PostTrainResult) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Data-parallel post-training of one job spec, run under torchrun.")
-    parser.add_argument("--spec", required=True,
-                        help="JSON file of the job (recmodels.post_training.distributed.job_spec)")
-    parser.add_argument("--out", help="JSON file where rank 0 writes the result's summary")
-    args = parser.parse_args(argv)
-    group = init_from_env()
-    try:
-        spec = json.loads(Path(args.spec).read_text())
-        started = time.perf_counter()
-        try:
-            result = run_job(spec, callback=lambda row: print(json.dumps(row), flush=True), group=group)
-            summary = result_summary(result)
-        except MethodNotApplicable as skip:
-            summary = {"skipped": str(skip)}
-        if group.rank == 0 and args.out:
-            summary |= {"world_size": group.world_size, "backend": group.backend,
-                        "wall_seconds": time.perf_counter() - started}
-            Path(args.out).write_text(json.dumps(summary, indent=1))
-    finally:
-        close()
+    run_from_command_line("post-training", run_job, result_summary, argv, skips=(MethodNotApplicable,))
 
 
 if __name__ == "__main__":

@@ -85,7 +85,8 @@ class PostTrainConfig:
 
     def evaluates_at(self, step: int) -> bool:
         """Whether the loop measures valid after optimizer step `step` (>= 1)."""
-        early = self.early_eval_every is not None and step <= self.early_eval_until and step % self.early_eval_every == 0
+        early = (self.early_eval_every is not None and step <= self.early_eval_until
+                 and step % self.early_eval_every == 0)
         return early or step % self.eval_every == 0 or step == self.steps
 
 

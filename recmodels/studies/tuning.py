@@ -124,10 +124,9 @@ def run_tuning(interactions: pd.DataFrame, n_items: int, catalog: pd.DataFrame |
                if m not in chosen}
     report = build_report(evaluations, baseline=BASELINE, n_boot=config.n_boot, seed=config.seed, skipped=skipped)
     report["dataset"] = dataset
-    report["chosen"] = {m: {"variant": v, "lr": float(grid.loc[grid["variant"] == v, "lr"].iloc[0]),
-                            **{k: val for k, val in comparison.post_trained[v].params.items()
-                               if k == (config.knob_grid.get(m) or (None,))[0]}}
-                        for m, v in chosen.items()}
+    by_name = {v.name: v for v in variants}
+    report["chosen"] = {m: {"variant": name, "lr": by_name[name].train["lr"], **by_name[name].method_params}
+                        for m, name in chosen.items()}
     return TuningResult(comparison=comparison, grid=grid, chosen=chosen, report=report)
 
 
@@ -139,7 +138,8 @@ def chosen_table(result: TuningResult) -> pd.DataFrame:
         g = result.grid[result.grid["variant"] == variant].iloc[0]
         policy = result.report["policies"][method]
         test, unmasked = policy["metrics"]["ndcg@10"], policy["unmasked"]["metrics"]["ndcg@10"]
-        rows.append({"method": method, "lr": g["lr"], "knob": f"{g['knob']}={g['value']:g}" if isinstance(g["knob"], str) else "-",
+        knob = f"{g['knob']}={g['value']:g}" if isinstance(g["knob"], str) else "-"  # NaN: lr-only method
+        rows.append({"method": method, "lr": g["lr"], "knob": knob,
                      "best_step": int(g["best_step"]), "valid_ndcg@10": round(g["valid_ndcg@10"], 4),
                      "test_ndcg@10": f"{test['mean']:.4f} [{test['low']:.4f}, {test['high']:.4f}]",
                      "test_ndcg@10_unmasked": f"{unmasked['mean']:.4f} [{unmasked['low']:.4f}, {unmasked['high']:.4f}]",

@@ -207,12 +207,17 @@ def job_spec(interactions: str | Path, n_items: int, tokenization: str, train_co
             "resume_dir": str(resume_dir) if resume_dir else None}
 
 
+def check_spec(spec: Mapping[str, Any], keys: set[str]) -> None:
+    """A job spec holds exactly `keys`; ValueError naming the unknown and the missing ones otherwise."""
+    unknown, missing = set(spec) - keys, keys - set(spec)
+    if unknown or missing:
+        raise ValueError(f"job spec: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
+
+
 def run_job(spec: Mapping[str, Any], callback: Callable[[dict], None] | None = None,
             group: ProcessGroup | None = None, lead: int = 0) -> PretrainResult:
     """Run the job of `spec` (see `job_spec`) as one process of the group; the lead writes the checkpoint."""
-    unknown, missing = set(spec) - SPEC_KEYS, SPEC_KEYS - set(spec)
-    if unknown or missing:
-        raise ValueError(f"job spec: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
+    check_spec(spec, SPEC_KEYS)
     group = group or init_from_env()
     kind = tokenization_class(spec["tokenization"])
     tokenization = kind.with_codes(kind.load_codes(spec["item_codes"]))
@@ -231,22 +236,34 @@ def result_summary(result: PretrainResult) -> dict[str, Any]:
             "best_valid_ndcg10": result.best_valid_ndcg10, "resumed_from_epoch": result.resumed_from_epoch}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Data-parallel pretraining of one job spec, run under torchrun.")
-    parser.add_argument("--spec", required=True, help="JSON file of the job (recmodels.training.distributed.job_spec)")
-    parser.add_argument("--out", help="JSON file where rank 0 writes the history and the best epoch")
+def run_from_command_line(job: str, run: Callable[..., Any], summarize: Callable[[Any], dict],
+                          argv: list[str] | None = None, skips: tuple[type[Exception], ...] = ()) -> None:
+    """The command line of a data-parallel job module, run under torchrun: `--spec job.json` (its `job_spec`),
+    `--out result.json` (rank 0 writes `summarize(result)` with the world size, backend and wall time). Each
+    evaluation row is printed as a JSON line by rank 0. An exception of `skips` (raised in every process
+    before any collective call) becomes the summary `{"skipped": why}`."""
+    parser = argparse.ArgumentParser(description=f"Data-parallel {job} of one job spec, run under torchrun.")
+    parser.add_argument("--spec", required=True, help=f"JSON file of the job (the {job} module's job_spec)")
+    parser.add_argument("--out", help="JSON file where rank 0 writes the result's summary")
     args = parser.parse_args(argv)
     group = init_from_env()
     try:
         spec = json.loads(Path(args.spec).read_text())
         started = time.perf_counter()
-        result = run_job(spec, callback=lambda row: print(json.dumps(row), flush=True), group=group)
+        try:
+            summary = summarize(run(spec, callback=lambda row: print(json.dumps(row), flush=True), group=group))
+        except skips as skip:
+            summary = {"skipped": str(skip)}
         if group.rank == 0 and args.out:
-            summary = {**result_summary(result), "world_size": group.world_size, "backend": group.backend,
-                       "wall_seconds": time.perf_counter() - started}
+            summary |= {"world_size": group.world_size, "backend": group.backend,
+                        "wall_seconds": time.perf_counter() - started}
             Path(args.out).write_text(json.dumps(summary, indent=1))
     finally:
         close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_from_command_line("pretraining", run_job, result_summary, argv)
 
 
 if __name__ == "__main__":
