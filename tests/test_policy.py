@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from recmodels.storage.checkpoints import load_checkpoint, save_checkpoint
-from recmodels.models.policy import GenerativePolicy, PolicyConfig
+from recmodels.models.policy import SEEN_BIAS_SCALE, GenerativePolicy, PolicyConfig
 
 
 def tiny_policy(seed=0, **overrides):
@@ -61,3 +61,36 @@ def test_checkpoint_round_trip_gives_the_same_outputs(tmp_path):
 def test_bad_head_count_is_rejected():
     with pytest.raises(ValueError, match="d_model=10 is not divisible by n_heads=4"):
         tiny_policy(d_model=10, n_heads=4)
+
+
+def test_seen_bias_moves_the_items_already_in_the_window_once_per_occurrence():
+    policy = tiny_policy(seen_bias=True).eval()
+    items = torch.tensor([[0, 3, 4, 3, 5, 6]])
+    with torch.no_grad():
+        policy.seen_logit.fill_(-0.3)
+        biased = policy.next_item_logits(items)[0]
+        plain = policy.logits(policy.hidden(items)[:, -1])[0]  # no seen items given: no bias
+        bias = SEEN_BIAS_SCALE * -0.3
+        expected = torch.zeros(12)
+        expected[[3, 4, 5, 6]] = torch.tensor([2 * bias, bias, bias, bias])
+        torch.testing.assert_close((biased - plain)[1:], expected[1:])
+        # each position only counts the items up to it, in the full forward and at the target positions alike
+        full, _ = policy(items)
+        targets = torch.tensor([[0, 4, 3, 5, 6, 7]])
+        torch.testing.assert_close(policy.target_logits(items, targets), full[0, 1:])
+        at_two = policy.logits(policy.hidden(items)[:, 2])[0]
+        torch.testing.assert_close((full[0, 2] - at_two)[[3, 4, 5]], torch.tensor([bias, bias, 0.0]))
+
+
+def test_a_policy_saved_before_the_seen_bias_loads_without_it(tmp_path):
+    """Checkpoints written before `seen_bias` existed (no such config key, no seen_logit weight) still load."""
+    from recmodels.storage.model_io import load_policy
+
+    old = tiny_policy(seen_bias=False).eval()
+    config = {k: v for k, v in vars(old.cfg).items() if k != "seen_bias"}
+    path = save_checkpoint(tmp_path / "policy.pt", old, config)
+    loaded = load_policy(path)
+    assert loaded.cfg.seen_bias is False and not hasattr(loaded, "seen_logit")
+    items = torch.tensor([[0, 1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(items)[0], old(items)[0])

@@ -3,10 +3,17 @@
 nanoGPT-style: pre-LN blocks, learned positions, input and output embeddings tied. With the
 atomic tokenization each item is one token (item_idx 1..n_items, 0 = padding), so the next-item
 distribution is a softmax over the whole catalog and no generated id can be a non-item.
+
+`seen_bias`: one learned logit, added to an item's logit once for each time the item occurs in the input
+window (at position t: positions <= t). Where users do not consume an item twice (MovieLens ratings),
+training drives it negative and the policy stops re-recommending what the user has just consumed; where
+they do, it may turn positive. It is part of the policy, so every ranking, rollout and post-training loss
+sees it; items consumed before the window are not in the input and get no bias.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -21,6 +28,9 @@ def init_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
+SEEN_BIAS_SCALE = 10.0
+
+
 @dataclass
 class PolicyConfig:
     vocab_size: int  # n_items + 1 (token 0 is padding)
@@ -29,6 +39,10 @@ class PolicyConfig:
     n_layers: int = 2
     n_heads: int = 2
     dropout: float = 0.2
+    seen_bias: bool = True  # learn one logit added to the items already in the window (module doc)
+
+    # what a saved config without a field means: checkpoints written before `seen_bias` existed have no bias
+    SAVED_WITHOUT: ClassVar[dict] = {"seen_bias": False}
 
 
 class CausalSelfAttention(nn.Module):
@@ -81,6 +95,8 @@ class GenerativePolicy(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.apply(init_weights)
+        if cfg.seen_bias:  # SEEN_BIAS_SCALE * seen_logit is the logit added; scaled so that AdamW moves it
+            self.seen_logit = nn.Parameter(torch.zeros(()))  # at a logit's pace, not 1e-3 per step
 
     def hidden(self, items: torch.Tensor) -> torch.Tensor:
         """items [B, T] (left-padded with 0) -> hidden states [B, T, d]."""
@@ -96,20 +112,31 @@ class GenerativePolicy(nn.Module):
             x = block(x, allowed)
         return self.ln_f(x)
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [..., d] -> item logits [..., V] through the tied embedding; padding is never a next item."""
+    def logits(self, hidden: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden [..., d] -> item logits [..., V] through the tied embedding; padding is never a next item.
+        `seen` [..., S] (item ids, 0 = none): the items already consumed at each row, given the seen bias."""
         logits = hidden @ self.tok_emb.weight.T
+        if seen is not None and self.cfg.seen_bias:  # the bias once per earlier consumption of the item
+            logits.scatter_add_(-1, seen, (SEEN_BIAS_SCALE * self.seen_logit).expand(seen.shape))
         logits[..., 0] = float("-inf")
         return logits
 
     def target_logits(self, items: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Logits [n, V] at the n positions of items [B, T] whose target [B, T] is not padding 0: only those
         are projected onto the catalog (training windows are often mostly padding)."""
-        return self.logits(self.hidden(items)[targets != 0])
+        at = targets != 0
+        return self.logits(self.hidden(items)[at], self._seen_so_far(items)[at] if self.cfg.seen_bias else None)
+
+    @staticmethod
+    def _seen_so_far(items: torch.Tensor) -> torch.Tensor:
+        """items [B, T] -> [B, T, T]: row t holds the items at positions <= t (0 after t)."""
+        T = items.shape[1]
+        causal = torch.tril(torch.ones(T, T, dtype=torch.bool, device=items.device))
+        return items[:, None, :] * causal  # [B, T, T]
 
     def forward(self, items: torch.Tensor, targets: torch.Tensor | None = None):
         """items [B, T] -> logits [B, T, V]; with targets [B, T] (0 = ignore) also the mean NLL."""
-        logits = self.logits(self.hidden(items))
+        logits = self.logits(self.hidden(items), self._seen_so_far(items) if self.cfg.seen_bias else None)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=0)
@@ -117,4 +144,5 @@ class GenerativePolicy(nn.Module):
 
     def next_item_logits(self, history: torch.Tensor) -> torch.Tensor:
         """history [B, T] -> logits of the next item [B, V] (read at the last position)."""
-        return self.logits(self.hidden(history[:, -self.cfg.max_len:])[:, -1, :])
+        window = history[:, -self.cfg.max_len:]
+        return self.logits(self.hidden(window)[:, -1, :], window if self.cfg.seen_bias else None)

@@ -9,7 +9,8 @@ from recmodels.tokenization.items import tokenization_class
 
 def _build(path: str | Path, payload: dict, model_cls: type, config_cls: type):
     try:
-        model = model_cls(config_cls(**payload["config"]))
+        saved_without = getattr(config_cls, "SAVED_WITHOUT", {})  # fields added after the checkpoint was written
+        model = model_cls(config_cls(**{**saved_without, **payload["config"]}))
         model.load_state_dict(payload["state_dict"])
     except (TypeError, ValueError, RuntimeError) as exc:  # config fields or tensor shapes do not match the class
         raise CheckpointError(f"checkpoint {path} does not fit {model_cls.__name__}: {exc}") from exc
