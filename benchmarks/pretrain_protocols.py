@@ -1,6 +1,10 @@
 """Pretrain the atomic policy on one data set and print its test accuracy under both protocols as JSON.
 
     python benchmarks/pretrain_protocols.py --dataset movielens-1m [--epochs 100] [--max-len 50] [--device cuda]
+        [--set seen_bias=true --set lr=0.002 ...] [--out result.json]
+
+`--set NAME=VALUE` overrides one field of `PretrainConfig` or `PolicyConfig` (an experiment: one change at a
+time against the defaults); the JSON names every override.
 
 The library's defaults (`PretrainConfig`, `PolicyConfig`), early stopping on valid NDCG@10 (masked),
 then the test split ranked once over the full catalog: masked (history excluded, the project's
@@ -31,12 +35,41 @@ def accuracy(ranks) -> dict:
     return out
 
 
+def overrides(pairs: list[str]) -> tuple[dict, dict]:
+    """`NAME=VALUE` pairs -> (PretrainConfig fields, PolicyConfig fields), values parsed as JSON when they can be."""
+    from dataclasses import fields
+
+    from recmodels.models.policy import PolicyConfig
+    from recmodels.training.pretraining import PretrainConfig
+
+    train_names = {f.name for f in fields(PretrainConfig)}
+    policy_names = {f.name for f in fields(PolicyConfig)} - {"vocab_size", "max_len"}
+    train, policy = {}, {}
+    for pair in pairs:
+        name, _, text = pair.partition("=")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        if name in policy_names:
+            policy[name] = value
+        elif name in train_names - {"max_len"}:
+            train[name] = value
+        else:
+            raise SystemExit(f"--set {pair}: {name!r} is no field of PretrainConfig or PolicyConfig "
+                             f"(use --max-len for the window length)")
+    return train, policy
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=DATASETS, default="movielens-100k")
     parser.add_argument("--epochs", type=int, default=None, help="epochs cap (default: the library's)")
     parser.add_argument("--max-len", type=int, default=None, help="window length (default: the library's)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a PretrainConfig or PolicyConfig field (repeatable)")
+    parser.add_argument("--out", default=None, help="also write the JSON to this file")
     parser.add_argument("--cache-dir", default=str(Path(__file__).resolve().parents[1] / ".recalign" / "cache"))
     args = parser.parse_args()
 
@@ -53,17 +86,22 @@ def main() -> None:
 
     device = torch.device(args.device) if args.device else default_device()
     data = build_interactions(load_raw_logs(args.dataset, cache_dir=Path(args.cache_dir)), RewardSpec())
-    config = PretrainConfig(**({"epochs": args.epochs} if args.epochs else {}))
-    policy_config = PolicyConfig(vocab_size=data.n_items + 1, max_len=args.max_len) if args.max_len else None
+    train_set, policy_set = overrides(args.set)
+    config = PretrainConfig(**({"epochs": args.epochs} if args.epochs else {}), **train_set)
+    policy_config = PolicyConfig(vocab_size=data.n_items + 1, **({"max_len": args.max_len} if args.max_len else {}),
+                                 **policy_set)
+    torch.manual_seed(config.seed)
     start = time.perf_counter()
     result = pretrain_policy(data.table, data.n_items, policy_config=policy_config, config=config, device=device)
     seconds = time.perf_counter() - start
-    examples = eval_examples(build_user_sequences(data.table), "test", result.policy_config.max_len)
-    ranking = rank_catalog(result.policy, examples, device=device)
-    print(json.dumps({
-        "dataset": args.dataset, "users": data.n_users, "items": data.n_items,
+    seqs = build_user_sequences(data.table)
+    valid = rank_catalog(result.policy, eval_examples(seqs, "valid", result.policy_config.max_len), device=device)
+    ranking = rank_catalog(result.policy, eval_examples(seqs, "test", result.policy_config.max_len), device=device)
+    report = {
+        "dataset": args.dataset, "users": data.n_users, "items": data.n_items, "overrides": args.set,
         "split": "test, chronological leave-one-out", "ranking": "full catalog, ties broken at random",
         "test_masked": accuracy(ranking.ranks), "test_unmasked": accuracy(ranking.ranks_unmasked),
+        "valid_masked": accuracy(valid.ranks), "valid_unmasked": accuracy(valid.ranks_unmasked),
         "seen_in_top10_unmasked": round(float(ranking.seen_in_top10_unmasked.mean()), 2),
         "best_valid_ndcg@10_masked": round(result.best_valid_ndcg10, 4), "best_epoch": result.best_epoch,
         "epochs_run": len(result.history), "epochs_cap": config.epochs, "max_len": result.policy_config.max_len,
@@ -72,7 +110,13 @@ def main() -> None:
         "device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
         "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "python": platform.python_version(), "torch": torch.__version__,
-    }, indent=2))
+    }
+    if hasattr(result.policy, "seen_logit"):
+        from recmodels.models.policy import SEEN_BIAS_SCALE
+        report["seen_bias_logit"] = round(SEEN_BIAS_SCALE * result.policy.seen_logit.item(), 3)
+    print(json.dumps(report, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ from recmodels.training.pretraining import PretrainConfig, pretrain_policy
 from tests.synthetic import cyclic_interactions
 
 N_USERS, N_ITEMS, EVENTS, MAX_LEN = 30, 20, 12, 8
-PRETRAIN = PretrainConfig(epochs=8, batch_size=8, lr=1e-2, patience=100, eval_every=2, seed=3, checkpoint_every=1)
+PRETRAIN = PretrainConfig(epochs=8, batch_size=8, lr=1e-2, patience=100, eval_every=2, seed=3, checkpoint_every=1,
+                          warmup_epochs=1.5, schedule="cosine")  # the resumed run must pick up the schedule
 POST_TRAIN = PostTrainConfig(steps=16, batch_size=8, lr=1e-2, eval_every=4, max_len=MAX_LEN, seed=5,
                              checkpoint_every=3)
 KILL_AT = {"pretrain": 5, "exp_rw_sft": 8, "grpo": 8, "ppo": 8}  # epoch / step of the row the worker dies at

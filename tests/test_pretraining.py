@@ -1,4 +1,6 @@
 """Pretraining: the loss falls and valid NDCG rises on a learnable pattern; early stopping; seeds."""
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -6,7 +8,7 @@ import torch
 
 import recmodels.training.pretraining as pretraining
 from recmodels.evaluation.ranking import target_ranks
-from recmodels.models.policy import PolicyConfig
+from recmodels.models.policy import SEEN_BIAS_SCALE, PolicyConfig
 from recmodels.training.pretraining import PretrainConfig, pretrain_policy, window_nll
 from recmodels.data.sequences import build_user_sequences, eval_examples
 
@@ -105,3 +107,22 @@ def test_bad_input_is_rejected_with_the_reason():
         pretrain_policy(df, 50, TINY)
     with pytest.raises(ValueError, match="PretrainConfig.max_len=5 differs from PolicyConfig.max_len=8"):
         pretrain_policy(df, N_ITEMS, TINY, PretrainConfig(max_len=5))
+
+
+def test_warmup_then_cosine_schedule():
+    cosine = PretrainConfig(epochs=10, lr=1e-3, warmup_epochs=2, schedule="cosine")
+    factors = [pretraining.lr_factor(cosine, step, steps_per_epoch=5) for step in range(50)]
+    assert factors[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])  # linear warmup over 2 epochs
+    assert factors[10] == pytest.approx(1.0) and factors[-1] == pytest.approx(0.1, abs=0.01)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))  # then decays, never rises
+    assert pretraining.lr_factor(PretrainConfig(), 123, steps_per_epoch=5) == 1.0  # the constant default
+    with pytest.raises(ValueError, match="PretrainConfig.schedule must be one of"):
+        pretrain_policy(cyclic_interactions(), N_ITEMS, TINY, PretrainConfig(epochs=1, schedule="linear"))
+
+
+def test_the_seen_bias_learns_not_to_repeat_where_users_never_repeat():
+    """Users here never consume an item twice: training turns the seen bias strongly negative."""
+    result = pretrain_policy(cyclic_interactions(), N_ITEMS, replace(TINY, seen_bias=True),
+                             PretrainConfig(epochs=10, batch_size=16, lr=1e-2, weight_decay=0.0, patience=10),
+                             device="cpu")
+    assert SEEN_BIAS_SCALE * result.policy.seen_logit.item() < -2.0

@@ -21,6 +21,7 @@ with a `DataParallel`) in every process of a torchrun job, each on its share of 
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -53,6 +54,25 @@ class PretrainConfig:
     max_len: int | None = None  # window length; None = the policy's max_len (they must agree)
     stride: int | None = None  # step between overlapping windows; None = max_len (no overlap)
     checkpoint_every: int = 1  # epochs between two saves of the resumable state (only with a resume_dir)
+    warmup_epochs: float = 0.0  # the learning rate rises linearly from 0 to lr over these epochs
+    schedule: str = "constant"  # after warmup: "constant" lr, or "cosine" decay to lr/10 at the last epoch
+
+
+SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(config: PretrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The learning rate of optimizer step `step` (0-based) over `config.lr`: linear warmup, then constant or
+    cosine decay to 0.1 at the end of `config.epochs` (a function of the step alone, so resuming needs no
+    scheduler state)."""
+    warmup = config.warmup_epochs * steps_per_epoch
+    if step < warmup:
+        return (step + 1) / warmup
+    if config.schedule == "constant":
+        return 1.0
+    total = config.epochs * steps_per_epoch
+    progress = min(1.0, (step - warmup) / max(1.0, total - warmup))
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 @dataclass
@@ -118,6 +138,10 @@ def check_pretrain_config(config: PretrainConfig) -> None:
     for name in ("epochs", "batch_size", "patience", "eval_every", "checkpoint_every"):
         if getattr(config, name) < 1:
             raise ValueError(f"PretrainConfig.{name} must be >= 1, got {getattr(config, name)}")
+    if config.schedule not in SCHEDULES:
+        raise ValueError(f"PretrainConfig.schedule must be one of {list(SCHEDULES)}, got {config.schedule!r}")
+    if config.warmup_epochs < 0:
+        raise ValueError(f"PretrainConfig.warmup_epochs must be >= 0, got {config.warmup_epochs}")
     if config.stride is not None and not 1 <= config.stride <= config.max_len:
         raise ValueError(f"PretrainConfig.stride must lie in 1..max_len={config.max_len}, got {config.stride}")
 
@@ -235,11 +259,15 @@ def run_epochs(policy: torch.nn.Module, n_windows: int, batch_loss: Callable[[to
     saved = load_training_state(state_file, state_key) if state_file is not None else None
     first = 1 if saved is None else _resume_epochs(saved, policy, optimizer, generator, best, result, callback,
                                                     config.epochs)
+    steps_per_epoch = math.ceil(n_windows / config.batch_size)
     for epoch in range(first, config.epochs + 1):
         start = time.perf_counter()
         policy.train()
         total, n_batches = 0.0, 0
         for idx in torch.randperm(n_windows, generator=generator).split(config.batch_size):
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * lr_factor(config, (epoch - 1) * steps_per_epoch + n_batches,
+                                                    steps_per_epoch)
             loss = batch_loss(idx)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
