@@ -51,6 +51,7 @@ class PostTrainAssetConfig(TorchrunConfig):
     early_eval_until: Optional[int] = None
     seed: Optional[int] = None
     checkpoint_every: Optional[int] = None  # steps between two saves of the resumable training state
+    patience: Optional[int] = None  # valid checks without improvement before the variant stops (empty: all steps)
     method_params: dict[str, Any] = {}
 
 

@@ -1,5 +1,6 @@
 """Post-training: the method losses on hand cases and the shared loop on a tiny learnable data set."""
 import copy
+import dataclasses
 import math
 
 import pandas as pd
@@ -184,6 +185,24 @@ def test_post_train_keeps_best_valid_weights(interactions, pretrained, monkeypat
     assert trained[-1]["valid_ndcg@10"] < result.best_valid_ndcg10  # selection mattered
     valid = eval_examples(build_user_sequences(interactions), "valid", 8)
     assert ndcg(target_ranks(result.policy, valid), 10).mean() == pytest.approx(result.best_valid_ndcg10)
+
+
+def test_patience_ends_the_run_once_the_selection_is_settled(interactions, pretrained, monkeypatch):
+    """The unlearning loss: after the first check nothing improves, so patience 2 stops two checks later, with
+    the first check's weights; without patience the whole budget runs."""
+    def unlearn(policy, batch, ctx):
+        loss, _ = sft_loss(policy, batch, ctx)
+        return -loss, {"nll": loss.item()}
+
+    monkeypatch.setitem(METHODS, "unlearn", PostTrainingMethod("unlearn", SFTParams, unlearn))
+    cfg = PostTrainConfig(steps=40, batch_size=8, lr=1e-2, eval_every=5, patience=2)
+    stopped = post_train("unlearn", pretrained, interactions, cfg, device="cpu")
+    assert [r["step"] for r in stopped.history] == [0, 5, 10, 15] and stopped.steps == 15
+    assert stopped.best_step == 5
+    whole = post_train("unlearn", pretrained, interactions, dataclasses.replace(cfg, patience=None), device="cpu")
+    assert whole.steps == 40 and whole.history[:4] == stopped.history[:4] and whole.best_step == 5
+    with pytest.raises(ValueError, match="PostTrainConfig.patience must be >= 1 or None, got 0"):
+        PostTrainConfig(patience=0)
 
 
 def test_post_train_is_seeded(interactions):

@@ -70,6 +70,7 @@ class PostTrainConfig:
     grad_clip: float | None = 1.0  # max global gradient norm (None = no clipping)
     method_params: dict = field(default_factory=dict)
     checkpoint_every: int = 25  # steps between two saves of the resumable state (only with a resume_dir)
+    patience: int | None = None  # valid checks without a better NDCG@10 before the run stops; None = whole budget
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "eval_every", "max_len", "checkpoint_every"):
@@ -79,6 +80,8 @@ class PostTrainConfig:
             raise ValueError(f"PostTrainConfig.lr must be > 0, got {self.lr}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"PostTrainConfig.grad_clip must be > 0 or None, got {self.grad_clip}")
+        if self.patience is not None and int(self.patience) < 1:
+            raise ValueError(f"PostTrainConfig.patience must be >= 1 or None, got {self.patience}")
         if self.early_eval_every is not None and (int(self.early_eval_every) < 1 or int(self.early_eval_until) < 1):
             raise ValueError(f"PostTrainConfig.early_eval_every={self.early_eval_every} needs early_eval_every >= 1 "
                              f"and early_eval_until >= 1, got early_eval_until={self.early_eval_until}")
@@ -221,10 +224,10 @@ class ValidSelection:
 
     def __init__(self, policy: nn.Module, reference: nn.Module, valid: EvalExamples,
                  tokenization: AtomicItems | SemanticItems, device: torch.device,
-                 callback: Callable[[dict], None] | None):
+                 callback: Callable[[dict], None] | None, patience: int | None = None):
         self.policy, self.reference, self.valid = policy, reference, valid
         self.tokenization, self.device, self.callback = tokenization, device, callback
-        self.best = BestWeights(policy, patience=math.inf)  # no early stopping: every method gets the whole budget
+        self.best = BestWeights(policy, patience=math.inf if patience is None else patience)
         self.history: list[dict] = []
         self.best_step, self.best_ndcg = -1, float("-inf")
 
@@ -242,6 +245,11 @@ class ValidSelection:
             self.callback(row)
         if step > 0 and self.best.improved(row["valid_ndcg@10"], self.best_ndcg):
             self.best_step, self.best_ndcg = step, row["valid_ndcg@10"]
+
+    @property
+    def settled(self) -> bool:
+        """Whether `patience` checks after step 0 in a row brought no better valid NDCG@10 (never without one)."""
+        return self.best.should_stop
 
     def state_dict(self) -> dict:
         return {"history": self.history, "best_step": self.best_step, "best_ndcg": self.best_ndcg,
@@ -332,6 +340,7 @@ def train_steps(spec: PostTrainingMethod, policy: nn.Module, windows: TrainingWi
            state_file: Path | None = None, state_key: str = "", step: StepFn | None = None,
            writes_state: bool = True) -> LoopState:
     """`config.steps` optimizer steps, valid measured where `config.evaluates_at`; the final loop state.
+    With `config.patience`, the loop ends early once the selection is settled (`ValidSelection.settled`).
 
     With `state_file`, a resumable state is saved there (with `state_key` as fingerprint) once at least
     `checkpoint_every` steps passed since the last save and the method's memory is spent, and after the
@@ -351,7 +360,7 @@ def train_steps(spec: PostTrainingMethod, policy: nn.Module, windows: TrainingWi
     last_save = loop.step
     policy.train()
     for _, batch in _batches(windows, config.batch_size, generator, loop.position):
-        if loop.step >= config.steps:
+        if loop.step >= config.steps or selection.settled:
             break
         started = time.perf_counter()
         ctx.step = loop.step
@@ -362,7 +371,7 @@ def train_steps(spec: PostTrainingMethod, policy: nn.Module, windows: TrainingWi
         if config.evaluates_at(loop.step):
             selection.evaluate(loop.step, loop.seen / len(windows), loop.telemetry.pop_means())
             policy.train()
-        if state_file is not None and writes_state and (loop.step == config.steps or (
+        if state_file is not None and writes_state and (loop.step == config.steps or selection.settled or (
                 loop.step - last_save >= config.checkpoint_every and _memory_spent(ctx.memory))):
             _save_state(state_file, state_key, policy, optimizer, config, ctx, selection, loop)
             last_save = loop.step
@@ -409,7 +418,8 @@ def post_train(method: str, pretrained: GenerativePolicy | SemanticPolicy, inter
     state found there is resumed (see the module docstring); `resumed_from_step` says from which step.
     """
     run = prepare_run(method, pretrained, interactions, config, ranker, device, semantic_ids, reward_spec, resume_dir)
-    selection = ValidSelection(run.policy, run.ctx.reference, run.valid, run.tokenization, run.ctx.device, callback)
+    selection = ValidSelection(run.policy, run.ctx.reference, run.valid, run.tokenization, run.ctx.device, callback,
+                               config.patience)
     loop = train_steps(run.spec, run.policy, run.windows, run.ctx, config, run.generator, selection, run.state_file,
                   run.state_key)
     return finish_run(run, selection, loop)
