@@ -16,6 +16,8 @@ LOGS ?=
 COLUMNS ?=
 TOKENIZATION ?= atomic
 WORKERS ?=
+# DEVICE (make bench): cpu or cuda; empty = CUDA when present (RECALIGN_DEVICE, recmodels/runtime.py)
+DEVICE ?=
 RUN_CONFIG = $(RECALIGN_HOME)/run_config.yaml
 RUN_TAGS = $(RECALIGN_HOME)/run_tags.json
 
@@ -157,8 +159,8 @@ chromium:  ## Debian's chromium for the UI check (installed once)
 ui-check: setup chromium  ## Dagster and MLflow UIs in headless Chromium after a small run; PNGs in .recalign/ui-check
 	$(BIN)/python -m scripts.ui_check --out $(RECALIGN_HOME)/ui-check
 
-bench: setup
-	$(BIN)/python benchmarks/pipeline_benchmark.py
+bench: setup  ## DEVICE=cuda: the same benchmark on the GPU (fails where torch sees none); DEVICE=cpu forces the CPU
+	RECALIGN_DEVICE='$(DEVICE)' $(BIN)/python benchmarks/pipeline_benchmark.py
 
 clean:
 	rm -rf $(RECALIGN_HOME)

@@ -10,9 +10,26 @@ import numpy as np
 import torch
 
 
+DEVICE_VARIABLE = "RECALIGN_DEVICE"  # "cpu" or "cuda": the device every training and scoring loop uses
+
+
 def default_device() -> torch.device:
-    """CUDA when present, CPU otherwise."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The device named by the RECALIGN_DEVICE variable when set ("cpu" or "cuda"), else CUDA when present, else
+    the CPU. Naming "cuda" where there is none raises RuntimeError rather than silently training on the CPU."""
+    named = os.environ.get(DEVICE_VARIABLE, "").strip().lower()
+    if named not in ("", "cpu", "cuda"):
+        raise RuntimeError(f"{DEVICE_VARIABLE}={named!r} is no device: use cpu or cuda")
+    if named == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"{DEVICE_VARIABLE}=cuda but torch sees no CUDA device (torch {torch.__version__})")
+    return torch.device(named or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def mixed_precision(device: torch.device):
+    """bf16 autocast on a CUDA device that supports it (matmuls and attention in bf16, softmax, losses and
+    reductions in fp32 by autocast's own rules), nothing elsewhere: CPU numbers stay bit-for-bit fp32."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext()
 
 
 def available_cores() -> int:

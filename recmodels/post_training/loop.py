@@ -43,7 +43,7 @@ from recmodels.models.policy import GenerativePolicy
 from recmodels.post_training.reference_cache import ReferenceCache
 from recmodels.post_training.registry import PostTrainingMethod, get_method
 from recmodels.tokenization.items import AtomicItems, SemanticItems, kl_to_reference, tokenization_for
-from recmodels.runtime import default_device, seed_everything
+from recmodels.runtime import default_device, mixed_precision, seed_everything
 from recmodels.storage.checkpoints import fingerprint, load_training_state, save_training_state, set_rng_state, \
     training_state_path
 from recmodels.models.semantic_policy import SemanticPolicy
@@ -280,7 +280,8 @@ def _method_context(spec: PostTrainingMethod, params: Any, pretrained: nn.Module
 def _optimizer_step(spec: PostTrainingMethod, policy: nn.Module, batch: TrainingWindows, ctx: MethodContext,
                     optimizer: torch.optim.Optimizer, grad_clip: float | None) -> dict[str, float]:
     """One update on the method's loss; returns the loss and the method's telemetry."""
-    loss, telemetry = spec.loss(policy, batch, ctx)
+    with mixed_precision(ctx.device):
+        loss, telemetry = spec.loss(policy, batch, ctx)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"post-training method {spec.name!r}: loss is {loss.item()} at step {ctx.step}")
     optimizer.zero_grad(set_to_none=True)

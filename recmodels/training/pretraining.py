@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from recmodels.data.sequences import EvalExamples, build_user_sequences, eval_examples, training_windows
 from recmodels.evaluation.metrics import hit_rate, ndcg
-from recmodels.runtime import default_device, seed_everything
+from recmodels.runtime import default_device, mixed_precision, seed_everything
 from recmodels.storage.checkpoints import fingerprint, load_training_state, save_training_state, set_rng_state, \
     training_state_path
 from recmodels.tokenization.items import AtomicItems, ItemTokenization
@@ -165,8 +165,12 @@ def pretrain_policy(interactions: pd.DataFrame, n_items: int, policy_config: Any
     policy = tokenization.policy_class(policy_config).to(device)
     result = PretrainResult(policy=policy, policy_config=policy_config)
 
+    on_device = tokens.to(device), targets.to(device)  # once: no copy per batch on a GPU
+
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
-        return window_nll(policy, tokens[idx].to(device), targets[idx].to(device))
+        idx = idx.to(device)
+        with mixed_precision(device):
+            return window_nll(policy, on_device[0][idx], on_device[1][idx])
 
     def evaluate() -> dict[str, float]:
         return evaluate_valid(policy, valid, device, tokenization)
