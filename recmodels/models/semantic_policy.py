@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from recmodels.models.policy import Block as PolicyBlock
-from recmodels.models.policy import CausalSelfAttention, init_weights
+from recmodels.models.policy import CausalSelfAttention, PolicyConfig, init_weights
 from recmodels.tokenization.semantic_ids import TokenLayout
 
 
@@ -32,10 +32,11 @@ from recmodels.tokenization.semantic_ids import TokenLayout
 class SemanticPolicyConfig:
     level_sizes: tuple[int, ...]  # codes per level, the last one the disambiguation codes
     max_len: int = 50  # history items; positions cover max_len + 1 items of L+1 tokens
-    d_model: int = 64
-    n_layers: int = 2
-    n_heads: int = 2
-    dropout: float = 0.2
+    # the atomic policy's size, so that the two tokenizations are compared at one model size
+    d_model: int = PolicyConfig.d_model
+    n_layers: int = PolicyConfig.n_layers
+    n_heads: int = PolicyConfig.n_heads
+    dropout: float = PolicyConfig.dropout
 
     def __post_init__(self):
         self.level_sizes = tuple(int(s) for s in self.level_sizes)
