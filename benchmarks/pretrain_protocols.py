@@ -10,7 +10,8 @@ The library's defaults (`PretrainConfig`, `PolicyConfig`), early stopping on val
 then the test split ranked once over the full catalog: masked (history excluded, the project's
 primary protocol, and the one of the HSTU repository's tables) and unmasked (history included,
 RecBole's protocol for sequential models), HR@10 / NDCG@10 with 95% bootstrap intervals, and the
-mean number of already-seen items in the unmasked top 10. Runs on CUDA when present.
+mean number of already-seen items in the unmasked top 10, and the MFU of a training step (`mfu.py`).
+Runs on CUDA when present.
 """
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ def main() -> None:
     from recmodels.data.sources import load_raw_logs
     from recmodels.evaluation.ranking import rank_catalog
     from recmodels.models.policy import PolicyConfig
-    from recmodels.training.pretraining import PretrainConfig, pretrain_policy
+    from recmodels.training.pretraining import PretrainConfig, prepare_pretraining, pretrain_policy
     from recmodels.runtime import default_device
     from recmodels.data.sequences import build_user_sequences, eval_examples
 
@@ -94,6 +95,11 @@ def main() -> None:
     start = time.perf_counter()
     result = pretrain_policy(data.table, data.n_items, policy_config=policy_config, config=config, device=device)
     seconds = time.perf_counter() - start
+    from mfu import training_step_mfu  # beside this file
+
+    windows = prepare_pretraining(data.table, data.n_items, result.policy_config, config)
+    mfu = training_step_mfu(result.policy, windows.tokens[:config.batch_size], windows.targets[:config.batch_size],
+                            device)
     seqs = build_user_sequences(data.table)
     valid = rank_catalog(result.policy, eval_examples(seqs, "valid", result.policy_config.max_len), device=device)
     ranking = rank_catalog(result.policy, eval_examples(seqs, "test", result.policy_config.max_len), device=device)
@@ -105,7 +111,7 @@ def main() -> None:
         "seen_in_top10_unmasked": round(float(ranking.seen_in_top10_unmasked.mean()), 2),
         "best_valid_ndcg@10_masked": round(result.best_valid_ndcg10, 4), "best_epoch": result.best_epoch,
         "epochs_run": len(result.history), "epochs_cap": config.epochs, "max_len": result.policy_config.max_len,
-        "pretrain_s": round(seconds, 1),
+        "pretrain_s": round(seconds, 1), "training_step_mfu": mfu,
         "windows_per_s": round(sum(h["sequences_per_s"] for h in result.history) / len(result.history), 1),
         "device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
         "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
