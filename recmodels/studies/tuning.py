@@ -51,8 +51,9 @@ class TuningConfig:
     knob_grid: Mapping[str, tuple[str, tuple[float, ...]] | None] = field(default_factory=lambda: dict(KNOB_GRID))
     pretrain: dict = field(default_factory=dict)  # ComparisonConfig.pretrain
     ranker: RankerTrainConfig = field(default_factory=RankerTrainConfig)
+    # every check of the whole budget: the grid reads each setting's best step from all of them
     post_train: PostTrainConfig = field(default_factory=lambda: PostTrainConfig(early_eval_every=5,
-                                                                                early_eval_until=50))
+                                                                                early_eval_until=50, patience=None))
     seed: int = 0
     n_boot: int = 1000
 
