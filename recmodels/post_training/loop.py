@@ -72,7 +72,7 @@ class PostTrainConfig:
     method_params: dict = field(default_factory=dict)
     checkpoint_every: int = 25  # steps between two saves of the resumable state (only with a resume_dir)
     # valid checks without a better NDCG@10 before the run stops (None: the whole budget). 3 selected the same
-    # step as the whole budget for every variant of the MovieLens-100k chain, at 75-125 of its 200 steps
+    # step as the whole budget for every variant of the MovieLens-100k chain, after 100-125 of its 200 steps
     patience: int | None = 3
 
     def __post_init__(self):
