@@ -91,7 +91,6 @@ def main() -> None:
     config = PretrainConfig(**({"epochs": args.epochs} if args.epochs else {}), **train_set)
     policy_config = PolicyConfig(vocab_size=data.n_items + 1, **({"max_len": args.max_len} if args.max_len else {}),
                                  **policy_set)
-    torch.manual_seed(config.seed)
     start = time.perf_counter()
     result = pretrain_policy(data.table, data.n_items, policy_config=policy_config, config=config, device=device)
     seconds = time.perf_counter() - start
@@ -117,9 +116,8 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "python": platform.python_version(), "torch": torch.__version__,
     }
-    if hasattr(result.policy, "seen_logit"):
-        from recmodels.models.policy import SEEN_BIAS_SCALE
-        report["seen_bias_logit"] = round(SEEN_BIAS_SCALE * result.policy.seen_logit.item(), 3)
+    if result.policy.seen_bias_logit is not None:
+        report["seen_bias_logit"] = round(result.policy.seen_bias_logit, 3)
     print(json.dumps(report, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

@@ -98,6 +98,11 @@ class GenerativePolicy(nn.Module):
         if cfg.seen_bias:  # SEEN_BIAS_SCALE * seen_logit is the logit added; scaled so that AdamW moves it
             self.seen_logit = nn.Parameter(torch.zeros(()))  # at a logit's pace, not 1e-3 per step
 
+    @property
+    def seen_bias_logit(self) -> float | None:
+        """The logit the seen bias adds per earlier occurrence (None without a seen bias)."""
+        return SEEN_BIAS_SCALE * self.seen_logit.item() if self.cfg.seen_bias else None
+
     def hidden(self, items: torch.Tensor) -> torch.Tensor:
         """items [B, T] (left-padded with 0) -> hidden states [B, T, d]."""
         B, T = items.shape

@@ -7,8 +7,8 @@ generator). Valid NDCG@10 is measured every `eval_every` steps (and, when asked,
 judged at a coarse grid) and the best trained weights are
 kept (model selection on valid only). With `patience`, the same rule ends every method early: after
 `patience` checks in a row without a better valid NDCG@10 (default None: all `steps`). A method only
-supplies its loss; the loop hands it a `MethodContext` with the frozen reference policy, the optional ranker and whatever its
-`prepare` precomputed, so rollout-based methods plug in the same way as likelihood-based ones.
+supplies its loss; the loop hands it a `MethodContext` with the frozen reference policy, the optional
+ranker and whatever its `prepare` precomputed, so rollout-based methods plug in the same way as likelihood-based ones.
 The context also holds the one memoized cache of the reference's log-probs that every method
 needing pi_ref reads (reference_cache.py), a scratch dict a method keeps across steps (PPO's
 rollouts for its inner epochs) and the tokenization (`recmodels/tokenization/`): atomic item tokens for a
