@@ -109,6 +109,22 @@ def test_last_context_skips_covered_targets_and_random_picks_real_ones():
     assert (w.targets[c.rows.repeat(30), picked] != 0).all() and len(set(picked.tolist())) > 1
 
 
+def test_every_context_is_each_real_target_once_with_its_own_history():
+    w = one_user_windows(8, max_len=4, stride=2)
+    every = select_contexts(w, "every")
+    real = w.targets != 0
+    assert len(every) == int(real.sum())  # as many contexts as an NLL step has targets
+    assert sorted(zip(every.rows.tolist(), every.positions.tolist())) == sorted(map(tuple, real.nonzero().tolist()))
+    assert every.truth.tolist() == w.targets[real].tolist()
+    for i, (row, pos) in enumerate(zip(every.rows.tolist(), every.positions.tolist())):
+        one = contexts_at(w, torch.tensor([row]), torch.tensor([pos]))
+        assert torch.equal(every.history[i], one.history[0])
+        assert torch.equal(every.history_rewards[i], one.history_rewards[0])
+    last = select_contexts(w, "last")  # the window-end contexts are among them
+    assert set(zip(last.rows.tolist(), last.positions.tolist())) <= set(zip(every.rows.tolist(),
+                                                                            every.positions.tolist()))
+
+
 def test_window_forward_serves_contexts_at_the_window_end(windows):
     policy = tiny_policy()
     w = one_user_windows(8, max_len=4, stride=2)
@@ -293,6 +309,7 @@ def test_ips_without_propensities_is_not_applicable(interactions):
     ("grpo", {}, "rollout_reward"),
     ("nll_grpo", {"alpha": 0.3}, "loss"),
     ("grpo", {"contexts": "random", "G": 4}, "rollout_reward"),
+    ("grpo", {"contexts": "every", "G": 4}, "rollout_reward"),
 ])
 def test_each_rl_method_improves_its_objective_and_moves_weights(interactions, method, params, improves):
     start = tiny_policy(dropout=0.1)

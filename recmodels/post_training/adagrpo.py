@@ -2,7 +2,8 @@
 
     loss = L_nll + alpha * (1/B) sum_i g_i L_grpo,i,      g_i = hard_i AND disc_i
 
-over the B contexts of the batch (one per window); a context with g_i = 0 gets pure NLL. The
+over the B contexts of the batch (one per window; with `contexts: "every"` the mean runs over every real
+target position instead); a context with g_i = 0 gets pure NLL. The
 diagnostics come from the same rollouts and the same ranker call as the GRPO term (the ground
 truth a_i is scored next to the rollouts), no extra model call:
 

@@ -8,6 +8,10 @@ length T, exactly like an evaluation history, and its ground truth a is `targets
   stride that is position T-1, so x is the whole window and the policy's logits for it are the
   last row of the window's own forward pass (methods that also compute the NLL reuse them).
 - `"random"`: one real target position per window drawn uniformly (seeded generator).
+- `"every"`: every real target position of every window, so an RL step sees as many contexts as an NLL
+  step sees targets (~B·T instead of B). Each context off the window end gets its own policy
+  forward pass (its history is right-aligned, unlike the window's rows), and the ranker scores
+  rollouts for all of them: a step costs about T times a `"last"` step.
 Windows without a real target give no context.
 
 History rewards (the ranker reads them). Window rewards are aligned with targets: `rewards[t]` is
@@ -34,7 +38,7 @@ from recmodels.decoding.rollouts import masked_log_probs
 from recmodels.data.sequences import TrainingWindows
 from recmodels.runtime import eval_mode
 
-ContextChoice = Literal["last", "random"]  # the `contexts` knob of the RL methods
+ContextChoice = Literal["last", "random", "every"]  # the `contexts` knob of the RL methods
 CONTEXT_CHOICES = get_args(ContextChoice)
 # the `rollouts` knob of grpo (and nll_grpo, adagrpo) and ppo: a context's group drawn i.i.d. from pi (with
 # replacement: an unbiased sample, the default) or as distinct items (without replacement: the most likely
@@ -71,14 +75,18 @@ class RLContexts:
 
 
 def select_contexts(batch: TrainingWindows, how: str = "last", generator: torch.Generator | None = None) -> RLContexts:
-    """Pick one context per window (see the module docstring) and cut its history and history rewards."""
+    """Pick the contexts of a batch (one per window, or every real position: see the module docstring) and cut
+    their histories and history rewards."""
     if how not in CONTEXT_CHOICES:
         raise ValueError(f"contexts must be one of {CONTEXT_CHOICES}, got {how!r}")
     real = batch.targets != 0  # [B, T]
     B, T = real.shape
-    rows = torch.nonzero(real.any(dim=1)).squeeze(1)  # [N]
-    if len(rows) == 0:
+    if not bool(real.any()):
         raise ValueError("the batch has no window with a real target: no RL context to train on")
+    if how == "every":
+        rows, positions = torch.nonzero(real, as_tuple=True)  # [N], [N]: window by window, in position order
+        return contexts_at(batch, rows, positions)
+    rows = torch.nonzero(real.any(dim=1)).squeeze(1)  # [N]
     real = real[rows]
     if how == "last":
         positions = torch.where(real, torch.arange(T, device=real.device), -1).max(dim=1).values  # [N]

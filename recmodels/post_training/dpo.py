@@ -1,6 +1,6 @@
 """`dpo`: direct preference optimization on preference pairs labelled by the ranker (docs/design.md §4).
 
-For each context x (one per window, see contexts.py) K = `samples_per_context` distinct items are
+For each context x (one per window by default, see contexts.py) K = `samples_per_context` distinct items are
 sampled from the reference pi_ref without replacement (atomic tokens: from its cached next-item
 distribution, so no extra model call once a context is cached; semantic IDs: K distinct code
 tuples, unconstrained, so a sample may be no item and then gets the reward spec's lower bound)

@@ -1,6 +1,6 @@
 """`grpo`: group-relative policy optimization against the frozen ranker (docs/design.md §4).
 
-For each context x_i (one per window, see contexts.py) G items o_i1..o_iG are sampled from pi_old,
+For each context x_i (one per window by default, see contexts.py) G items o_i1..o_iG are sampled from pi_old,
 independently (`rollouts="iid"`, the default) or as G distinct items (`"distinct"`, without
 replacement: biased toward the tail, see contexts.RolloutSampling; recmodels.decoding.rollouts), and
 scored by the ranker R. An item o is
@@ -48,7 +48,7 @@ class GRPOParams(MethodKnobs):
                             title="G")  # G rollouts per context; >= 2: advantages compare rollouts
     eps: float = Field(0.2, gt=0, lt=1, validation_alias=AliasChoices("eps", "epsilon"), title="ε")  # ratio clip
     beta: float = Field(0.04, ge=0, allow_inf_nan=False, title="β")  # weight of the k3 KL to the reference
-    contexts: ContextChoice = "last"  # which window positions are contexts: "last" or "random"
+    contexts: ContextChoice = "last"  # which window positions are contexts: "last", "random" or "every"
     rollouts: RolloutSampling = "iid"  # a group: G independent draws from pi, or G distinct items
     dropout: bool = False  # run the policy with dropout (as in its training mode) while computing log-probs
 

@@ -1,6 +1,6 @@
 """`ppo`: proximal policy optimization against the frozen ranker, KL-penalized reward (docs/design.md §4).
 
-Rollouts: for each context x (one per window, see contexts.py) K = `samples_per_context` items
+Rollouts: for each context x (one per window by default, see contexts.py) K = `samples_per_context` items
 y ~ pi_old (the policy when they are drawn), independent draws (`rollouts="iid"`, the default) or K
 distinct items (`"distinct"`, tilted to the tail, see contexts.RolloutSampling), then
 
