@@ -78,7 +78,7 @@ SERVICES_SH = VENV_BIN=$(CURDIR)/$(BIN) SUDO=$(SUDO) MLFLOW_SERVER_PORT=$(MLFLOW
 	RECALIGN_PG_MLFLOW_DB=$(RECALIGN_PG_MLFLOW_DB) bash deploy/services/services.sh
 
 .PHONY: setup fetch-data run resume test dev mlflow-ui serve champion rollback chromium ui-check bench \
-	robustness tune compare-datasets compare-tokenizations clean services services-stop services-reset profile-env
+	robustness robustness-tuned tune compare-datasets compare-tokenizations clean services services-stop services-reset profile-env
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -114,6 +114,9 @@ resume: setup
 
 robustness: setup  ## the robustness study on simulated logs (noise grid; pipelines/configs/robustness_study.yaml)
 	$(BIN)/dagster job execute -m pipelines.definitions -j robustness_study_job -c pipelines/configs/robustness_study.yaml
+
+robustness-tuned: setup  ## the robustness study under the tuning study's protocol (pipelines/configs/robustness_study_tuned.yaml)
+	$(BIN)/dagster job execute -m pipelines.definitions -j robustness_study_job -c pipelines/configs/robustness_study_tuned.yaml
 
 tune: setup  ## every post-training method with the same search on valid (pipelines/configs/tuning_study.yaml)
 	$(BIN)/dagster job execute -m pipelines.definitions -j tuning_study_job -c pipelines/configs/tuning_study.yaml

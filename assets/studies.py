@@ -150,20 +150,32 @@ class RobustnessStudyConfig(dg.Config):
     batch_size: Optional[int] = None
     eval_every: int = DEFAULT_EVAL_EVERY
     lr: Optional[float] = None
+    # the tuned protocol: every method searched per level over these learning rates x its own knob
+    lrs: list[float] = []
+    early_eval_every: Optional[int] = None  # valid checks every this many steps ...
+    early_eval_until: int = 0  # ... up to this step, then every `eval_every`
     seed: int = 0
     n_boot: int = 1000
     share_pretraining: bool = True
     save_checkpoints: bool = True
 
     def to_library(self) -> RobustnessConfig:
-        return RobustnessConfig(
-            simulator={**STUDY_SIMULATOR, **self.simulator}, noise_levels=tuple(self.noise_levels),
-            noise_kind=self.noise_kind, lambdas=tuple(self.lambdas), methods=tuple(self.methods),
-            pretrain={**self.pretrain, "epochs": self.pretrain_epochs},
-            ranker=library_config(RankerTrainConfig, {"epochs": self.ranker_epochs}),
-            post_train=library_config(PostTrainConfig, {"steps": self.steps, "batch_size": self.batch_size,
-                                                        "eval_every": self.eval_every, "lr": self.lr}),
-            seed=self.seed, n_boot=self.n_boot, share_pretraining=self.share_pretraining)
+        if self.lrs and self.lr is not None:
+            raise dg.Failure("robustness_study config: give either 'lr' (one learning rate for every variant) or "
+                             "'lrs' (the tuned protocol's search), not both")
+        try:
+            return RobustnessConfig(
+                simulator={**STUDY_SIMULATOR, **self.simulator}, noise_levels=tuple(self.noise_levels),
+                noise_kind=self.noise_kind, lambdas=tuple(self.lambdas), methods=tuple(self.methods),
+                pretrain={**self.pretrain, "epochs": self.pretrain_epochs},
+                ranker=library_config(RankerTrainConfig, {"epochs": self.ranker_epochs}),
+                post_train=library_config(PostTrainConfig, {
+                    "steps": self.steps, "batch_size": self.batch_size, "eval_every": self.eval_every,
+                    "lr": self.lr, "early_eval_every": self.early_eval_every,
+                    "early_eval_until": self.early_eval_until}),
+                seed=self.seed, n_boot=self.n_boot, share_pretraining=self.share_pretraining, lrs=tuple(self.lrs))
+        except ValueError as exc:
+            raise dg.Failure(f"robustness_study config: {exc}") from None
 
 
 @dg.asset(group_name="studies", kinds={"pytorch", "mlflow"})
@@ -185,6 +197,7 @@ def robustness_study(context: dg.AssetExecutionContext, config: RobustnessStudyC
         "improvement_vs_noise": image(files["noise_png"], "true top-10 gain vs noise per variant"),
         "lambda_tradeoff": image(files["lambda_png"], "exp_rw_sft: true top-10 gain vs λ per noise level"),
         "pretraining_runs": result.pretraining_runs, "mlflow_model_runs": runs.runs,
+        **({"grid": markdown_table(result.grids, max_rows=400)} if result.grids is not None else {}),
         "report_md": dg.MetadataValue.path(str(files["md"]))})
     return RobustnessStudyRecord(study="robustness", dir=str(out), files={k: str(v) for k, v in files.items()},
                                  pretraining_runs=result.pretraining_runs, findings=result.findings)

@@ -6,7 +6,7 @@
 moved module fails CI instead of a user:
 - servers (`dev`, `mlflow-ui`, `serve`) must answer their health URL (on free ports of 127.0.0.1);
 - commands (`champion`, `rollback`, `resume`) run to the end against the store `make run` filled;
-- long jobs (`bench`, `robustness`, `tune`, `compare-datasets`, `compare-tokenizations`) and the documented
+- long jobs (`bench`, `robustness`, `robustness-tuned`, `tune`, `compare-datasets`, `compare-tokenizations`) and the documented
   variants of `make run` (`SOURCE=movielens-1m`, `SOURCE=simulator`, `SOURCE=file LOGS=... COLUMNS=...`,
   `TOKENIZATION=semantic`) must reach a first training step, then are stopped. They run in throw-away
   homes (sharing the download cache), so the stopped runs never touch `--home`.
@@ -89,6 +89,7 @@ def targets(logs_csv: Path) -> list[Target]:
         Target("resume", ["resume"], exit_ok=(0, 2), exit_pattern=r"re-execution of|only a FAILURE can be re-executed"),
         Target("bench", ["bench"], ready_pattern=STEP_STARTED, own_home=True),
         Target("robustness", ["robustness"], ready_pattern=STEP_STARTED, own_home=True),
+        Target("robustness-tuned", ["robustness-tuned"], ready_pattern=STEP_STARTED, own_home=True),
         Target("tune", ["tune"], ready_pattern=STEP_STARTED, own_home=True),
         Target("compare-datasets", ["compare-datasets"], ready_pattern=STEP_STARTED, own_home=True),
         Target("compare-tokenizations", ["compare-tokenizations"], ready_pattern=r"pretraining the atomic policy", own_home=True),

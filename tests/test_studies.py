@@ -10,6 +10,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from recmodels.data.interactions import build_interactions
 from recmodels.data.rewards import RewardSpec
@@ -212,6 +213,38 @@ def test_sharing_pretraining_changes_no_number(tiny_result):
     separate = run_robustness_study(tiny_study(share_pretraining=False))
     assert separate.pretraining_runs == 2
     pd.testing.assert_frame_equal(separate.table, shared.table)
+
+
+def test_tuned_robustness_study_compares_each_method_at_the_setting_valid_chose():
+    post_train = PostTrainConfig(steps=4, eval_every=4, early_eval_every=2, early_eval_until=2, batch_size=16)
+    result = run_robustness_study(tiny_study(lambdas=(0.3, 3.0), lrs=(1e-4, 1e-2), post_train=post_train))
+    grid = result.grids
+    # every level searched the same grid: 2 lrs x 2 λ for exp_rw_sft, 2 lrs x 3 β for grpo
+    assert sorted(grid.groupby("noise").size().tolist()) == [10, 10]
+    assert {"true_top10_diff", "hacking_gap_top10_diff", "kl_to_reference"} <= set(grid.columns)
+    for noise, level in grid.groupby("noise"):
+        report = result.reports[noise]
+        for method, rows in level.groupby("method"):
+            best = rows.loc[rows["valid_ndcg@10"].idxmax()]
+            assert report["chosen"][method]["variant"] == best["variant"]  # chosen on valid, never on test
+            # the level's table reports the chosen grid point under the method's name
+            row = result.table[(result.table["noise"] == noise) & (result.table["variant"] == method)].iloc[0]
+            assert row["true_top10_diff"] == pytest.approx(best["true_top10_diff"])
+    assert sorted(result.table["variant"].unique()) == ["exp_rw_sft", "grpo"]
+    assert result.table["selected_lambda"].sum() == 2 and result.pretraining_runs == 1
+
+
+def test_the_tuned_robustness_config_is_the_jobs_schema():
+    from pipelines.definitions import defs
+
+    shipped = yaml.safe_load(open("pipelines/configs/robustness_study_tuned.yaml"))
+    assert dg.validate_run_config(defs.resolve_job_def("robustness_study_job"), shipped)
+    from assets.studies import RobustnessStudyConfig
+
+    study = RobustnessStudyConfig(**shipped["ops"]["robustness_study"]["config"]).to_library()
+    assert study.lrs and study.post_train.early_eval_every == 5
+    with pytest.raises(dg.Failure, match="either 'lr'.*or 'lrs'"):
+        RobustnessStudyConfig(lr=1e-3, lrs=[1e-4]).to_library()
 
 
 @pytest.mark.parametrize("override, message", [

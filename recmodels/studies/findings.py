@@ -121,7 +121,7 @@ def claim_adagrpo(head_to_head: pd.DataFrame, claimed: float = CLAIMED_RELATIVE_
 def lambda_sentence(table: pd.DataFrame) -> str | None:
     """The λ trade-off: which λ gained most true reward per noise level, and whether valid picked it."""
     exp = table[table["method"] == "exp_rw_sft"]
-    if exp["lambda"].nunique() < 2:
+    if exp.empty or exp.groupby("noise")["lambda"].nunique().max() < 2:  # one λ per level (tuned): no trade-off
         return None
     parts, matched, levels = [], 0, sorted(exp["noise"].unique())
     for noise in levels:

@@ -16,6 +16,12 @@ at every level) before sharing and pretrains per level when it does not hold (or
 
 The default config (1,000 users, 500 items, ~25k events, 4 noise levels, 8 variants, 60 steps)
 is sized to finish in about 15 minutes on one CPU thread.
+
+Tuned protocol (`lrs` non-empty): at every level each method gets the tuning study's search on valid
+(tuning.py: the learning rates of `lrs` x its own knob, λ from `lambdas` for exp_rw_sft; valid checks
+as `post_train` says), and the level's tables compare the methods at the settings valid chose. Every
+grid point's true-reward gain, reward-hacking gap and KL stay in `RobustnessResult.grids`: how they
+move with the step size tells a method that exploits the ranker from one whose large steps are unstable.
 """
 from __future__ import annotations
 
@@ -38,6 +44,7 @@ from recmodels.post_training.registry import NLL_ANCHORED, get_method, methods_o
 from recmodels.training.ranker_training import RankerTrainConfig
 from recmodels.studies.comparison import (BASELINE, Callback, ComparisonConfig, ComparisonResult,
                                           method_variants, pretrain_for_comparison, run_comparison)
+from recmodels.studies.tuning import KNOB_GRID, TuningConfig, choose_settings
 
 STUDY_SIMULATOR = {"n_users": 1000, "n_items": 500, "events_per_user": (10, 40)}  # ~25k events
 DEFAULT_NOISE_LEVELS = (0.1, 0.3, 0.6, 1.0)
@@ -79,12 +86,14 @@ class RobustnessConfig:
     seed: int = 0
     n_boot: int = 1000
     share_pretraining: bool = True
+    lrs: tuple[float, ...] = ()  # non-empty: every method tuned per level over these learning rates x its knob
     name: str = "simulator-robustness"  # data set names: "<name>" (shared pretraining), "<name>-noise-<level>"
 
     def __post_init__(self) -> None:
         self.noise_levels = tuple(float(x) for x in self.noise_levels)
         self.lambdas = tuple(float(x) for x in self.lambdas)
         self.methods = tuple(self.methods)
+        self.lrs = tuple(float(x) for x in self.lrs)
         if not self.noise_levels:
             raise ValueError("RobustnessConfig.noise_levels must hold at least one noise level")
         bad = [x for x in self.noise_levels if not x >= 0]
@@ -109,12 +118,21 @@ class RobustnessConfig:
         settings = {"seed": self.seed, **self.simulator, "noise": noise, "noise_kind": self.noise_kind}
         return SimulatorConfig(**settings)
 
+    def tuning(self) -> TuningConfig | None:
+        """The per-level search of the tuned protocol (None: every variant at the fixed budget)."""
+        if not self.lrs:
+            return None
+        methods = tuple(dict.fromkeys((*(("exp_rw_sft",) if self.lambdas else ()), *self.methods)))
+        grid = {**KNOB_GRID, "exp_rw_sft": ("lam", self.lambdas)}
+        return TuningConfig(methods=methods, lrs=self.lrs, knob_grid=grid, seed=self.seed, n_boot=self.n_boot)
+
     def comparison(self) -> ComparisonConfig:
         if not self.methods and not self.lambdas:
             raise ValueError("RobustnessConfig: no variant to compare (methods and lambdas are both empty)")
+        tuning = self.tuning()
+        variants = tuning.variants() if tuning else method_variants(self.methods, self.lambdas)
         return ComparisonConfig(pretrain=dict(self.pretrain), ranker=self.ranker, post_train=self.post_train,
-                                variants=method_variants(self.methods, self.lambdas), seed=self.seed,
-                                n_boot=self.n_boot)
+                                variants=variants, seed=self.seed, n_boot=self.n_boot)
 
     def dataset_name(self, noise: float | None = None) -> str:
         return self.name if noise is None else f"{self.name}-noise-{noise:g}"
@@ -137,6 +155,7 @@ class RobustnessResult:
     pretraining_runs: int  # 1 when the levels shared one pretrained policy
     skipped: dict[float, dict[str, str]] = field(default_factory=dict)
     findings: list[str] = field(default_factory=list)
+    grids: pd.DataFrame | None = None  # tuned protocol: every grid point of every level (tuning.choose_settings)
 
 
 def simulate_level(config: RobustnessConfig, noise: float) -> SimulatedLevel:
@@ -178,19 +197,24 @@ def run_robustness_study(config: RobustnessConfig | None = None,
         pretrained = pretrain_for_comparison(
             first.table, first.n_items, comparison,
             _tagged(callback, noise=None, noise_levels=list(config.noise_levels)), dataset=config.dataset_name())
-    comparisons = {}
+    comparisons, grids = {}, []
     for lv in levels:
         inter = lv.interactions
-        comparisons[lv.noise] = run_comparison(
+        result = run_comparison(
             inter.table, inter.n_items, inter.catalog, lv.oracle, comparison, _tagged(callback, noise=lv.noise),
             dataset=config.dataset_name(lv.noise), pretrained=pretrained, reward_spec=STUDY_REWARD)
+        if config.lrs:  # the level's methods at the settings valid chose, named by method
+            tuned = choose_settings(result, comparison.variants, n_boot=config.n_boot, seed=config.seed)
+            grids.append(tuned.grid.assign(noise=lv.noise))
+            result = dataclasses.replace(result, report=tuned.report, evaluations=tuned.evaluations)
+        comparisons[lv.noise] = result
     table = tidy_table({noise: c.report for noise, c in comparisons.items()})
     h2h = head_to_head_table(comparisons, config.n_boot, config.seed)
     return RobustnessResult(
         config=config, table=table, head_to_head=h2h, reports={n: c.report for n, c in comparisons.items()},
         comparisons=comparisons, pretraining_runs=1 if shared else len(levels),
         skipped={n: c.skipped for n, c in comparisons.items() if c.skipped},
-        findings=robustness_findings(table, h2h))
+        findings=robustness_findings(table, h2h), grids=pd.concat(grids, ignore_index=True) if grids else None)
 
 
 def tidy_table(reports: Mapping[float, dict]) -> pd.DataFrame:

@@ -6,6 +6,7 @@
 - head_to_head.csv / head_to_head.json: the paired comparisons between methods
 - improvement_vs_noise.png, lambda_tradeoff.png
 - levels/noise-<level>/: each level's full evaluation report (report_output.write_report)
+- grid.csv (tuned protocol only): every grid point of every level, the settings valid chose among them
 """
 from __future__ import annotations
 
@@ -62,6 +63,14 @@ def setup_text(result: RobustnessResult) -> str:
                else f"pretrained {result.pretraining_runs} time(s), once per level")
     budget = (f"pretraining {cfg.pretrain}, ranker up to {cfg.ranker.epochs} epochs, every variant "
               f"{cfg.post_train.steps} post-training steps of batch {cfg.post_train.batch_size}")
+    if cfg.lrs:
+        pt = cfg.post_train
+        early = f"every {pt.early_eval_every} steps up to step {pt.early_eval_until}, then " \
+            if pt.early_eval_every else ""
+        budget += (f"; tuned protocol: at each level every method searched over the learning rates {list(cfg.lrs)} "
+                   f"x its own knob, valid checks {early}every {pt.eval_every} steps, each method compared at the "
+                   "setting with the best valid NDCG@10 (the tables name it by its method; every grid point is in "
+                   "grid.csv)")
     return (f"Simulator world: {sim.n_users} users, {sim.n_items} items, {sim.events_per_user} events per user, "
             f"seed {sim.seed}; observed-reward noise `{cfg.noise_kind}` with std in {list(cfg.noise_levels)}. "
             f"The policy was {sharing}; the ranker and every post-trained variant are trained per level on that "
@@ -76,6 +85,10 @@ def robustness_markdown(result: RobustnessResult) -> str:
     for metric, title in GAIN_TABLES:
         parts += [f"## {title}", markdown_table(gain_table(table, metric)) if not table.empty else "_no variant_"]
     parts += ["## Head-to-head (paired differences over the same test users)", head_to_head_md(result.head_to_head)]
+    if result.grids is not None:
+        chosen = [{"noise": f"{noise:g}", "method": f"`{m}`", **setting}
+                  for noise, r in result.reports.items() for m, setting in r["chosen"].items()]
+        parts += ["## Settings valid chose (tuned protocol)", markdown_table(pd.DataFrame(chosen))]
     bounds = [{"noise": f"{noise:g}",
                "pretrained true top-10": f"{r['policies'][r['baseline']]['metrics']['true_top10']['mean']:.3f}",
                "oracle best top-10": f"{r.get('oracle_best_top10_true', float('nan')):.3f}",
@@ -114,6 +127,8 @@ def write_robustness(result: RobustnessResult, out_dir) -> dict[str, Path]:
         "noise_png": plot_improvement_vs_noise(result.table, out / "improvement_vs_noise.png"),
         "lambda_png": plot_lambda_tradeoff(result.table, out / "lambda_tradeoff.png"),
     }
+    if result.grids is not None:
+        files["grid_csv"] = atomic_write(out / "grid.csv", lambda tmp: result.grids.to_csv(tmp, index=False))
     for noise, report in result.reports.items():
         level_files = write_report(report, out / "levels" / f"noise-{noise:g}")
         files[f"level_{noise:g}_md"] = level_files["md"]

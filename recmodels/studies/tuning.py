@@ -21,13 +21,14 @@ import pandas as pd
 
 from recmodels.data.oracle import Oracle
 from recmodels.data.rewards import RewardSpec
-from recmodels.evaluation.report import build_report
+from recmodels.evaluation.report import PolicyEvaluation, build_report
 from recmodels.evaluation.report_output import report_markdown
 from recmodels.post_training.loop import PostTrainConfig
 from recmodels.post_training.registry import METHODS, get_method
 from recmodels.post_training.variants import Variant, knob_suffix
 from recmodels.storage.atomic_files import atomic_write
 from recmodels.studies.comparison import BASELINE, Callback, ComparisonConfig, ComparisonResult, run_comparison
+from recmodels.training.pretraining import PretrainResult
 from recmodels.training.ranker_training import RankerTrainConfig
 
 DEFAULT_LRS: tuple[float, ...] = (3e-5, 1e-4, 3e-4)
@@ -88,20 +89,33 @@ class TuningResult:
     grid: pd.DataFrame  # one row per grid point: method, lr, knob, value, best step, valid and test NDCG@10
     chosen: dict[str, str]  # method -> the variant valid chose
     report: dict  # build_report over the pretrained policy and each method at its chosen setting (named by method)
+    evaluations: list[PolicyEvaluation] = field(default_factory=list)  # the report's per-user results, baseline first
+
+
+# with an oracle (simulated logs), each grid point's paired difference vs the pretrained policy in these too
+ORACLE_DIFFS = ("true_top10", "hacking_gap_top10")
 
 
 def run_tuning(interactions: pd.DataFrame, n_items: int, catalog: pd.DataFrame | None,
                oracle: Oracle | Mapping | None = None, config: TuningConfig | None = None,
                callback: Callback | None = None, *, dataset: str = "data",
-               reward_spec: RewardSpec | None = None) -> TuningResult:
-    """Train every grid point of `config`, choose each method's setting on valid, report the chosen ones."""
+               reward_spec: RewardSpec | None = None, pretrained: PretrainResult | None = None) -> TuningResult:
+    """Train every grid point of `config`, choose each method's setting on valid, report the chosen ones.
+
+    `pretrained`: a pretrained policy to start every grid point from instead of pretraining one here."""
     config = config or TuningConfig()
     variants = config.variants()
     comparison = run_comparison(
         interactions, n_items, catalog, oracle,
         ComparisonConfig(pretrain=config.pretrain, ranker=config.ranker, post_train=config.post_train,
                          variants=variants, seed=config.seed, n_boot=config.n_boot),
-        callback, dataset=dataset, reward_spec=reward_spec)
+        callback, dataset=dataset, reward_spec=reward_spec, pretrained=pretrained)
+    return choose_settings(comparison, variants, n_boot=config.n_boot, seed=config.seed)
+
+
+def choose_settings(comparison: ComparisonResult, variants: Sequence[Variant], *, n_boot: int = 1000,
+                    seed: int = 0) -> TuningResult:
+    """Each method's grid point with the best valid NDCG@10, and the report of the methods at those points."""
     rows = []
     for v in variants:
         knob, value = next(iter(v.method_params.items()), (None, None))
@@ -111,8 +125,13 @@ def run_tuning(interactions: pd.DataFrame, n_items: int, catalog: pd.DataFrame |
             rows.append({**row, "skipped": comparison.skipped.get(v.name)})
             continue
         policy = comparison.report["policies"][v.name]
-        rows.append({**row, "best_step": trained.best_step, "valid_ndcg@10": trained.best_valid_ndcg10,
-                     "test_ndcg@10": policy["metrics"]["ndcg@10"]["mean"], "skipped": None})
+        at_best = next(r for r in trained.history if r["step"] == trained.best_step)
+        row |= {"best_step": trained.best_step, "valid_ndcg@10": trained.best_valid_ndcg10,
+                "test_ndcg@10": policy["metrics"]["ndcg@10"]["mean"],
+                "kl_to_reference": at_best.get("kl_to_reference")}
+        row |= {f"{m}_diff": policy["diff_vs_baseline"][m]["mean"] for m in ORACLE_DIFFS
+                if m in policy["diff_vs_baseline"]}
+        rows.append({**row, "skipped": None})
     grid = pd.DataFrame(rows)
     chosen = {}
     for method, group in grid[grid["skipped"].isna()].groupby("method", sort=False):
@@ -123,12 +142,14 @@ def run_tuning(interactions: pd.DataFrame, n_items: int, catalog: pd.DataFrame |
     skipped = {m: reason for m, reason in
                grid[grid["skipped"].notna()].groupby("method", sort=False)["skipped"].first().items()
                if m not in chosen}
-    report = build_report(evaluations, baseline=BASELINE, n_boot=config.n_boot, seed=config.seed, skipped=skipped)
-    report["dataset"] = dataset
+    report = build_report(evaluations, baseline=BASELINE, n_boot=n_boot, seed=seed, skipped=skipped)
+    for key in ("dataset", "ranker", "oracle_best_top10_true"):
+        if key in comparison.report:
+            report[key] = comparison.report[key]
     by_name = {v.name: v for v in variants}
     report["chosen"] = {m: {"variant": name, "lr": by_name[name].train["lr"], **by_name[name].method_params}
                         for m, name in chosen.items()}
-    return TuningResult(comparison=comparison, grid=grid, chosen=chosen, report=report)
+    return TuningResult(comparison=comparison, grid=grid, chosen=chosen, report=report, evaluations=evaluations)
 
 
 def chosen_table(result: TuningResult) -> pd.DataFrame:
