@@ -41,6 +41,7 @@ from recmodels.post_training.contexts import signal_seen
 from recmodels.post_training.loop import (MethodContext, PostTrainConfig, PostTrainResult, StepFn, ValidSelection,
                                           finish_run, map_windows, prepare_run, train_steps)
 from recmodels.post_training.registry import MethodNotApplicable, PostTrainingMethod, data_parallel_methods, get_method
+from recmodels.runtime import mixed_precision
 from recmodels.storage.checkpoints import save_checkpoint
 from recmodels.storage.model_io import load_policy
 from recmodels.tokenization.items import load_item_codes
@@ -85,7 +86,8 @@ def data_parallel_step(spec: PostTrainingMethod, model: DistributedDataParallel,
         scale = group.world_size / float(total) if total > 0 else 0.0
         if len(rows) == 0:  # a batch smaller than the world: join the all-reduce with zero gradients
             rows, scale = rows.new_zeros(1), 0.0
-        nll = model(map_windows(batch, lambda t: t[rows]))  # [b, T], 0 at padding
+        with mixed_precision(group.device):  # bf16 on CUDA, as one process trains
+            nll = model(map_windows(batch, lambda t: t[rows])).float()  # [b, T], 0 at padding
         loss = (weights[rows] * nll).sum() * scale
         # the global batch's loss and NLL sum, in every process (so that all stop together on a bad loss)
         sums = torch.stack([loss.detach() / group.world_size, nll.detach().sum() if scale else nll.new_zeros(())])

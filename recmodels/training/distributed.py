@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from recmodels.data.tables import read_parquet
-from recmodels.runtime import default_device, seed_everything
+from recmodels.runtime import default_device, mixed_precision, seed_everything
 from recmodels.storage.checkpoints import save_checkpoint
 from recmodels.tokenization.items import ItemTokenization, tokenization_class
 from recmodels.training.pretraining import (DataParallel, PretrainConfig, PretrainResult, evaluate_valid,
@@ -141,7 +141,8 @@ def data_parallel_batch_loss(model: DistributedDataParallel, tokens: torch.Tenso
         weight = group.world_size / max(int(n_targets[idx].sum()), 1)
         if len(share) == 0:
             share, weight = idx[:1], 0.0
-        return model(tokens[share].to(group.device), targets[share].to(group.device)) * weight
+        with mixed_precision(group.device):  # bf16 on CUDA, as one process trains
+            return model(tokens[share].to(group.device), targets[share].to(group.device)) * weight
 
     return batch_loss
 
