@@ -34,8 +34,22 @@ def arguments(description: str) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=200, help="post-training steps of every variant")
     parser.add_argument("--eval-every", type=int, default=25)
+    parser.add_argument("--simulator", action="append", default=[], metavar="NAME=VALUE",
+                        help="a SimulatorConfig setting of the simulated world (repeatable; `events_per_user=10,40`)")
     parser.add_argument("--cache-dir", default=str(ROOT / ".recalign" / "cache"), help="where the wheels are cached")
     return parser.parse_args()
+
+
+def simulator_settings(pairs: Sequence[str], seed: int) -> dict:
+    """`--simulator` pairs as SimulatorConfig settings: numbers, or tuples of numbers written with commas."""
+    settings = {"seed": seed}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--simulator {pair!r}: write NAME=VALUE")
+        numbers = tuple(float(v) if "." in v else int(v) for v in value.split(","))
+        settings[name] = numbers if len(numbers) > 1 else numbers[0]
+    return settings
 
 
 def compare_knob(benchmark: str, args: argparse.Namespace, knob: str, values: Sequence[str],
@@ -50,8 +64,10 @@ def compare_knob(benchmark: str, args: argparse.Namespace, knob: str, values: Se
     from recmodels.post_training.loop import PostTrainConfig
     from recmodels.studies.comparison import ComparisonConfig, Variant, run_comparison
 
+    if args.simulator and args.dataset != "simulator":
+        raise SystemExit("--simulator sets the simulated world: use it with --dataset simulator")
     raw = load_raw_logs(args.dataset, cache_dir=Path(args.cache_dir),
-                        simulator={"seed": args.seed} if args.dataset == "simulator" else None)
+                        simulator=simulator_settings(args.simulator, args.seed) if args.dataset == "simulator" else None)
     inter = build_interactions(raw, RewardSpec())
     variants = [Variant(name, method, knobs) for name, method, knobs in fixed]
     variants += [Variant(f"{name}_{value}", method, {**knobs, knob: value})
@@ -82,7 +98,8 @@ def compare_knob(benchmark: str, args: argparse.Namespace, knob: str, values: Se
         "protocol": "test split (leave-one-out), full ranking, history masked (ndcg@10_unmasked: history items "
                     "ranked too); [mean, 95% bootstrap low, high] over test users"
                     + ("; true_top10: the oracle's mean true reward of the top-10 list" if oracle is not None else ""),
-        "data": {"source": args.dataset, "users": inter.n_users, "items": inter.n_items, "events": len(inter.table)},
+        "data": {"source": args.dataset, "users": inter.n_users, "items": inter.n_items, "events": len(inter.table),
+                 **({"simulator": simulator_settings(args.simulator, args.seed)} if args.simulator else {})},
         "budget": {"steps": args.steps, "eval_every": args.eval_every}, "knob": knob, "values": list(values),
         "policies": policies, "seconds": round(seconds, 1), "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),

@@ -3,6 +3,8 @@ simulator: does giving the ranker-driven methods as many contexts per step as th
 change the ranking of the methods? JSON on stdout.
 
     python benchmarks/rl_contexts.py --dataset simulator [--steps 60] [--eval-every 20] [--seed 0]
+    python benchmarks/rl_contexts.py --dataset simulator --steps 60 --eval-every 20 \
+        --simulator n_users=1000 --simulator n_items=500 --simulator events_per_user=10,40   # the robustness world
 
 Every ranker-driven method (dpo, ppo, grpo, nll_grpo at α 0.3, adagrpo) twice, `contexts: last` and
 `contexts: every`, with the NLL methods (sft, exp_rw_sft at its default λ) beside them, in one comparison
