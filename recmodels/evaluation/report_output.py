@@ -151,7 +151,9 @@ def report_markdown(report: dict) -> str:
         "## Signal per step",
         "Mean per optimizer step over the training: logged targets in an NLL term, RL contexts newly drawn (ppo "
         "reuses its contexts for its inner epochs), generated items scored by the ranker; the average weight of "
-        "the GRPO term (adagrpo: α times its gate-open rate, its effective α).",
+        "the GRPO term (adagrpo: α times its gate-open rate, its effective α). RL methods take one context per "
+        "window unless their `contexts` knob is `every` (a context at every real target, as many as an NLL step's "
+        "targets).",
         _signal_md(pols),
         "## Skipped methods",
         "\n".join(f"- `{name}`: {reason}" for name, reason in skipped.items()) or "_none_",
