@@ -123,7 +123,7 @@ class RobustnessConfig:
         if not self.lrs:
             return None
         methods = tuple(dict.fromkeys((*(("exp_rw_sft",) if self.lambdas else ()), *self.methods)))
-        grid = {**KNOB_GRID, "exp_rw_sft": ("lam", self.lambdas)}
+        grid = {**KNOB_GRID, **({"exp_rw_sft": ("lam", self.lambdas)} if self.lambdas else {})}
         return TuningConfig(methods=methods, lrs=self.lrs, knob_grid=grid, seed=self.seed, n_boot=self.n_boot)
 
     def comparison(self) -> ComparisonConfig:
