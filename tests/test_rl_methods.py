@@ -338,7 +338,7 @@ def test_rollout_methods_need_a_ranker_and_check_their_knobs(interactions):
                                          r"than or equal to 2, got 1"):
         get_method("grpo").parse_params({"G": 1})
     with pytest.raises(ValueError, match=r"parameter 'contexts' of post-training method 'ppo': Input should be "
-                                         r"'last' or 'random', got 'first'"):
+                                         r"'last', 'random' or 'every', got 'first'"):
         get_method("ppo").parse_params({"contexts": "first"})
     with pytest.raises(ValueError, match=r"parameter 'samples_per_context' of post-training method 'dpo'"):
         get_method("dpo").parse_params({"samples_per_context": 1})
