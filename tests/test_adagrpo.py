@@ -76,6 +76,25 @@ def test_diagnostics_by_hand():
     assert d.disc.tolist() == [True, True]  # 2.0 beats 0 and 1; 0.5 ties the best rollout (itself)
 
 
+def test_the_quantile_difficulty_test_keeps_the_most_uncertain_share_of_a_batch():
+    # 8 contexts over a catalog of 100 items, each sharper than the last: every normalized entropy is >= 0.5
+    # (tau_H = 0.5 keeps them all), the quantile test keeps the most uncertain quarter / half
+    logits = torch.randn(8, 101, generator=torch.Generator().manual_seed(0)) * torch.linspace(0.1, 0.8, 8)[:, None]
+    log_probs = torch.log_softmax(logits.index_fill(1, torch.tensor([0]), float("-inf")), dim=1)
+    items, rewards = torch.ones(8, 2, dtype=torch.long), torch.zeros(8, 2)
+    truth, truth_reward = torch.full((8,), 5), torch.zeros(8)
+    fixed = gate_diagnostics(log_probs, items, rewards, truth, truth_reward, AdaGRPOParams())
+    assert fixed.hard.all() and (fixed.normalized_entropy >= 0.5).all()
+    entropy_order = fixed.normalized_entropy.argsort(descending=True)
+    for share, n_hard in ((0.25, 2), (0.5, 4), (1.0, 8)):
+        params = AdaGRPOParams(hard="entropy_quantile", hard_share=share)
+        d = gate_diagnostics(log_probs, items, rewards, truth, truth_reward, params)
+        assert int(d.hard.sum()) == n_hard
+        assert d.hard[entropy_order[:n_hard]].all()  # the most uncertain ones
+    with pytest.raises(ValueError, match="hard_share"):
+        AdaGRPOParams(hard="entropy_quantile", hard_share=0.0)
+
+
 def test_adagrpo_trains_and_logs_its_gate(interactions):
     cfg = PostTrainConfig(steps=20, batch_size=16, lr=1e-2, eval_every=10, method_params={"tau_H": 0.3})
     result = post_train("adagrpo", tiny_policy(dropout=0.1), interactions, cfg, ranker=item_ranker(), device="cpu")
@@ -88,7 +107,7 @@ def test_adagrpo_trains_and_logs_its_gate(interactions):
 
 
 def test_bad_gate_knobs_are_rejected():
-    with pytest.raises(ValueError, match=r"for adagrpo\nhard\n  Input should be 'entropy' or 'truth_not_sampled'"):
+    with pytest.raises(ValueError, match=r"for adagrpo\nhard\n  Input should be 'entropy', 'entropy_quantile' or 'truth_not_sampled'"):
         AdaGRPOParams(hard="loss")
     with pytest.raises(ValueError, match=r"for adagrpo\ndisc\n  Input should be 'zscore' or 'truth_first'"):
         AdaGRPOParams(disc="margin")

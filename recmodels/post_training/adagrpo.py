@@ -11,6 +11,11 @@ truth a_i is scored next to the rollouts), no extra model call:
   distribution, H(pi(.|x_i)) / log V >= tau_H, with the masked distribution the rollouts are
   drawn from: for atomic tokens the first token is the item and V the catalog size; for semantic
   IDs it is the level-0 code and V = V0, the level-0 codebook size;
+  `hard="entropy_quantile"`: the same normalized entropy, relative to the batch: context i is hard when
+  its entropy is in the batch's top `hard_share` (at or above the batch's (1 - hard_share) quantile).
+  A fixed tau_H does not discriminate on large atomic catalogs, where the normalized entropy of a
+  softmax over thousands of items stays above 0.5 for every context (the gate is then the
+  discriminability test alone); the quantile keeps the most uncertain share of each batch;
   `hard="truth_not_sampled"`: a_i is not among the policy's own G rollouts.
 - disc_i, `disc="zscore"` (default): (R(x_i, a_i) - mean_j R(x_i, o_ij)) / (std_j + 1e-4) >= delta
   (population std, as for the advantages); `disc="truth_first"`: a_i is ranked first by R among
@@ -41,7 +46,8 @@ class AdaGRPOParams(NLLGRPOParams):
     tau_h: NotNaN = Field(0.5, validation_alias=AliasChoices("tau_h", "tau_H"),
                           title="τ_H")  # hard when the normalized entropy is at least this
     delta: NotNaN = Field(1.0, title="δ")  # discriminable when the truth's reward z-score is at least this
-    hard: Literal["entropy", "truth_not_sampled"] = "entropy"
+    hard: Literal["entropy", "entropy_quantile", "truth_not_sampled"] = "entropy"
+    hard_share: float = Field(0.5, gt=0, le=1)  # hard="entropy_quantile": the batch's most uncertain share
     disc: Literal["zscore", "truth_first"] = "zscore"
 
 
@@ -71,7 +77,12 @@ def gate_diagnostics(first_token_log_probs: torch.Tensor, rollout_items: torch.T
     mean = rollout_rewards.mean(dim=1)
     std = rollout_rewards.std(dim=1, unbiased=False)
     zscore = (truth_reward - mean) / (std + ADV_EPS)
-    hard = normalized_entropy >= params.tau_h if params.hard == "entropy" else ~sampled
+    if params.hard == "entropy":
+        hard = normalized_entropy >= params.tau_h
+    elif params.hard == "entropy_quantile":
+        hard = normalized_entropy >= torch.quantile(normalized_entropy, 1 - params.hard_share)
+    else:
+        hard = ~sampled
     disc = zscore >= params.delta if params.disc == "zscore" else truth_reward >= rollout_rewards.max(dim=1).values
     return GateDiagnostics(hard=hard, disc=disc, normalized_entropy=normalized_entropy, truth_zscore=zscore)
 
