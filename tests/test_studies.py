@@ -21,6 +21,7 @@ from recmodels.studies.comparison import ComparisonConfig, Variant, method_varia
 from recmodels.studies.cross_dataset import summary_markdown, summary_records, summary_table
 from recmodels.studies.findings import claim_adagrpo, claim_exp_rw_sft, robustness_findings
 from recmodels.studies.robustness import RobustnessConfig, run_robustness_study
+from recmodels.studies.robustness_report import write_robustness
 from tests.synthetic import make_synthetic_logs
 
 TINY_MODELS = dict(pretrain=dict(epochs=1, d_model=16, n_layers=1, n_heads=1, max_len=10, batch_size=32),
@@ -215,7 +216,7 @@ def test_sharing_pretraining_changes_no_number(tiny_result):
     pd.testing.assert_frame_equal(separate.table, shared.table)
 
 
-def test_tuned_robustness_study_compares_each_method_at_the_setting_valid_chose():
+def test_tuned_robustness_study_compares_each_method_at_the_setting_valid_chose(tmp_path):
     post_train = PostTrainConfig(steps=4, eval_every=4, early_eval_every=2, early_eval_until=2, batch_size=16)
     result = run_robustness_study(tiny_study(lambdas=(0.3, 3.0), lrs=(1e-4, 1e-2), post_train=post_train))
     grid = result.grids
@@ -232,6 +233,12 @@ def test_tuned_robustness_study_compares_each_method_at_the_setting_valid_chose(
             assert row["true_top10_diff"] == pytest.approx(best["true_top10_diff"])
     assert sorted(result.table["variant"].unique()) == ["exp_rw_sft", "grpo"]
     assert result.table["selected_lambda"].sum() == 2 and result.pretraining_runs == 1
+    files = write_robustness(result, tmp_path)
+    saved = pd.read_csv(files["grid_csv"])
+    assert list(saved.columns) == list(grid.columns) and len(saved) == len(grid)
+    np.testing.assert_allclose(saved["true_top10_diff"], grid["true_top10_diff"])
+    text = Path(files["md"]).read_text()
+    assert "tuned protocol" in text and "## Settings valid chose" in text
 
 
 def test_the_tuned_robustness_config_is_the_jobs_schema():
