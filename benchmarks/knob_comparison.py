@@ -6,7 +6,8 @@ ranker, then every variant with the same budget and selection on valid NDCG@10) 
 and each (method, knob value) pair as `<name>_<value>`. Per policy, on the test split: NDCG@10 and HR@10 under
 the masked protocol (history excluded, full ranking; the unmasked NDCG@10 beside it), their paired difference vs
 the pretrained policy, the selected step, the KL to the pretrained policy, the mean ranker reward of the rollouts
-and the contexts / targets a step learned from at that step; on the simulator, the oracle's true top-10 reward.
+and the contexts / targets a step learned from at that step (adagrpo: its gate-open, hard and discriminable rates);
+on the simulator, the oracle's true top-10 reward.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SIGNAL = ("contexts", "targets", "rollouts")  # recmodels.post_training.contexts.SIGNAL_KEYS
+GATE = ("gate_open_rate", "hard_rate", "disc_rate")  # adagrpo's telemetry
 
 
 def interval(values: dict) -> list[float]:
@@ -92,6 +94,7 @@ def compare_knob(benchmark: str, args: argparse.Namespace, knob: str, values: Se
             row |= {"best_step": trained.best_step, "kl_to_reference_at_best": round(at_best["kl_to_reference"], 4),
                     "steps_per_s": round(trained.steps_per_s, 3)}
             row |= {f"{key}_per_step": at_best[key] for key in ("rollout_reward", *SIGNAL) if key in at_best}
+            row |= {f"{key}_at_best": round(at_best[key], 4) for key in GATE if key in at_best}
         policies[name] = row
     return {
         "benchmark": benchmark, "command": f"python benchmarks/{benchmark}.py " + " ".join(sys.argv[1:]),
