@@ -28,7 +28,6 @@ from recmodels.post_training.registry import METHODS, get_method
 from recmodels.post_training.variants import Variant, knob_suffix
 from recmodels.storage.atomic_files import atomic_write
 from recmodels.studies.comparison import BASELINE, Callback, ComparisonConfig, ComparisonResult, run_comparison
-from recmodels.training.pretraining import PretrainResult
 from recmodels.training.ranker_training import RankerTrainConfig
 
 DEFAULT_LRS: tuple[float, ...] = (3e-5, 1e-4, 3e-4)
@@ -99,17 +98,15 @@ ORACLE_DIFFS = ("true_top10", "hacking_gap_top10")
 def run_tuning(interactions: pd.DataFrame, n_items: int, catalog: pd.DataFrame | None,
                oracle: Oracle | Mapping | None = None, config: TuningConfig | None = None,
                callback: Callback | None = None, *, dataset: str = "data",
-               reward_spec: RewardSpec | None = None, pretrained: PretrainResult | None = None) -> TuningResult:
-    """Train every grid point of `config`, choose each method's setting on valid, report the chosen ones.
-
-    `pretrained`: a pretrained policy to start every grid point from instead of pretraining one here."""
+               reward_spec: RewardSpec | None = None) -> TuningResult:
+    """Train every grid point of `config`, choose each method's setting on valid, report the chosen ones."""
     config = config or TuningConfig()
     variants = config.variants()
     comparison = run_comparison(
         interactions, n_items, catalog, oracle,
         ComparisonConfig(pretrain=config.pretrain, ranker=config.ranker, post_train=config.post_train,
                          variants=variants, seed=config.seed, n_boot=config.n_boot),
-        callback, dataset=dataset, reward_spec=reward_spec, pretrained=pretrained)
+        callback, dataset=dataset, reward_spec=reward_spec)
     return choose_settings(comparison, variants, n_boot=config.n_boot, seed=config.seed)
 
 
