@@ -22,7 +22,6 @@ from typing import Sequence
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SIGNAL = ("contexts", "targets", "rollouts")  # recmodels.post_training.contexts.SIGNAL_KEYS
 GATE = ("gate_open_rate", "hard_rate", "disc_rate")  # adagrpo's telemetry
 
 
@@ -63,13 +62,14 @@ def compare_knob(benchmark: str, args: argparse.Namespace, knob: str, values: Se
     from recmodels.data.oracle import Oracle
     from recmodels.data.rewards import RewardSpec
     from recmodels.data.sources import load_raw_logs
+    from recmodels.post_training.contexts import SIGNAL_KEYS
     from recmodels.post_training.loop import PostTrainConfig
     from recmodels.studies.comparison import ComparisonConfig, Variant, run_comparison
 
     if args.simulator and args.dataset != "simulator":
         raise SystemExit("--simulator sets the simulated world: use it with --dataset simulator")
-    raw = load_raw_logs(args.dataset, cache_dir=Path(args.cache_dir),
-                        simulator=simulator_settings(args.simulator, args.seed) if args.dataset == "simulator" else None)
+    world = simulator_settings(args.simulator, args.seed) if args.dataset == "simulator" else None
+    raw = load_raw_logs(args.dataset, cache_dir=Path(args.cache_dir), simulator=world)
     inter = build_interactions(raw, RewardSpec())
     variants = [Variant(name, method, knobs) for name, method, knobs in fixed]
     variants += [Variant(f"{name}_{value}", method, {**knobs, knob: value})
@@ -93,7 +93,7 @@ def compare_knob(benchmark: str, args: argparse.Namespace, knob: str, values: Se
             at_best = next(r for r in trained.history if r["step"] == trained.best_step)
             row |= {"best_step": trained.best_step, "kl_to_reference_at_best": round(at_best["kl_to_reference"], 4),
                     "steps_per_s": round(trained.steps_per_s, 3)}
-            row |= {f"{key}_per_step": at_best[key] for key in ("rollout_reward", *SIGNAL) if key in at_best}
+            row |= {f"{key}_per_step": at_best[key] for key in ("rollout_reward", *SIGNAL_KEYS) if key in at_best}
             row |= {f"{key}_at_best": round(at_best[key], 4) for key in GATE if key in at_best}
         policies[name] = row
     return {
@@ -102,7 +102,7 @@ def compare_knob(benchmark: str, args: argparse.Namespace, knob: str, values: Se
                     "ranked too); [mean, 95% bootstrap low, high] over test users"
                     + ("; true_top10: the oracle's mean true reward of the top-10 list" if oracle is not None else ""),
         "data": {"source": args.dataset, "users": inter.n_users, "items": inter.n_items, "events": len(inter.table),
-                 **({"simulator": simulator_settings(args.simulator, args.seed)} if args.simulator else {})},
+                 **({"simulator": world} if args.simulator else {})},
         "budget": {"steps": args.steps, "eval_every": args.eval_every}, "knob": knob, "values": list(values),
         "policies": policies, "seconds": round(seconds, 1), "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
