@@ -5,7 +5,8 @@ import torch
 
 from recmodels.decoding.beam_search import beam_search
 from recmodels.storage.checkpoints import load_checkpoint, save_checkpoint
-from recmodels.models.semantic_policy import SemanticPolicy, SemanticPolicyConfig
+from recmodels.storage.model_io import load_policy
+from recmodels.models.semantic_policy import TRUNKS, SemanticPolicy, SemanticPolicyConfig
 from recmodels.tokenization import ItemTrie, SemanticIdConfig, SemanticIds
 
 SIZES = (3, 3, 2)  # offsets (1, 4, 7), vocab 9
@@ -29,8 +30,9 @@ def hand_ids(n_items=8, sizes=SIZES, seed=0):
     return SemanticIds(codes=codes, level_sizes=sizes, config=SemanticIdConfig(n_levels=len(sizes) - 1))
 
 
-def test_forward_masks_every_level_but_the_next_one():
-    policy = random_policy()
+@pytest.mark.parametrize("trunk", TRUNKS)
+def test_forward_masks_every_level_but_the_next_one(trunk):
+    policy = random_policy(trunk=trunk)
     tokens = torch.tensor([[0, 0, 0, 1, 4, 7, 2, 6], [3, 5, 8, 1, 4, 7, 2, 5]])
     logits, loss = policy(tokens)
     assert logits.shape == (2, 8, 9) and loss is None
@@ -42,8 +44,9 @@ def test_forward_masks_every_level_but_the_next_one():
             assert finite == list(ranges[level_of_next[int(tokens[b, s])]])
 
 
-def test_kv_cache_step_logits_equal_the_full_forward():
-    policy = random_policy(max_len=4)
+@pytest.mark.parametrize("trunk", TRUNKS)
+def test_kv_cache_step_logits_equal_the_full_forward(trunk):
+    policy = random_policy(max_len=4, trunk=trunk)
     history = torch.tensor([[0, 0, 0, 1, 4, 7, 3, 6, 8], [2, 5, 7, 1, 4, 8, 3, 4, 7]])
     generated = torch.tensor([[2, 5, 8, 1, 6], [3, 6, 7, 2, 4]])  # one item and two codes of the next
     full, _ = policy(torch.cat([history, generated], dim=1))
@@ -54,8 +57,9 @@ def test_kv_cache_step_logits_equal_the_full_forward():
         torch.testing.assert_close(logits, full[:, 9 + j], atol=1e-5, rtol=1e-5)
 
 
-def test_kv_cache_beams_share_the_history_and_follow_reordering():
-    policy = random_policy(max_len=4)
+@pytest.mark.parametrize("trunk", TRUNKS)
+def test_kv_cache_beams_share_the_history_and_follow_reordering(trunk):
+    policy = random_policy(max_len=4, trunk=trunk)
     history = torch.tensor([[0, 0, 0, 1, 4, 7], [2, 5, 7, 1, 4, 8]])
     cache = policy.prefill(history).expand(3)  # rows: (history 0: beams 0..2), (history 1: beams 0..2)
     first = torch.tensor([1, 2, 3, 3, 2, 1])
@@ -70,24 +74,26 @@ def test_kv_cache_beams_share_the_history_and_follow_reordering():
             torch.testing.assert_close(logits[b * 3 + k], expected, atol=1e-5, rtol=1e-5)
 
 
-def test_left_padding_does_not_change_the_next_token_logits():
-    policy = random_policy()
+@pytest.mark.parametrize("trunk", TRUNKS)
+def test_left_padding_does_not_change_the_next_token_logits(trunk):
+    policy = random_policy(trunk=trunk)
     short = policy.next_token_logits(torch.tensor([[1, 4, 7, 3, 6, 8]]))
     padded = policy.next_token_logits(torch.tensor([[0, 0, 0, 0, 0, 0, 1, 4, 7, 3, 6, 8]]))
     torch.testing.assert_close(short, padded)
 
 
-def test_loss_falls_on_a_learnable_pattern_and_beam_search_then_finds_the_next_item():
+@pytest.mark.parametrize("trunk", TRUNKS)
+def test_loss_falls_on_a_learnable_pattern_and_beam_search_then_finds_the_next_item(trunk):
     torch.manual_seed(0)
     ids = hand_ids(n_items=8)
     policy = SemanticPolicy(SemanticPolicyConfig(ids.level_sizes, max_len=5, d_model=32, n_layers=2,
-                                                 n_heads=2, dropout=0.0))
+                                                 n_heads=2, dropout=0.0, trunk=trunk))
     starts = torch.arange(40) % 8
     seq = (starts[:, None] + torch.arange(6)) % 8 + 1  # item i is always followed by item i % 8 + 1
     tokens, targets = ids.window_tokens(seq[:, :5], seq[:, 1:])
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-2)
     losses = []
-    for _ in range(60):
+    for _ in range(150):
         _, loss = policy(tokens, targets)
         opt.zero_grad()
         loss.backward()
@@ -105,8 +111,14 @@ def test_bad_input_is_rejected_with_a_clear_message():
         policy(torch.tensor([[1, 4, 7]]), torch.tensor([[4, 4, 0]]))
     with pytest.raises(ValueError, match="tokens hold ids outside 0..8"):
         policy(torch.tensor([[1, 9]]))
-    with pytest.raises(ValueError, match="more than the 9 positions"):
+    with pytest.raises(ValueError, match="a row holds 4 whole items, more than max_len=2"):
         policy(torch.tensor([[1, 4, 7] * 4]))
+    with pytest.raises(ValueError, match="token 4 at row 0, position 0 is not of level 0"):
+        policy(torch.tensor([[4, 1, 7]]))
+    with pytest.raises(ValueError, match="more than the 9 positions"):
+        random_policy(max_len=2, trunk="tokens")(torch.tensor([[1, 4, 7] * 4]))
+    with pytest.raises(ValueError, match=r"trunk must be one of \('items', 'tokens'\), got 'codes'"):
+        SemanticPolicyConfig(SIZES, trunk="codes")
     cache = policy.prefill(torch.tensor([[1, 4, 7]]))
     with pytest.raises(ValueError, match=r"last_tokens must be \[1\]"):
         policy.step(torch.tensor([1, 2]), cache)
@@ -114,8 +126,9 @@ def test_bad_input_is_rejected_with_a_clear_message():
         policy.prefill(torch.tensor([[1, 4]]))
 
 
-def test_checkpoint_round_trip_gives_the_same_outputs(tmp_path):
-    policy = random_policy(seed=3)
+@pytest.mark.parametrize("trunk", TRUNKS)
+def test_checkpoint_round_trip_gives_the_same_outputs(trunk, tmp_path):
+    policy = random_policy(seed=3, trunk=trunk)
     path = save_checkpoint(tmp_path / "semantic.pt", policy, policy.cfg)
     payload = load_checkpoint(path)
     fresh = SemanticPolicy(SemanticPolicyConfig(**payload["config"])).eval()
@@ -123,3 +136,13 @@ def test_checkpoint_round_trip_gives_the_same_outputs(tmp_path):
     tokens = torch.tensor([[0, 0, 0, 1, 4, 7, 2, 6]])
     torch.testing.assert_close(fresh(tokens)[0], policy(tokens)[0])
     assert fresh.cfg.level_sizes == SIZES
+
+
+def test_a_checkpoint_written_before_trunks_existed_loads_as_the_token_trunk(tmp_path):
+    policy = random_policy(seed=2, trunk="tokens")
+    config = {k: v for k, v in vars(policy.cfg).items() if k != "trunk"}  # what such a checkpoint holds
+    path = save_checkpoint(tmp_path / "old.pt", policy, config)
+    loaded = load_policy(path)
+    assert type(loaded).__name__ == "TokenTrunkSemanticPolicy" and loaded.cfg.trunk == "tokens"
+    tokens = torch.tensor([[0, 0, 0, 1, 4, 7, 2, 6]])
+    torch.testing.assert_close(loaded(tokens)[0], policy(tokens)[0])

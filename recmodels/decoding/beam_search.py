@@ -35,28 +35,41 @@ class Exclusion:
 
 def build_exclusion(exclude: Sequence | None, n_rows: int, level_sizes: tuple[int, ...],
                     trie: ItemTrie | None, device) -> Exclusion | None:
-    """Deduplicated per-row tuples to exclude (for constrained decoding: only those that are items)."""
+    """Deduplicated per-row tuples to exclude (for constrained decoding: only those that are items).
+
+    Every row's tuples are deduplicated by one sort over (row, tuple) and checked by one trie lookup."""
     if exclude is None:
         return None
     if len(exclude) != n_rows:
         raise ValueError(f"exclude has {len(exclude)} rows but the histories have {n_rows}")
-    n_levels, rows = len(level_sizes), []
+    n_levels, arrays = len(level_sizes), []
     for b, tuples in enumerate(exclude):
         t = np.asarray(tuples.cpu() if isinstance(tuples, torch.Tensor) else tuples, dtype=np.int64)
         if t.size == 0:
             t = np.zeros((0, n_levels), np.int64)
         if t.ndim != 2 or t.shape[1] != n_levels:
             raise ValueError(f"exclude row {b} must be [n, {n_levels}] code tuples, got shape {t.shape}")
-        t = np.unique(t, axis=0)
-        if trie is not None and len(t):
-            t = t[trie.lookup(torch.as_tensor(t, device=trie.device)).cpu().numpy() > 0]
-        rows.append(t)
-    width = max(1, max(len(t) for t in rows))
-    padded = np.full((n_rows, width, n_levels), -1, np.int64)
-    for b, t in enumerate(rows):
-        padded[b, :len(t)] = t
-    tuples = torch.as_tensor(padded, device=device)
-    return Exclusion(tuples=tuples, valid=tuples[..., 0] >= 0)
+        outside = (t < 0) | (t >= np.asarray(level_sizes))
+        if outside.any():
+            j, level = np.argwhere(outside)[0]
+            raise ValueError(f"exclude row {b}, tuple {j} has code {t[j, level]} outside level {level}'s "
+                             f"0..{level_sizes[level] - 1}")
+        arrays.append(t)
+    rows = np.repeat(np.arange(n_rows), [len(t) for t in arrays])
+    # one key per (row, tuple): sorted unique keys are the rows in order, each row's tuples deduplicated
+    shape = (n_rows, *level_sizes)
+    keys = np.unique(np.ravel_multi_index((rows, *np.concatenate(arrays).T), shape))
+    rows, *codes = np.unravel_index(keys, shape)
+    tuples = np.stack(codes, axis=1)
+    if trie is not None and len(tuples):
+        is_item = trie.lookup(torch.as_tensor(tuples, device=trie.device)).cpu().numpy() > 0
+        rows, tuples = rows[is_item], tuples[is_item]
+    counts = np.bincount(rows, minlength=n_rows)
+    slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)  # place within its row
+    padded = np.full((n_rows, max(1, int(counts.max(initial=0))), n_levels), -1, np.int64)
+    padded[rows, slot] = tuples
+    padded = torch.as_tensor(padded, device=device)
+    return Exclusion(tuples=padded, valid=padded[..., 0] >= 0)
 
 
 def admissible_codes(level: int, level_sizes: tuple[int, ...], prefixes: torch.Tensor, nodes: torch.Tensor | None,
@@ -257,8 +270,10 @@ def tuple_log_probs(policy, history_tokens: torch.Tensor, tuples: torch.Tensor, 
     tokens = torch.cat([history.repeat_interleave(n, dim=0),
                         layout.to_tokens(tuples).reshape(B * n, -1)[:, :-1]], dim=1)
     policy.check_tokens(tokens)
-    hidden = policy.hidden(tokens)[0][:, S - 1:]  # position S-1+l predicts code l
-    logits = policy.logits(hidden, tokens[:, S - 1:]).reshape(B, n, layout.n_levels, -1)
+    predicts = torch.zeros_like(tokens, dtype=torch.bool)
+    predicts[:, S - 1:] = True  # position S-1+l predicts code l
+    logits = policy.logits(policy.hidden(tokens, at=predicts), tokens[:, S - 1:].reshape(-1))
+    logits = logits.reshape(B, n, layout.n_levels, -1)
     nodes = trie.root((B, n)) if trie is not None else None
     out = []
     for level in range(layout.n_levels):

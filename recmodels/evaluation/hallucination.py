@@ -93,12 +93,15 @@ class BeamEvaluation:
 
 
 def _admissible_items(semantic_ids: SemanticIds, exclude: list[np.ndarray]) -> np.ndarray:
-    """[B] items left to constrained decoding per row once its excluded tuples are removed."""
-    return np.array([semantic_ids.n_items - len(np.unique(semantic_ids.lookup(t))) for t in exclude])
+    """[B] items left to constrained decoding per row once its excluded tuples are removed (one lookup)."""
+    rows = np.repeat(np.arange(len(exclude)), [len(t) for t in exclude])
+    items = semantic_ids.lookup(np.concatenate(exclude).reshape(-1, len(semantic_ids.level_sizes)))
+    distinct = np.unique((rows * (semantic_ids.n_items + 1) + items)[items > 0])  # one key per (row, item)
+    return semantic_ids.n_items - np.bincount(distinct // (semantic_ids.n_items + 1), minlength=len(exclude))
 
 
 def evaluate_beams(policy, examples: EvalExamples, semantic_ids: SemanticIds, beam_size: int = 20,
-                   trie: ItemTrie | None = None, batch_size: int = 64, device=None,
+                   trie: ItemTrie | None = None, batch_size: int = 256, device=None,
                    use_cache: bool = True, exclude_history: bool = True) -> BeamEvaluation:
     """Beam-search every example's history (constrained when `trie` is given) and rank its target.
 

@@ -1,45 +1,58 @@
-"""The generative recommender over semantic-ID tokens: a causal transformer with a key/value cache.
+"""The generative recommender over semantic-ID tokens: an item is L+1 code tokens.
 
-Same nanoGPT style as `recmodels.models.policy` (pre-LN blocks, learned positions, tied embeddings), but an
-item is L+1 code tokens (see `recmodels.tokenization.semantic_ids.TokenLayout`), so generating one
-takes L+1 steps. Two details make incremental decoding exact:
-- positions count real tokens from the left (padding is skipped), so appending a token never
-  shifts the positions of the tokens before it and left padding does not change any output;
-- logits are level-aware: after a token of level l only tokens of level l+1 (mod L+1) may follow
-  (after padding: level 0), every other logit is -inf. The loss is therefore the NLL of each code
-  given the codes before it, and log pi(item) is the sum of its L+1 code log-probs.
+Same nanoGPT style as `recmodels.models.policy` (pre-LN blocks, learned positions, tied embeddings). A
+sequence of tokens is whole items, left-padded with 0, then possibly the first codes of one more item,
+so the token at position t is of level t mod (L+1) (see `recmodels.tokenization.semantic_ids.TokenLayout`).
+Logits are level-aware: after a token of level l only tokens of level l+1 (mod L+1) may follow (after
+padding: level 0), every other logit is -inf. The loss is therefore the NLL of each code given the codes
+before it, and log pi(item) is the sum of its L+1 code log-probs.
 
-Decoding: `prefill(tokens)` runs the history once and caches its keys/values; `step(last_tokens,
-cache)` appends one token per row. Rows of a step may be several beams (or samples) per history:
-the history's keys/values are stored once per history and shared by its beams, which attend to it
-as extra queries, so beam search never copies the history per beam.
+`SemanticPolicy(cfg)` builds the trunk `cfg.trunk` names:
+- "items" (the default): the transformer reads one position per item, the sum of its code embeddings,
+  as the atomic policy does; a small code head turns the context before an item and the item's codes so
+  far into the next code's logits (`ItemTrunkSemanticPolicy`, below). Training and decoding cost about
+  what the atomic policy costs: the trunk is as long as the item history, not L+1 times longer, and a
+  generated code never goes through the transformer.
+- "tokens": the transformer reads every code token, with a key/value cache for decoding
+  (`semantic_token_trunk.TokenTrunkSemanticPolicy`, the policy before "items"; checkpoints written then
+  have no `trunk` field and load as it).
+
+Decoding: `prefill(tokens)` reads the history once; `step(last_tokens, cache)` appends one token per row;
+rows of a step may be several beams (or samples) per history (`cache.expand(k)`, `cache.select(parents)`).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from recmodels.models.policy import Block as PolicyBlock
-from recmodels.models.policy import CausalSelfAttention, PolicyConfig, init_weights
+from recmodels.models.policy import Block, PolicyConfig, init_weights
 from recmodels.tokenization.semantic_ids import TokenLayout
+
+TRUNKS = ("items", "tokens")
 
 
 @dataclass
 class SemanticPolicyConfig:
     level_sizes: tuple[int, ...]  # codes per level, the last one the disambiguation codes
-    max_len: int = 50  # history items; positions cover max_len + 1 items of L+1 tokens
+    max_len: int = 50  # history items
     # the atomic policy's size, so that the two tokenizations are compared at one model size
     d_model: int = PolicyConfig.d_model
     n_layers: int = PolicyConfig.n_layers
     n_heads: int = PolicyConfig.n_heads
     dropout: float = PolicyConfig.dropout
+    trunk: str = "items"  # what the transformer reads: one position per item, or every code token
+
+    # what a saved config without a field means: checkpoints written before `trunk` existed read every token
+    SAVED_WITHOUT: ClassVar[dict] = {"trunk": "tokens"}
 
     def __post_init__(self):
         self.level_sizes = tuple(int(s) for s in self.level_sizes)
+        if self.trunk not in TRUNKS:
+            raise ValueError(f"SemanticPolicyConfig.trunk must be one of {TRUNKS}, got {self.trunk!r}")
 
     @property
     def layout(self) -> TokenLayout:
@@ -51,109 +64,29 @@ class SemanticPolicyConfig:
 
     @property
     def n_positions(self) -> int:
+        """Token positions of the "tokens" trunk: max_len + 1 items of L+1 tokens."""
         return (self.max_len + 1) * len(self.level_sizes)
 
 
-@dataclass
-class KVCache:
-    """Keys/values of each history (shared by its beams) and of each beam's generated tokens."""
-
-    keys: list[torch.Tensor]  # per layer [B, H, S, dh], the history
-    values: list[torch.Tensor]
-    valid: torch.Tensor  # [B, S] bool, real (non-padding) history tokens
-    n_real: torch.Tensor  # [B] real history tokens = position of the first generated token
-    beam_keys: list[torch.Tensor]  # per layer [B, H, K, t, dh], the t generated tokens of K beams
-    beam_values: list[torch.Tensor]
-    logits: torch.Tensor  # [B * K, V] next-token logits after each beam's last token
-
-    @property
-    def n_beams(self) -> int:
-        return self.beam_keys[0].shape[2]
-
-    @property
-    def n_generated(self) -> int:
-        return self.beam_keys[0].shape[3]
-
-    def expand(self, k: int) -> "KVCache":
-        """Each of the B rows repeated as k beams (rows b*k .. b*k+k-1); needs one beam per row."""
-        if self.n_beams != 1:
-            raise ValueError(f"expand needs one beam per history, the cache holds {self.n_beams}")
-        rep = lambda t: t.repeat_interleave(k, dim=2)  # noqa: E731
-        return KVCache(self.keys, self.values, self.valid, self.n_real, [rep(t) for t in self.beam_keys],
-                       [rep(t) for t in self.beam_values], self.logits.repeat_interleave(k, dim=0))
-
-    def select(self, parents: torch.Tensor) -> "KVCache":
-        """Keep beams `parents` [B, K'] (indices among each row's K beams), in that order."""
-        B, K = self.valid.shape[0], self.n_beams
-        if parents.dim() != 2 or parents.shape[0] != B:
-            raise ValueError(f"parents must be [{B}, K'], got {tuple(parents.shape)}")
-        def pick(t):  # [B, H, K, t, dh] -> [B, H, K', t, dh]
-            idx = parents[:, None, :, None, None].expand(B, t.shape[1], parents.shape[1], t.shape[3], t.shape[4])
-            return t.gather(2, idx)
-        logits = self.logits.view(B, K, -1).gather(1, parents[..., None].expand(-1, -1, self.logits.shape[-1]))
-        return KVCache(self.keys, self.values, self.valid, self.n_real, [pick(t) for t in self.beam_keys],
-                       [pick(t) for t in self.beam_values], logits.reshape(-1, logits.shape[-1]))
-
-
-class CachedSelfAttention(CausalSelfAttention):
-    """The policy's self-attention, also returning keys/values and stepping one token per beam."""
-
-    def heads(self, x: torch.Tensor):
-        """x [B, T, D] -> q, k, v [B, H, T, dh]."""
-        B, T, D = x.shape
-        return (t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2) for t in self.qkv(x).split(D, dim=2))
-
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor):
-        """Full sequence: x [B, T, D], allowed [B, 1, T, T] -> (out [B, T, D], k, v [B, H, T, dh])."""
-        B, T, D = x.shape
-        q, k, v = self.heads(x)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed,
-                                           dropout_p=self.dropout if self.training else 0.0)
-        return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, T, D))), k, v
-
-    def step(self, x: torch.Tensor, keys, values, valid, beam_keys, beam_values):
-        """One new token per beam: x [B, K, D] -> (out [B, K, D], beam keys/values [B, H, K, t+1, dh])."""
-        B, K, D = x.shape
-        q, k, v = self.heads(x)  # [B, H, K, dh]: the K beams of a row are K queries on its history
-        beam_keys = torch.cat([beam_keys, k.unsqueeze(3)], dim=3)
-        beam_values = torch.cat([beam_values, v.unsqueeze(3)], dim=3)
-        scale = 1.0 / math.sqrt(q.shape[-1])
-        s_hist = (q @ keys.transpose(-1, -2)) * scale  # [B, H, K, S]
-        s_hist = s_hist.masked_fill(~valid[:, None, None, :], float("-inf"))
-        s_beam = torch.einsum("bhkd,bhktd->bhkt", q, beam_keys) * scale  # [B, H, K, t+1]
-        att = torch.cat([s_hist, s_beam], dim=-1).softmax(dim=-1)
-        S = keys.shape[2]
-        y = att[..., :S] @ values + torch.einsum("bhkt,bhktd->bhkd", att[..., S:], beam_values)
-        return self.proj(y.transpose(1, 2).reshape(B, K, D)), beam_keys, beam_values
-
-
-class Block(PolicyBlock):
-    """The policy's pre-LN block with cached attention: forward also returns keys/values."""
-
-    def __init__(self, cfg: SemanticPolicyConfig):
-        super().__init__(cfg, attention=CachedSelfAttention(cfg))
-
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor):
-        a, k, v = self.attn(self.ln1(x), allowed)
-        x = x + a
-        return x + self.mlp(self.ln2(x)), k, v
-
-    def step(self, x, keys, values, valid, beam_keys, beam_values):
-        a, beam_keys, beam_values = self.attn.step(self.ln1(x), keys, values, valid, beam_keys, beam_values)
-        x = x + a
-        return x + self.mlp(self.ln2(x)), beam_keys, beam_values
-
-
 class SemanticPolicy(nn.Module):
+    """What both trunks share: the code layout, level-aware logits, the loss and the input checks.
+
+    A trunk implements `hidden(tokens, at)` (the state that predicts the token after each position),
+    `prefill(tokens)` and `step(last_tokens, cache)`; `tok_emb` is its token embedding (tied output).
+    """
+
+    def __new__(cls, cfg: SemanticPolicyConfig | None = None, *args, **kwargs):
+        if cls is SemanticPolicy and cfg is not None:  # the trunk the config names
+            if cfg.trunk == "tokens":
+                from recmodels.models.semantic_token_trunk import TokenTrunkSemanticPolicy as cls
+            else:
+                cls = ItemTrunkSemanticPolicy
+        return super().__new__(cls)
+
     def __init__(self, cfg: SemanticPolicyConfig):
         super().__init__()
         self.cfg = cfg
         self.layout = cfg.layout
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=0)
-        self.pos_emb = nn.Embedding(cfg.n_positions, cfg.d_model)
-        self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.ln_f = nn.LayerNorm(cfg.d_model)
         levels = self.layout.token_levels()  # [V], -1 = padding
         next_level = torch.where(levels < 0, 0, (levels + 1) % self.layout.n_levels)
         # level_allowed[l, v]: token v is of level l
@@ -161,7 +94,6 @@ class SemanticPolicy(nn.Module):
         self.register_buffer("token_level", levels, persistent=False)
         self.register_buffer("next_level", next_level, persistent=False)
         self.register_buffer("level_allowed", level_allowed, persistent=False)
-        self.apply(init_weights)
 
     @property
     def max_history_tokens(self) -> int:
@@ -175,26 +107,17 @@ class SemanticPolicy(nn.Module):
             raise ValueError(f"{what} hold ids outside 0..{self.cfg.vocab_size - 1} "
                              f"(min {int(tokens.min())}, max {int(tokens.max())})")
 
-    def hidden(self, tokens: torch.Tensor):
-        """tokens [B, S] (left-padded with 0) -> (hidden [B, S, d], per-layer keys, values [B, H, S, dh])."""
-        B, S = tokens.shape
-        real = tokens != 0
-        n_real = real.sum(dim=1)
-        if S and int(n_real.max()) > self.cfg.n_positions:
-            raise ValueError(f"a row holds {int(n_real.max())} tokens, more than the "
-                             f"{self.cfg.n_positions} positions of max_len={self.cfg.max_len} items")
-        pos = (real.cumsum(dim=1) - 1).clamp(min=0)  # real tokens count from 0; padding sits at 0
-        x = self.drop(self.tok_emb(tokens) + self.pos_emb(pos))
-        # query t sees real keys s <= t, and itself (so that a padding row is never empty)
-        eye = torch.eye(S, dtype=torch.bool, device=tokens.device)
-        allowed = ((torch.tril(torch.ones(S, S, dtype=torch.bool, device=tokens.device)) & real[:, None, :])
-                   | eye)[:, None]  # [B, 1, S, S]
-        keys, values = [], []
-        for block in self.blocks:
-            x, k, v = block(x, allowed)
-            keys.append(k)
-            values.append(v)
-        return self.ln_f(x), keys, values
+    def clip_history(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The last max_len items of token histories [B, S], S a multiple of L+1."""
+        if tokens.shape[1] % self.layout.n_levels:
+            raise ValueError(f"a history of whole items has a multiple of {self.layout.n_levels} tokens, "
+                             f"got {tokens.shape[1]}")
+        return tokens[:, -self.max_history_tokens:]
+
+    def hidden(self, tokens: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [B, S] -> the state [B, S, d] that predicts the token after each position (only the
+        positions where the bool mask `at` [B, S] is True: [n, d])."""
+        raise NotImplementedError
 
     def logits(self, hidden: torch.Tensor, last_tokens: torch.Tensor) -> torch.Tensor:
         """hidden [..., d] after tokens `last_tokens` [...] -> logits [..., V], other levels at -inf."""
@@ -203,14 +126,14 @@ class SemanticPolicy(nn.Module):
 
     def target_logits(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Logits [n, V] at the n positions of tokens [B, S] whose target [B, S] is not padding 0 (other
-        levels at -inf): only those are projected onto the vocabulary (windows are often mostly padding)."""
+        levels at -inf): only those are decoded (windows are often mostly padding)."""
         real = targets != 0
-        return self.logits(self.hidden(tokens)[0][real], tokens[real])
+        return self.logits(self.hidden(tokens, at=real), tokens[real])
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None):
         """tokens [B, S] -> logits [B, S, V]; with targets [B, S] (0 = ignore) also the mean code NLL."""
         self.check_tokens(tokens)
-        logits = self.logits(self.hidden(tokens)[0], tokens)
+        logits = self.logits(self.hidden(tokens), tokens)
         loss = None
         if targets is not None:
             if targets.shape != tokens.shape:
@@ -228,44 +151,142 @@ class SemanticPolicy(nn.Module):
     def next_token_logits(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [B, S] -> logits of the next token [B, V] (full forward, no cache)."""
         self.check_tokens(tokens)
-        return self.logits(self.hidden(tokens)[0][:, -1], tokens[:, -1])
+        last = torch.zeros_like(tokens, dtype=torch.bool)
+        last[:, -1] = True
+        return self.logits(self.hidden(tokens, at=last), tokens[:, -1])
 
-    def clip_history(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The last max_len items of token histories [B, S], S a multiple of L+1."""
-        if tokens.shape[1] % self.layout.n_levels:
-            raise ValueError(f"a history of whole items has a multiple of {self.layout.n_levels} tokens, "
-                             f"got {tokens.shape[1]}")
-        return tokens[:, -self.max_history_tokens:]
 
-    def prefill(self, tokens: torch.Tensor) -> KVCache:
-        """Run histories [B, S] (whole items, left-padded) once; the cache holds one beam per row."""
+@dataclass
+class ItemCache:
+    """What decoding carries for the "items" trunk: per beam, the context of the item it is generating and
+    the sum of that item's code embeddings so far (no keys/values: a code step never enters the trunk)."""
+
+    history: torch.Tensor  # [B, S] the histories' tokens (whole items), read again only if an item completes
+    generated: torch.Tensor  # [B, K, t] the tokens each beam generated
+    context: torch.Tensor  # [B, K, d] the trunk's state before the item each beam is generating
+    prefix: torch.Tensor  # [B, K, d] the sum of that item's code embeddings so far
+    logits: torch.Tensor  # [B * K, V] next-token logits after each beam's last token
+
+    @property
+    def n_beams(self) -> int:
+        return self.generated.shape[1]
+
+    def expand(self, k: int) -> "ItemCache":
+        """Each of the B rows repeated as k beams (rows b*k .. b*k+k-1); needs one beam per row."""
+        if self.n_beams != 1:
+            raise ValueError(f"expand needs one beam per history, the cache holds {self.n_beams}")
+        rep = lambda t: t.repeat_interleave(k, dim=1)  # noqa: E731
+        return ItemCache(self.history, rep(self.generated), rep(self.context), rep(self.prefix),
+                         self.logits.repeat_interleave(k, dim=0))
+
+    def select(self, parents: torch.Tensor) -> "ItemCache":
+        """Keep beams `parents` [B, K'] (indices among each row's K beams), in that order."""
+        B, K = self.history.shape[0], self.n_beams
+        if parents.dim() != 2 or parents.shape[0] != B:
+            raise ValueError(f"parents must be [{B}, K'], got {tuple(parents.shape)}")
+        pick = lambda t: t.gather(1, parents[..., None].expand(-1, -1, t.shape[-1]))  # noqa: E731
+        logits = pick(self.logits.view(B, K, -1))
+        return ItemCache(self.history, pick(self.generated), pick(self.context), pick(self.prefix),
+                         logits.reshape(-1, logits.shape[-1]))
+
+
+class ItemTrunkSemanticPolicy(SemanticPolicy):
+    """One trunk position per item (the sum of its code embeddings); a code head decodes the next item.
+
+    The state that predicts code l of item j is head(context_j + level_emb[l] + sum of item j's codes < l),
+    where context_j is the trunk's output after item j-1 (a learned start state when nothing real precedes),
+    and head is a residual MLP; logits go through the tied token embedding.
+    """
+
+    def __init__(self, cfg: SemanticPolicyConfig):
+        super().__init__(cfg)
+        d = cfg.d_model
+        self.tok_emb = nn.Embedding(cfg.vocab_size, d, padding_idx=0)
+        self.pos_emb = nn.Embedding(cfg.max_len, d)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(d)
+        self.start = nn.Parameter(torch.zeros(d))  # the context before a user's first item
+        self.level_emb = nn.Embedding(self.layout.n_levels, d)  # the level of the code to predict
+        self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d),
+                                  nn.Dropout(cfg.dropout))
+        self.ln_head = nn.LayerNorm(d)
+        self.apply(init_weights)
+        nn.init.normal_(self.start, std=0.02)
+
+    def contexts(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, S] -> contexts [B, n+1, d] of its n = S // (L+1) whole items: row j is the trunk's state
+        before item j (row n: before the item after them), the start state where no real item precedes."""
+        B, S = tokens.shape
+        L1 = self.layout.n_levels
+        n = S // L1
+        if n > self.cfg.max_len:
+            raise ValueError(f"a row holds {n} whole items, more than max_len={self.cfg.max_len}")
+        items = tokens[:, :n * L1].reshape(B, n, L1)
+        real = items[..., 0] != 0  # [B, n]
+        # real items count from 0 at the left, so appending an item never moves the ones before it
+        pos = (real.cumsum(dim=1) - 1).clamp(min=0)
+        x = self.drop(self.tok_emb(items).sum(dim=2) + self.pos_emb(pos))  # [B, n, d]
+        # item j sees real items <= j, and itself (so that a padding row is never empty)
+        causal = torch.tril(torch.ones(n, n, dtype=torch.bool, device=tokens.device))
+        allowed = ((causal & real[:, None, :]) | torch.eye(n, dtype=torch.bool, device=tokens.device))[:, None]
+        for block in self.blocks:
+            x = block(x, allowed)
+        after = torch.cat([self.start.expand(B, 1, -1), self.ln_f(x)], dim=1)  # [B, n+1, d]: after item j-1
+        preceded = torch.cat([real.new_zeros(B, 1), real], dim=1)  # [B, n+1]: item j-1 is real
+        return torch.where(preceded[..., None], after, self.start)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The code head: [..., d] -> [..., d]."""
+        return self.ln_head(z + self.head(z))
+
+    def hidden(self, tokens: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
+        B, S = tokens.shape
+        L1 = self.layout.n_levels
+        level = torch.arange(S, device=tokens.device) % L1
+        misplaced = (tokens != 0) & (self.token_level[tokens] != level)
+        if misplaced.any():
+            b, s = (int(i) for i in torch.nonzero(misplaced)[0])
+            raise ValueError(f"token {int(tokens[b, s])} at row {b}, position {s} is not of level {int(s % L1)}: "
+                             f"a sequence is whole items of {L1} tokens, then the first codes of one more")
+        ctx = self.contexts(tokens)  # [B, n+1, d]
+        last = level == L1 - 1  # the token after position t starts item t // (L+1) + 1
+        item = torch.arange(S, device=tokens.device) // L1 + last.long()
+        # the codes of the predicted token's item so far: its tokens up to t (none when t ends an item)
+        n1 = ctx.shape[1]
+        emb = F.pad(self.tok_emb(tokens), (0, 0, 0, n1 * L1 - S)).view(B, n1, L1, -1)
+        prefix = emb.cumsum(dim=2).view(B, n1 * L1, -1)[:, :S].masked_fill(last[None, :, None], 0.0)
+        z = ctx[:, item] + self.level_emb((level + 1) % L1) + prefix  # [B, S, d]
+        return self.decode(z if at is None else z[at])
+
+    def prefill(self, tokens: torch.Tensor) -> ItemCache:
+        """Read histories [B, S] (whole items, left-padded) once; the cache holds one beam per row."""
         self.check_tokens(tokens)
         if tokens.shape[1] == 0:
             raise ValueError("histories have no token slots; left-pad an empty history with 0")
         tokens = self.clip_history(tokens)
-        h, keys, values = self.hidden(tokens)
-        B, H = tokens.shape[0], self.cfg.n_heads
-        empty = [k.new_zeros(B, H, 1, 0, self.cfg.d_model // H) for k in keys]
-        real = tokens != 0
-        return KVCache(keys, values, real, real.sum(dim=1), empty, list(empty),
-                       self.logits(h[:, -1], tokens[:, -1]))
+        context = self.contexts(tokens)[:, -1:]  # [B, 1, d]
+        z = context + self.level_emb.weight[0]
+        logits = self.logits(self.decode(z)[:, 0], tokens[:, -1])
+        return ItemCache(tokens, tokens.new_zeros(tokens.shape[0], 1, 0), context, torch.zeros_like(context), logits)
 
-    def step(self, last_tokens: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, KVCache]:
+    def step(self, last_tokens: torch.Tensor, cache: ItemCache) -> tuple[torch.Tensor, ItemCache]:
         """Append last_tokens [B * K] (K beams per history) -> (next-token logits [B * K, V], cache)."""
-        B, K = cache.valid.shape[0], cache.n_beams
+        B, K = cache.history.shape[0], cache.n_beams
         if last_tokens.shape != (B * K,):
             raise ValueError(f"last_tokens must be [{B * K}] (B={B} histories x K={K} beams), "
                              f"got {tuple(last_tokens.shape)}")
         if int(last_tokens.min()) < 1 or int(last_tokens.max()) >= self.cfg.vocab_size:
             raise ValueError(f"last_tokens must be code tokens 1..{self.cfg.vocab_size - 1}")
-        pos = cache.n_real + cache.n_generated  # [B]
-        if int(pos.max()) >= self.cfg.n_positions:
-            raise ValueError(f"decoding past the {self.cfg.n_positions} positions of the policy")
-        x = self.tok_emb(last_tokens.view(B, K)) + self.pos_emb(pos)[:, None, :]  # [B, K, d]
-        beam_keys, beam_values = [], []
-        for block, k, v, bk, bv in zip(self.blocks, cache.keys, cache.values, cache.beam_keys, cache.beam_values):
-            x, bk, bv = block.step(x, k, v, cache.valid, bk, bv)
-            beam_keys.append(bk)
-            beam_values.append(bv)
-        logits = self.logits(self.ln_f(x).reshape(B * K, -1), last_tokens)
-        return logits, KVCache(cache.keys, cache.values, cache.valid, cache.n_real, beam_keys, beam_values, logits)
+        tokens = last_tokens.view(B, K)
+        generated = torch.cat([cache.generated, tokens[..., None]], dim=2)
+        context, prefix = cache.context, cache.prefix + self.tok_emb(tokens)
+        completed = self.token_level[tokens] == self.layout.n_levels - 1  # [B, K]
+        if completed.any():  # the trunk reads the completed item (beam search and rollouts stop before this)
+            full = torch.cat([cache.history.repeat_interleave(K, dim=0), generated.reshape(B * K, -1)], dim=1)
+            after = self.contexts(self.clip_history(full))[:, -1].view(B, K, -1)
+            context = torch.where(completed[..., None], after, context)
+            prefix = prefix.masked_fill(completed[..., None], 0.0)
+        z = context + self.level_emb(self.next_level[tokens]) + prefix
+        logits = self.logits(self.decode(z).reshape(B * K, -1), last_tokens)
+        return logits, ItemCache(cache.history, generated, context, prefix, logits)
