@@ -4,7 +4,7 @@
         [--users 256] [--beam 20] [--threads 1] [--pretrain-epochs 0]
 
 Users/s of the evaluation's beam search (`evaluate_beams`: history excluded, batches of 64) at beam
-`--beam`, constrained (prefix trie) and unconstrained, with and without the KV cache, on the first
+`--beam`, constrained (prefix trie) and unconstrained, with and without the policy's decoding cache, on the first
 `--users` test users. Without --checkpoint the semantic IDs are built from the train split with the
 library defaults and the policy is freshly initialized at the library's default size (its decoding
 cost does not depend on its weights). `--pretrain-epochs N` also pretrains it for N epochs first and

@@ -9,12 +9,13 @@ What it does, all through the library (the Dagster chain runs the same functions
    `--epochs`, patience 10, library defaults otherwise), each early-stopped on its own valid NDCG@10
    (atomic: full-catalog ranking; semantic: constrained beam 10);
 3. with `--post-train-steps N > 0`: the ranker, then the semantic policy post-trained with
-   `nll_grpo` at alpha 0.1 / 0.3 / 1.0 and `adagrpo` (N steps each, library defaults otherwise);
+   `nll_grpo` at alpha 0.1 / 0.3 / 1.0 and `adagrpo` with the seed's difficulty test and with
+   `hard: entropy_quantile` (N steps each, library defaults otherwise; selected step and gate rates in the JSON);
 4. every policy evaluated on the same test users (semantic: constrained beam 20 for accuracy,
    unconstrained top-10 for the hallucination rate), HR@10 / NDCG@10 under both protocols (`_masked`:
    history excluded, the primary one; `_unmasked`: RecBole-comparable, history included); with `--out`
    the report (report.md, hr10_vs_hallucination.png, ...) is written there;
-5. beam-search throughput (users/s at beam 20, KV cache, constrained and unconstrained) of the
+5. beam-search throughput (users/s at beam 20, cached, constrained and unconstrained) of the
    pretrained semantic policy on the first `--users-for-throughput` test users.
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ import time
 from pathlib import Path
 
 DATASETS = ("movielens-100k", "movielens-1m")
+GATE = ("gate_open_rate", "hard_rate", "disc_rate")  # adagrpo's telemetry at the selected step
 
 
 def progress(message: str) -> None:
@@ -125,10 +127,11 @@ def main() -> None:
     ranker = train_ranker(table, data.n_items, RankerTrainConfig(epochs=args.ranker_epochs), device="cpu").ranker
     timings["ranker_s"] = round(time.perf_counter() - t, 1)
     policies = {"pretrained": (semantic.policy, None), "atomic_pretrained": (atomic.policy, None)}
-    extras = {}
+    extras, post_trained = {}, {}
     if args.post_train_steps > 0:
         variants = [("nll_grpo_alpha_0_1", "nll_grpo", {"alpha": 0.1}), ("nll_grpo_alpha_0_3", "nll_grpo", {"alpha": 0.3}),
-                    ("nll_grpo_alpha_1", "nll_grpo", {"alpha": 1.0}), ("adagrpo", "adagrpo", {})]
+                    ("nll_grpo_alpha_1", "nll_grpo", {"alpha": 1.0}), ("adagrpo", "adagrpo", {}),
+                    ("adagrpo_entropy_quantile", "adagrpo", {"hard": "entropy_quantile"})]
         for name, method, params in variants:
             t = time.perf_counter()
             result = post_train(method, semantic.policy, table,
@@ -137,13 +140,16 @@ def main() -> None:
             timings[f"{name}_s"] = round(time.perf_counter() - t, 1)
             policies[name] = (result.policy, method)
             extras[name] = {"params": result.params, "best_step": result.best_step, "history": result.history}
+            at_best = next(r for r in result.history if r["step"] == result.best_step)
+            post_trained[name] = {"best_step": result.best_step, "steps_per_s": round(result.steps_per_s, 3),
+                                  **{k: round(at_best[k], 4) for k in GATE if k in at_best}}
     progress("evaluating on the test users")
     t = time.perf_counter()
     evals = evaluate_policies(policies, table, ranker, semantic.policy_config.max_len, semantic_ids=ids)
     timings["evaluation_s"] = round(time.perf_counter() - t, 1)
     for e in evals:
         e.extra = extras.get(e.name, {})
-    out["test"] = {e.name: _row(e) for e in evals}
+    out["test"] = {e.name: _row(e) | post_trained.get(e.name, {}) for e in evals}
     by_name = {e.name: e for e in evals}
     out["semantic_vs_atomic"] = _paired(by_name["pretrained"], by_name["atomic_pretrained"])
     if args.out:

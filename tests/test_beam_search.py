@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from recmodels.decoding.beam_search import beam_search, sample_tuples, tuple_log_probs
+from recmodels.decoding.beam_search import beam_search, build_exclusion, sample_tuples, tuple_log_probs
 from recmodels.evaluation.hallucination import (beam_items, beam_target_ranks, evaluate_beams,
                                                 hallucination_rate)
 from recmodels.data.sequences import EvalExamples
@@ -123,6 +123,22 @@ def test_decoding_rejects_misaligned_histories_and_bad_exclusions(setup):
         beam_search(policy, history, 3, trie=trie, exclude=[ids.codes[[1]]])
     with pytest.raises(ValueError, match=r"exclude row 0 must be \[n, 3\] code tuples"):
         beam_search(policy, history, 3, trie=trie, exclude=[np.array([[1, 2]])] * 4)
+    with pytest.raises(ValueError, match=r"exclude row 2, tuple 1 has code 4 outside level 1's 0..3"):
+        beam_search(policy, history, 3, trie=trie, exclude=[ids.codes[[1]]] * 2 + [np.array([[0, 1, 0], [0, 4, 0]])] * 2)
+
+
+def test_exclusions_are_deduplicated_per_row_and_only_items_kept_under_the_trie(setup):
+    ids, trie, _, _, _ = setup
+    non_item = next(t for t in all_tuples().tolist() if t not in ids.codes[1:].tolist())
+    exclude = [np.vstack([ids.codes[[3, 1, 3]], [non_item]]), np.zeros((0, 3), np.int64), ids.codes[[2]]]
+    free = build_exclusion(exclude, 3, SIZES, None, "cpu")
+    constrained = build_exclusion(exclude, 3, SIZES, trie, "cpu")
+    as_sets = lambda e: [{tuple(t) for t, v in zip(row.tolist(), ok.tolist()) if v}  # noqa: E731
+                         for row, ok in zip(e.tuples, e.valid)]
+    items = lambda *i: {tuple(ids.codes[j].tolist()) for j in i}  # noqa: E731
+    assert as_sets(free) == [items(1, 3) | {tuple(non_item)}, set(), items(2)]
+    assert as_sets(constrained) == [items(1, 3), set(), items(2)]
+    assert free.valid.sum(dim=1).tolist() == [3, 0, 1] and (free.tuples[~free.valid] == -1).all()
 
 
 def test_hallucination_rate_and_ranks_on_a_hand_made_case():

@@ -1,4 +1,4 @@
-"""The semantic-ID policy: level-aware logits, the KV cache against the full forward, learning."""
+"""The semantic-ID policy, both trunks: level-aware logits, the decoding cache against the full forward, learning."""
 import numpy as np
 import pytest
 import torch

@@ -49,7 +49,7 @@ def test_every_tokenization_round_trips_a_checkpoint_and_ranks_through_one_call(
     config = kind.config_class(**tokenization.vocabulary(N_ITEMS), **KNOBS)
     torch.manual_seed(0)
     loaded = load_policy(save_checkpoint(tmp_path / "policy.pt", kind.policy_class(config), config))
-    assert type(loaded) is kind.policy_class
+    assert isinstance(loaded, kind.policy_class) and loaded.cfg == config
     assert tokenization_class(loaded) is tokenization_class(config) is kind
     assert tokenization_class(dataclasses.asdict(config)) is kind  # a checkpoint's config dict
     assert tokenization.n_items(loaded) == N_ITEMS

@@ -230,7 +230,7 @@ def sample_tuples(policy, history_tokens: torch.Tensor, n: int, generator: torch
                   distinct: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """n code tuples per history drawn from the policy: (tuples [B, n, L+1], log-probs [B, n]), no grad.
 
-    Token by token with the KV cache. `distinct=False`: n independent draws (with replacement).
+    Token by token with the policy's decoding cache. `distinct=False`: n independent draws (with replacement).
     `distinct=True`: n different tuples, sampled without replacement (stochastic beam search with
     Gumbel-top-k, Kool et al. 2019), ordered by their perturbed keys.
     """

@@ -23,7 +23,7 @@ loss can sample from, and take gradients through, the same forward pass. `mask` 
 `history_mask`.
 
 Semantic IDs (`SemanticPolicy`, an item = L+1 codes; pass `semantic_ids`): the L+1 codes are
-decoded level by level with the KV cache (`recmodels.decoding.beam_search`), UNCONSTRAINED (no trie) but
+decoded level by level with the policy's decoding cache (`recmodels.decoding.beam_search`), UNCONSTRAINED (no trie) but
 with the context's history items excluded (`history_exclusions`), so a generated tuple may be no
 item: `Rollouts.valid` is False there and its item id is 0. log pi(item) is the sum of its L+1
 code log-probs. `sample_tuple_rollouts` and `first_code_log_probs` take token histories directly
@@ -33,7 +33,7 @@ for callers that already hold them.
 item, [N, V] with padding at -inf; semantic: the level-0 code, [N, V0]), for entropy diagnostics
 and KL telemetry. `Rollouts.token_logp` [N, G, n_tokens] holds the log-prob of each generated
 token (atomic: n_tokens = 1; semantic: the L+1 codes, scored by `tuple_token_log_probs`, which
-encodes a history once and steps its G tuples through the KV cache).
+encodes a history once and steps its G tuples through the policy's decoding cache).
 """
 from __future__ import annotations
 
@@ -222,7 +222,7 @@ def _check_tuple_space(level_sizes: tuple[int, ...], exclude: Sequence | None, n
 
 def _cached_tuple_log_probs(policy: SemanticPolicy, history_tokens: torch.Tensor, tuples: torch.Tensor,
                             exclude: Sequence | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """KV-cache scoring: the history is encoded once (prefill), the G tuples' first L codes are stepped."""
+    """Cached scoring: the history is encoded once (prefill), the G tuples' first L codes are stepped."""
     layout = policy.layout
     N, G, n = tuples.shape
     cache = policy.prefill(history_tokens)
@@ -246,10 +246,9 @@ def tuple_token_log_probs(policy: SemanticPolicy, history_tokens: torch.Tensor, 
     """Per-code log-probs [N, G, L+1] of tuples [N, G, L+1] after token histories [N, S] (grad flows), and the
     level-0 code distribution [N, V0]; unconstrained, `exclude`d tuples masked (as the sampler masks them).
 
-    The history is encoded ONCE and the tuples' codes are stepped through the KV cache: N*S + N*G*L
-    tokens instead of the N*G*(S+L) of `beam_search.tuple_log_probs` (in eval mode the values are
-    the same). In training mode dropout acts on the history encoding and inside each cached step
-    (not on the attention weights of the steps); the full teacher-forced forward per rollout would
+    The history is encoded ONCE and the tuples' codes are stepped through the policy's decoding cache
+    (`prefill` / `step`): N*S + N*G*L tokens instead of the N*G*(S+L) of `beam_search.tuple_log_probs` (in eval mode the values are
+    the same). In training mode dropout acts on the history encoding and inside each cached step; the full teacher-forced forward per rollout would
     cost ~10x more time per GRPO step on MovieLens-sized histories.
     """
     if tuples.dim() != 3 or tuples.shape[0] != history_tokens.shape[0] or tuples.shape[2] != policy.layout.n_levels:

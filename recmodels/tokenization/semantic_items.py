@@ -8,7 +8,7 @@ so generated tuples may be no item at all (hallucination):
 - Rollouts: `recmodels.decoding.rollouts.sample_tuple_rollouts`, unconstrained (no trie) with the
   context's history items excluded. Per-code log-probs of pi (with grad) and of pi_ref (no grad)
   come from the same scorer, `rollouts.tuple_token_log_probs`: the values of
-  `beam_search.tuple_log_probs`, computed with the KV cache when dropout is off.
+  `beam_search.tuple_log_probs`, computed with the policy's decoding cache.
 - First token and KL telemetry: the level-0 code distribution. `kl_to_reference` is the KL of pi's
   and pi_ref's level-0 code distributions (not the KL over whole tuples, which would need a sum over
   every tuple); the entropy diagnostic is normalized by log V0.
