@@ -1,11 +1,12 @@
 """Atomic vs semantic-ID tokenization on one MovieLens data set, same budget, printed as JSON.
 
     python benchmarks/tokenization_comparison.py --dataset movielens-100k --epochs 20 \
-        [--post-train-steps 100] [--users-for-throughput 256] [--threads 1] [--out DIR]
+        [--post-train-steps 100] [--item-vectors atomic-policy] [--users-for-throughput 256] [--threads 1] [--out DIR]
 
 What it does, all through the library (the Dagster chain runs the same functions):
-1. semantic IDs (RQ-KMeans, library defaults) from the train split and the catalog;
-2. the atomic and the semantic-ID policy pretrained with the same `PretrainConfig` (epochs cap
+1. the atomic policy pretrained, then semantic IDs (RQ-KMeans, library defaults) from the train split and
+   the catalog (`--item-vectors features`) or from the atomic policy's item embeddings (`atomic-policy`);
+2. the semantic-ID policy pretrained with the atomic policy's `PretrainConfig` (epochs cap
    `--epochs`, patience 10, library defaults otherwise), each early-stopped on its own valid NDCG@10
    (atomic: full-catalog ranking; semantic: constrained beam 10);
 3. with `--post-train-steps N > 0`: the ranker, then the semantic policy post-trained with
@@ -78,6 +79,9 @@ def main() -> None:
     parser.add_argument("--ranker-epochs", type=int, default=30)
     parser.add_argument("--users-for-throughput", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--item-vectors", choices=("features", "atomic-policy"), default="features",
+                        help="what the semantic IDs cluster: SVD factors + genres + year (the library's default), or "
+                             "the item embeddings of the atomic policy pretrained here")
     parser.add_argument("--out", default=None, help="folder for the report (report.md, plots)")
     parser.add_argument("--cache-dir", default=str(Path(__file__).resolve().parents[1] / ".recalign" / "cache"))
     args = parser.parse_args()
@@ -96,22 +100,26 @@ def main() -> None:
     from recmodels.training.ranker_training import RankerTrainConfig, train_ranker
     from recmodels.tokenization.items import SemanticItems
     from recmodels.data.sequences import build_user_sequences, eval_examples
-    from recmodels.tokenization import ItemTrie, build_item_vectors, build_semantic_ids
+    from recmodels.tokenization import ItemTrie, build_item_vectors, build_semantic_ids, embedding_item_vectors
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     data = build_interactions(load_raw_logs(args.dataset, cache_dir=Path(args.cache_dir)), RewardSpec())
     table = data.table
-    ids = build_semantic_ids(build_item_vectors(table, data.catalog, data.n_items).vectors)
-    out: dict = {"dataset": args.dataset, "n_users": data.n_users, "n_items": data.n_items,
-                 "level_sizes": list(ids.level_sizes), "semantic_ids": {k: v for k, v in ids.stats.items()
-                                                                       if not isinstance(v, (list, dict))}}
     cfg = PretrainConfig(epochs=args.epochs, patience=10)
     timings = {}
     progress(f"{args.dataset}: {data.n_users} users, {data.n_items} items; pretraining the atomic policy")
     t = time.perf_counter()
     atomic = pretrain_policy(table, data.n_items, config=cfg, device="cpu")
     timings["atomic_pretrain_s"] = round(time.perf_counter() - t, 1)
+    if args.item_vectors == "atomic-policy":
+        vectors = embedding_item_vectors(atomic.policy.tok_emb.weight.detach().cpu().numpy())
+    else:
+        vectors = build_item_vectors(table, data.catalog, data.n_items)
+    ids = build_semantic_ids(vectors.vectors)
+    out: dict = {"dataset": args.dataset, "n_users": data.n_users, "n_items": data.n_items,
+                 "item_vectors": args.item_vectors, "level_sizes": list(ids.level_sizes),
+                 "semantic_ids": {k: v for k, v in ids.stats.items() if not isinstance(v, (list, dict))}}
     progress("pretraining the semantic-ID policy")
     t = time.perf_counter()
     semantic = pretrain_policy(table, data.n_items, config=cfg, device="cpu", tokenization=SemanticItems(ids))

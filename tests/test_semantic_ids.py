@@ -7,7 +7,7 @@ from recmodels.data.interactions import build_interactions
 from recmodels.data.rewards import RewardSpec
 from recmodels.data.sources import RawLogs
 from recmodels.tokenization import (ItemVectorConfig, SemanticIdConfig, SemanticIds, TokenLayout,
-                                  build_item_vectors, build_semantic_ids)
+                                  build_item_vectors, build_semantic_ids, embedding_item_vectors)
 from tests.synthetic import make_synthetic_catalog, make_synthetic_logs
 
 
@@ -163,3 +163,27 @@ def test_item_vectors_reject_bad_input(small_interactions):
         v = np.zeros((4, 2))
         v[2, 1] = np.nan
         build_semantic_ids(v)
+
+
+def test_embedding_item_vectors_cluster_items_by_direction_not_by_norm():
+    rng = np.random.default_rng(0)
+    directions = rng.normal(size=(2, 8))
+    scale = rng.uniform(0.5, 20.0, size=(40, 1))  # the norms a popularity-driven embedding might have
+    embeddings = np.vstack([np.zeros(8), np.repeat(directions, 20, axis=0) * scale])
+    iv = embedding_item_vectors(embeddings)
+    assert iv.vectors.shape == (41, 8) and not iv.vectors[0].any() and iv.blocks == {"embedding": (0, 8)}
+    np.testing.assert_allclose(iv.vectors[1:].mean(axis=0), 0, atol=1e-6)
+    ids = build_semantic_ids(iv.vectors, SemanticIdConfig(n_levels=1, codebook_size=2))
+    assert len(set(ids.codes[1:21, 0])) == 1 and len(set(ids.codes[21:, 0])) == 1  # one code per direction
+    assert ids.codes[1, 0] != ids.codes[21, 0]
+
+
+def test_embedding_item_vectors_reject_what_cannot_tell_items_apart():
+    with pytest.raises(ValueError, match="the embedding of item_idx 2 is not finite"):
+        e = np.ones((4, 3))
+        e[2, 0] = np.inf
+        embedding_item_vectors(e)
+    with pytest.raises(ValueError, match="all equal"):
+        embedding_item_vectors(np.ones((4, 3)))
+    with pytest.raises(ValueError, match=r"must be \[n_items \+ 1, d\]"):
+        embedding_item_vectors(np.ones(3))

@@ -9,6 +9,9 @@ grows with weight**2):
 - `genres`: multi-hot of the catalog's "A|B" genres;
 - `year`: the catalog year, standardized, missing years at the mean.
 A block with no variance (no catalog, one genre, no years) is left out.
+
+`embedding_item_vectors` builds them instead from a trained model's item embeddings (the pretrained atomic
+policy's: the items it learned to treat alike), one block scaled the same way.
 """
 from __future__ import annotations
 
@@ -133,3 +136,29 @@ def build_item_vectors(interactions: pd.DataFrame, catalog: pd.DataFrame | None,
              "n_train_events": int(len(train)), "items_without_train_events": int((~seen).sum()),
              "dim": int(start)}
     return ItemVectors(vectors=vectors, blocks=blocks, stats=stats)
+
+
+def embedding_item_vectors(embeddings: np.ndarray, normalize: bool = True) -> ItemVectors:
+    """Item vectors from a trained model's item embeddings [n_items + 1, d] (row i = item_idx i, row 0 padding),
+    e.g. the pretrained atomic policy's token embeddings: items that model treats alike get close codes.
+
+    Each row is L2-normalized when `normalize` (items cluster by direction, not by how popular the model
+    made them), then the block is centered and scaled as the feature blocks are (`_scaled`).
+    """
+    e = np.asarray(embeddings, dtype=np.float64)
+    if e.ndim != 2 or e.shape[0] < 2:
+        raise ValueError(f"embeddings must be [n_items + 1, d] with n_items >= 1, got shape {e.shape}")
+    if not np.isfinite(e[1:]).all():
+        row = int(np.argwhere(~np.isfinite(e[1:]))[0, 0]) + 1
+        raise ValueError(f"the embedding of item_idx {row} is not finite")
+    rows = e[1:]
+    if normalize:
+        norms = np.linalg.norm(rows, axis=1, keepdims=True)
+        rows = np.divide(rows, norms, out=np.zeros_like(rows), where=norms > 0)
+    scaled = _scaled(rows, 1.0)
+    if scaled is None:
+        raise ValueError("the item embeddings are all equal: they cannot tell items apart")
+    vectors = np.zeros((e.shape[0], e.shape[1]), dtype=np.float32)
+    vectors[1:] = scaled
+    return ItemVectors(vectors=vectors, blocks={"embedding": (0, e.shape[1])},
+                       stats={"dim": int(e.shape[1]), "normalized": normalize})
