@@ -58,7 +58,8 @@ def build_exclusion(exclude: Sequence | None, n_rows: int, level_sizes: tuple[in
     rows = np.repeat(np.arange(n_rows), [len(t) for t in arrays])
     # one key per (row, tuple): sorted unique keys are the rows in order, each row's tuples deduplicated
     shape = (n_rows, *level_sizes)
-    keys = np.unique(np.ravel_multi_index((rows, *np.concatenate(arrays).T), shape))
+    flat = np.concatenate(arrays) if arrays else np.zeros((0, n_levels), np.int64)
+    keys = np.unique(np.ravel_multi_index((rows, *flat.T), shape))
     rows, *codes = np.unravel_index(keys, shape)
     tuples = np.stack(codes, axis=1)
     if trie is not None and len(tuples):

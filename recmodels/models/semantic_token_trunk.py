@@ -116,6 +116,8 @@ class Block(PolicyBlock):
 
 
 class TokenTrunkSemanticPolicy(SemanticPolicy):
+    """Every code token is a transformer position; decoding steps each generated code through the blocks."""
+
     def __init__(self, cfg: SemanticPolicyConfig):
         super().__init__(cfg)
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=0)
