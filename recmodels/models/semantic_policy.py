@@ -114,6 +114,21 @@ class SemanticPolicy(nn.Module):
                              f"got {tokens.shape[1]}")
         return tokens[:, -self.max_history_tokens:]
 
+    def prefill_history(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The histories [B, S] a `prefill` reads: checked, non-empty, clipped to the last max_len items."""
+        self.check_tokens(tokens)
+        if tokens.shape[1] == 0:
+            raise ValueError("histories have no token slots; left-pad an empty history with 0")
+        return self.clip_history(tokens)
+
+    def check_step(self, last_tokens: torch.Tensor, B: int, K: int) -> None:
+        """Raise unless `last_tokens` holds one code token per beam: [B * K] for B histories x K beams."""
+        if last_tokens.shape != (B * K,):
+            raise ValueError(f"last_tokens must be [{B * K}] (B={B} histories x K={K} beams), "
+                             f"got {tuple(last_tokens.shape)}")
+        if int(last_tokens.min()) < 1 or int(last_tokens.max()) >= self.cfg.vocab_size:
+            raise ValueError(f"last_tokens must be code tokens 1..{self.cfg.vocab_size - 1}")
+
     def hidden(self, tokens: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
         """tokens [B, S] -> the state [B, S, d] that predicts the token after each position (only the
         positions where the bool mask `at` [B, S] is True: [n, d])."""
@@ -261,10 +276,7 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
 
     def prefill(self, tokens: torch.Tensor) -> ItemCache:
         """Read histories [B, S] (whole items, left-padded) once; the cache holds one beam per row."""
-        self.check_tokens(tokens)
-        if tokens.shape[1] == 0:
-            raise ValueError("histories have no token slots; left-pad an empty history with 0")
-        tokens = self.clip_history(tokens)
+        tokens = self.prefill_history(tokens)
         context = self.contexts(tokens)[:, -1:]  # [B, 1, d]
         z = context + self.level_emb.weight[0]
         logits = self.logits(self.decode(z)[:, 0], tokens[:, -1])
@@ -273,11 +285,7 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
     def step(self, last_tokens: torch.Tensor, cache: ItemCache) -> tuple[torch.Tensor, ItemCache]:
         """Append last_tokens [B * K] (K beams per history) -> (next-token logits [B * K, V], cache)."""
         B, K = cache.history.shape[0], cache.n_beams
-        if last_tokens.shape != (B * K,):
-            raise ValueError(f"last_tokens must be [{B * K}] (B={B} histories x K={K} beams), "
-                             f"got {tuple(last_tokens.shape)}")
-        if int(last_tokens.min()) < 1 or int(last_tokens.max()) >= self.cfg.vocab_size:
-            raise ValueError(f"last_tokens must be code tokens 1..{self.cfg.vocab_size - 1}")
+        self.check_step(last_tokens, B, K)
         tokens = last_tokens.view(B, K)
         generated = torch.cat([cache.generated, tokens[..., None]], dim=2)
         context, prefix = cache.context, cache.prefix + self.tok_emb(tokens)

@@ -154,10 +154,7 @@ class TokenTrunkSemanticPolicy(SemanticPolicy):
 
     def prefill(self, tokens: torch.Tensor) -> KVCache:
         """Run histories [B, S] (whole items, left-padded) once; the cache holds one beam per row."""
-        self.check_tokens(tokens)
-        if tokens.shape[1] == 0:
-            raise ValueError("histories have no token slots; left-pad an empty history with 0")
-        tokens = self.clip_history(tokens)
+        tokens = self.prefill_history(tokens)
         h, keys, values = self.encode(tokens)
         B, H = tokens.shape[0], self.cfg.n_heads
         empty = [k.new_zeros(B, H, 1, 0, self.cfg.d_model // H) for k in keys]
@@ -168,11 +165,7 @@ class TokenTrunkSemanticPolicy(SemanticPolicy):
     def step(self, last_tokens: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, KVCache]:
         """Append last_tokens [B * K] (K beams per history) -> (next-token logits [B * K, V], cache)."""
         B, K = cache.valid.shape[0], cache.n_beams
-        if last_tokens.shape != (B * K,):
-            raise ValueError(f"last_tokens must be [{B * K}] (B={B} histories x K={K} beams), "
-                             f"got {tuple(last_tokens.shape)}")
-        if int(last_tokens.min()) < 1 or int(last_tokens.max()) >= self.cfg.vocab_size:
-            raise ValueError(f"last_tokens must be code tokens 1..{self.cfg.vocab_size - 1}")
+        self.check_step(last_tokens, B, K)
         pos = cache.n_real + cache.n_generated  # [B]
         if int(pos.max()) >= self.cfg.n_positions:
             raise ValueError(f"decoding past the {self.cfg.n_positions} positions of the policy")
