@@ -1,8 +1,8 @@
 """The `item_tokens` asset: semantic IDs of the catalog, and the blocking check that they are a bijection.
 
 Item vectors come from the TRAIN split only (collaborative SVD factors) plus the catalog's genres and
-year; RQ-KMeans turns them into L levels of V codes plus one disambiguation code per item
-(recmodels/tokenizers). The asset is always materialized (it is cheap); the pretrained policy uses it
+year; RQ-KMeans (the quantizer the config names) turns them into L levels of V codes plus one
+disambiguation code per item (recmodels/tokenization/semantic_ids.py). The asset is always materialized (it is cheap); the pretrained policy uses it
 when its run config says `tokenization: semantic`.
 """
 
@@ -25,11 +25,13 @@ from recmodels.tokenization.semantic_ids import SemanticIds
 
 
 class ItemTokensConfig(dg.Config):
-    """RQ-KMeans settings: `n_levels` levels of `codebook_size` codes over `svd_dim` collaborative factors
-    (+ genres and year); empty fields keep the library defaults."""
+    """RQ-KMeans settings: `n_levels` levels of (at most) `codebook_size` codes over `svd_dim` collaborative
+    factors (+ genres and year), built by `quantizer` (rq_kmeans, balanced_rq_kmeans or balanced_tree); empty
+    fields keep the library defaults."""
 
     n_levels: int = 3
     codebook_size: int = 32
+    quantizer: Optional[str] = None
     svd_dim: int = 32
     seed: int = 0
     genre_weight: Optional[float] = None
@@ -49,11 +51,12 @@ def item_tokens(context: dg.AssetExecutionContext, config: ItemTokensConfig, int
     path = ids.save(home.run_dir(interactions.dataset, context.run_id) / "item_tokens.npz")
     stats = ids.stats
     usage = pd.DataFrame({"level": range(len(stats["codebook_usage"])),
-                          "codes_used": [round(u * config.codebook_size) for u in stats["codebook_usage"]],
-                          "codebook_size": config.codebook_size, "usage": stats["codebook_usage"],
+                          "codes_used": [round(u * v) for u, v in zip(stats["codebook_usage"], ids.level_sizes)],
+                          "codebook_size": list(ids.level_sizes[:-1]), "usage": stats["codebook_usage"],
                           "residual_rmse": stats["residual_rmse"]})
     context.add_output_metadata({
-        "items": ids.n_items, "tuple_length": stats["tuple_length"], "level_sizes": str(ids.level_sizes),
+        "items": ids.n_items, "quantizer": ids.config.quantizer, "tuple_length": stats["tuple_length"],
+        "level_sizes": str(ids.level_sizes), "tuple_density": stats["tuple_density"],
         "collisions_resolved": stats["n_collisions"], "max_disambiguation_code": stats["max_disambiguation"],
         "codebook_usage": markdown_table(usage), "vector_dim": vectors.stats["dim"],
         "svd_explained_variance": vectors.stats["svd_explained_variance"],

@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from recmodels.tokenization.semantic_ids import QUANTIZERS, SemanticIdConfig
+
 DATASETS = ("movielens-100k", "movielens-1m")
 GATE = ("gate_open_rate", "hard_rate", "disc_rate")  # adagrpo's telemetry at the selected step
 
@@ -82,6 +84,8 @@ def main() -> None:
     parser.add_argument("--item-vectors", choices=("features", "atomic-policy"), default="features",
                         help="what the semantic IDs cluster: SVD factors + genres + year (the library's default), or "
                              "the item embeddings of the atomic policy pretrained here")
+    parser.add_argument("--quantizer", choices=QUANTIZERS, default=SemanticIdConfig.quantizer,
+                        help="how the item vectors become code tuples (recmodels.tokenization.semantic_ids)")
     parser.add_argument("--out", default=None, help="folder for the report (report.md, plots)")
     parser.add_argument("--cache-dir", default=str(Path(__file__).resolve().parents[1] / ".recalign" / "cache"))
     args = parser.parse_args()
@@ -116,9 +120,9 @@ def main() -> None:
         vectors = embedding_item_vectors(atomic.policy.tok_emb.weight.detach().cpu().numpy())
     else:
         vectors = build_item_vectors(table, data.catalog, data.n_items)
-    ids = build_semantic_ids(vectors.vectors)
+    ids = build_semantic_ids(vectors.vectors, SemanticIdConfig(quantizer=args.quantizer))
     out: dict = {"dataset": args.dataset, "n_users": data.n_users, "n_items": data.n_items,
-                 "item_vectors": args.item_vectors, "level_sizes": list(ids.level_sizes),
+                 "item_vectors": args.item_vectors, "quantizer": args.quantizer, "level_sizes": list(ids.level_sizes),
                  "semantic_ids": {k: v for k, v in ids.stats.items() if not isinstance(v, (list, dict))}}
     progress("pretraining the semantic-ID policy")
     t = time.perf_counter()

@@ -57,6 +57,8 @@ def test_item_tokens_writes_semantic_ids_of_every_item_and_reports_them(material
     usage = meta["codebook_usage"].value
     assert usage.count("\n") == 1 + 2 and "codes_used" in usage  # header, rule, one row per level
     assert meta["build_seconds"].value >= 0
+    assert meta["quantizer"].value == SemanticIdConfig().quantizer  # the library default, none configured
+    assert meta["tuple_density"].value == pytest.approx(n_items / np.prod(record.level_sizes))
 
 
 def test_the_gx_bijection_check_passes_on_the_built_tokens(materialized):

@@ -57,6 +57,59 @@ def test_identical_items_share_a_prefix_and_get_disambiguation_codes_in_item_ord
     assert sid.stats["max_disambiguation"] == counts.max() - 1
 
 
+def _items_per_code(codes: np.ndarray, level: int) -> np.ndarray:
+    """How many items share each distinct prefix of length level + 1 (codes [n_items, L + 1])."""
+    return np.unique(codes[:, :level + 1], axis=0, return_counts=True)[1]
+
+
+def test_balanced_tree_gives_every_item_its_own_prefix_in_a_dense_tuple_space():
+    v = clustered_vectors(120)
+    sid = build_semantic_ids(v, SemanticIdConfig(n_levels=2, codebook_size=32, quantizer="balanced_tree"))
+    # the fewest codes with V**2 >= 120 items: 11 (121 tuples), whatever codebook_size allows above it
+    assert sid.level_sizes == (11, 11, 1)
+    assert sid.stats["n_collisions"] == 0 and (sid.codes[1:, 2] == 0).all() and sid.check_bijection()["passed"]
+    assert sid.stats["tuple_density"] == pytest.approx(120 / 121)
+    assert _items_per_code(sid.codes[1:], 0).max() <= 11  # a level-0 code holds what level 1 can tell apart
+    # clusters stay together: the identical items 4 and 5 share their level-0 code
+    assert sid.codes[4, 0] == sid.codes[5, 0]
+    again = build_semantic_ids(v, SemanticIdConfig(n_levels=2, codebook_size=32, quantizer="balanced_tree"))
+    np.testing.assert_array_equal(again.codes, sid.codes)
+
+
+def test_balanced_tree_capped_by_codebook_size_falls_back_to_disambiguation_codes():
+    sid = build_semantic_ids(clustered_vectors(120), SemanticIdConfig(n_levels=2, codebook_size=5,
+                                                                      quantizer="balanced_tree"))
+    assert sid.level_sizes[:2] == (5, 5) and sid.check_bijection()["passed"]
+    # 120 items in 25 prefixes: balanced, so no prefix holds more than ceil(ceil(120 / 5) / 5) = 5 items
+    assert _items_per_code(sid.codes[1:], 1).max() == 5 and sid.level_sizes[2] == 5
+
+
+def test_balanced_rq_kmeans_holds_at_most_its_share_of_items_per_code():
+    sid = build_semantic_ids(clustered_vectors(120), SemanticIdConfig(n_levels=2, codebook_size=8,
+                                                                      quantizer="balanced_rq_kmeans"))
+    for level in range(2):  # 120 / 8 = 15 items per code at most, at every level
+        assert np.bincount(sid.codes[1:, level], minlength=8).max() <= 15
+    plain = build_semantic_ids(clustered_vectors(120), SemanticIdConfig(n_levels=2, codebook_size=8))
+    assert np.bincount(plain.codes[1:, 0], minlength=8).max() > 15  # five real clusters: plain k-means is not
+    assert sid.check_bijection()["passed"]
+
+
+def test_capacity_kmeans_respects_capacity_and_refuses_what_cannot_fit():
+    from recmodels.tokenization.balanced_kmeans import capacity_kmeans
+
+    x = clustered_vectors(60)[1:]
+    labels, centers = capacity_kmeans(x, k=4, capacity=16, seed=0)
+    assert labels.shape == (60,) and centers.shape == (4, 6) and np.bincount(labels).max() <= 16
+    np.testing.assert_allclose(centers[labels[0]], x[labels == labels[0]].mean(axis=0))
+    with pytest.raises(ValueError, match="4 clusters of at most 14 points cannot hold 60 points"):
+        capacity_kmeans(x, k=4, capacity=14, seed=0)
+
+
+def test_unknown_quantizer_is_refused_by_name():
+    with pytest.raises(ValueError, match="quantizer must be one of .*'kmeans'"):
+        SemanticIdConfig(quantizer="kmeans")
+
+
 def test_fewer_items_than_codes_still_gives_unique_tuples():
     sid = build_semantic_ids(np.random.default_rng(0).normal(size=(6, 3)), SemanticIdConfig(codebook_size=32))
     assert sid.check_bijection()["passed"] and sid.n_items == 5

@@ -1,9 +1,17 @@
 """Semantic IDs: each item becomes a tuple of codes built by residual k-means (RQ-KMeans).
 
-Level l = 0..L-1 clusters the residual left by the levels before it into `codebook_size` codes
-(sklearn KMeans, fixed random_state), so similar items share prefixes. Items that end up with the
-same L codes get one more, disambiguation code 0, 1, 2, ... in item_idx order, which makes every
-item's (L+1)-tuple unique.
+Level l = 0..L-1 clusters the residual left by the levels before it, so similar items share prefixes.
+`SemanticIdConfig.quantizer` says how (`QUANTIZERS`):
+- "rq_kmeans": one codebook of `codebook_size` codes per level over all items (sklearn KMeans, fixed
+  random_state);
+- "balanced_rq_kmeans": the same with every code holding at most ceil(n_items / V) items (OneRec's
+  balanced k-means; `balanced_kmeans.capacity_kmeans`);
+- "balanced_tree": the items under each prefix are clustered on their own (their residual after the
+  prefix's centers) into at most V codes, each holding at most what the levels below can tell apart,
+  so no two items share L codes; V is the fewest codes with V**L >= n_items (at most `codebook_size`).
+  Nearly every code tuple is an item, so an unconstrained decoder has few non-items to invent.
+Items that end up with the same L codes get one more, disambiguation code 0, 1, 2, ... in item_idx
+order, which makes every item's (L+1)-tuple unique (always 0 under a "balanced_tree" that fits).
 
 Token layout (`TokenLayout`): every level has its own token range, token = 1 + offset_l + code, so
 the vocabulary is 1 + sum(level sizes) with 0 = padding, and an item occupies L+1 consecutive
@@ -20,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+
+from recmodels.tokenization.balanced_kmeans import capacity_kmeans
 
 FORMAT_VERSION = 1
 
@@ -66,13 +76,21 @@ class TokenLayout:
         return tokens - torch.as_tensor(self.offsets, device=tokens.device)
 
 
+QUANTIZERS = ("rq_kmeans", "balanced_rq_kmeans", "balanced_tree")
+
+
 @dataclass
 class SemanticIdConfig:
     n_levels: int = 3  # L k-means levels (the disambiguation code comes on top)
-    codebook_size: int = 32  # V codes per level
+    codebook_size: int = 32  # V codes per level ("balanced_tree": at most V)
     seed: int = 0
     n_init: int = 1
     max_iter: int = 100
+    quantizer: str = "rq_kmeans"  # one of QUANTIZERS; files saved before the field were built by "rq_kmeans"
+
+    def __post_init__(self):
+        if self.quantizer not in QUANTIZERS:
+            raise ValueError(f"SemanticIdConfig.quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
 
 
 @dataclass
@@ -218,11 +236,61 @@ def _disambiguate(prefixes: np.ndarray) -> np.ndarray:
     return pd.DataFrame(prefixes).groupby(list(range(prefixes.shape[1])), sort=False).cumcount().to_numpy(np.int64)
 
 
-def build_semantic_ids(vectors: np.ndarray, config: SemanticIdConfig = SemanticIdConfig()) -> SemanticIds:
-    """RQ-KMeans over item vectors [n_items + 1, d] (row i = item_idx i, row 0 ignored)."""
+def _rq_kmeans(x: np.ndarray, config: SemanticIdConfig, balanced: bool) -> tuple[list[np.ndarray], list[np.ndarray], int]:
+    """One codebook per level over all items: (codes per level, residual after each level, V)."""
     from sklearn.cluster import KMeans  # heavy import, only when building
     from sklearn.exceptions import ConvergenceWarning
 
+    n = x.shape[0]
+    k = min(config.codebook_size, n)
+    residual, levels, residuals = x.copy(), [], []
+    for level in range(config.n_levels):
+        if balanced:
+            labels, centers = capacity_kmeans(residual, k, -(-n // k), seed=config.seed + level)
+        else:
+            km = KMeans(n_clusters=k, random_state=config.seed + level, n_init=config.n_init,
+                        max_iter=config.max_iter)
+            with warnings.catch_warnings():  # duplicate vectors leave fewer distinct clusters than k
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                labels, centers = km.fit_predict(residual).astype(np.int64), km.cluster_centers_
+        residual = residual - centers[labels]
+        levels.append(labels)
+        residuals.append(residual)
+    return levels, residuals, config.codebook_size
+
+
+def tree_codebook_size(n_items: int, config: SemanticIdConfig) -> int:
+    """V of a "balanced_tree": the fewest codes per level with V**L >= n_items, at most `codebook_size`."""
+    v = 2
+    while v ** config.n_levels < n_items and v < config.codebook_size:
+        v += 1
+    return v
+
+
+def _balanced_tree(x: np.ndarray, config: SemanticIdConfig) -> tuple[list[np.ndarray], list[np.ndarray], int]:
+    """The items under each prefix clustered on their own: (codes per level, residual after each level, V)."""
+    n, L = x.shape[0], config.n_levels
+    v = tree_codebook_size(n, config)
+    codes, residual, residuals = np.zeros((L, n), np.int64), x.copy(), []
+    nodes = [np.arange(n)]  # the items under each prefix of the level being built
+    for level in range(L):
+        below = v ** (L - 1 - level)  # items the levels below can tell apart under one code
+        children = []
+        for members in nodes:
+            capacity = max(below, -(-len(members) // v))  # more than `below` only when V**L < n_items
+            labels, centers = capacity_kmeans(residual[members], min(v, len(members)), capacity,
+                                              seed=config.seed + level)
+            codes[level, members] = labels
+            residual[members] -= centers[labels]
+            children += [members[labels == c] for c in np.unique(labels)]
+        nodes = children
+        residuals.append(residual.copy())
+    return list(codes), residuals, v
+
+
+def build_semantic_ids(vectors: np.ndarray, config: SemanticIdConfig = SemanticIdConfig()) -> SemanticIds:
+    """RQ-KMeans (the quantizer `config` names) over item vectors [n_items + 1, d] (row i = item_idx i, row 0
+    ignored)."""
     x = np.asarray(vectors, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] < 2:
         raise ValueError(f"vectors must be [n_items + 1, d] with n_items >= 1, got shape {x.shape}")
@@ -232,32 +300,26 @@ def build_semantic_ids(vectors: np.ndarray, config: SemanticIdConfig = SemanticI
     if config.n_levels < 1 or config.codebook_size < 2:
         raise ValueError(f"need n_levels >= 1 and codebook_size >= 2, got {config}")
     started = time.perf_counter()
-    residual = x[1:].copy()
-    n_items, levels, usage, rmse = residual.shape[0], [], [], []
-    for level in range(config.n_levels):
-        k = min(config.codebook_size, n_items)
-        km = KMeans(n_clusters=k, random_state=config.seed + level, n_init=config.n_init, max_iter=config.max_iter)
-        with warnings.catch_warnings():  # duplicate vectors leave fewer distinct clusters than k
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            labels = km.fit_predict(residual).astype(np.int64)
-        residual = residual - km.cluster_centers_[labels]
-        levels.append(labels)
-        usage.append(len(np.unique(labels)) / config.codebook_size)
-        rmse.append(float(np.sqrt((residual ** 2).sum(axis=1).mean())))
+    n_items = x.shape[0] - 1
+    if config.quantizer == "balanced_tree":
+        levels, residuals, v = _balanced_tree(x[1:], config)
+    else:
+        levels, residuals, v = _rq_kmeans(x[1:], config, balanced=config.quantizer == "balanced_rq_kmeans")
     prefixes = np.stack(levels, axis=1)
     extra = _disambiguate(prefixes)
     codes = np.zeros((n_items + 1, config.n_levels + 1), dtype=np.int64)
     codes[1:] = np.column_stack([prefixes, extra])
     n_disambiguation = int(extra.max()) + 1
+    level_sizes = (v,) * config.n_levels + (n_disambiguation,)
     stats = {
         "n_items": n_items,
         "tuple_length": config.n_levels + 1,
-        "codebook_usage": usage,  # distinct codes used / V, per level
+        "codebook_usage": [len(np.unique(labels)) / v for labels in levels],  # distinct codes used / V, per level
         "n_collisions": int((extra > 0).sum()),  # items that needed a disambiguation code > 0
         "n_shared_prefixes": int((extra == 1).sum()),  # prefixes that two or more items share
         "max_disambiguation": n_disambiguation - 1,
-        "residual_rmse": rmse,  # after each level
+        "tuple_density": n_items / float(np.prod(level_sizes, dtype=np.float64)),  # items / possible tuples
+        "residual_rmse": [float(np.sqrt((r ** 2).sum(axis=1).mean())) for r in residuals],  # after each level
         "build_seconds": time.perf_counter() - started,
     }
-    return SemanticIds(codes=codes, level_sizes=(config.codebook_size,) * config.n_levels + (n_disambiguation,),
-                       config=config, stats=stats)
+    return SemanticIds(codes=codes, level_sizes=level_sizes, config=config, stats=stats)
