@@ -1,11 +1,13 @@
 """Atomic vs semantic-ID tokenization on one MovieLens data set, same budget, printed as JSON.
 
     python benchmarks/tokenization_comparison.py --dataset movielens-100k --epochs 20 \
-        [--post-train-steps 100] [--item-vectors atomic-policy] [--users-for-throughput 256] [--threads 1] [--out DIR]
+        [--post-train-steps 100] [--item-vectors atomic-policy|titles] [--quantizer balanced_tree]
+        [--users-for-throughput 256] [--threads 1] [--out DIR]
 
 What it does, all through the library (the Dagster chain runs the same functions):
-1. the atomic policy pretrained, then semantic IDs (RQ-KMeans, library defaults) from the train split and
-   the catalog (`--item-vectors features`) or from the atomic policy's item embeddings (`atomic-policy`);
+1. the atomic policy pretrained, then semantic IDs (RQ-KMeans by `--quantizer`, library defaults otherwise)
+   from the train split and the catalog (`--item-vectors features`), from the atomic policy's item embeddings
+   (`atomic-policy`) or from text embeddings of the catalog (`titles`, needs the text extra);
 2. the semantic-ID policy pretrained with the atomic policy's `PretrainConfig` (epochs cap
    `--epochs`, patience 10, library defaults otherwise), each early-stopped on its own valid NDCG@10
    (atomic: full-catalog ranking; semantic: constrained beam 10);
@@ -81,9 +83,10 @@ def main() -> None:
     parser.add_argument("--ranker-epochs", type=int, default=30)
     parser.add_argument("--users-for-throughput", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--item-vectors", choices=("features", "atomic-policy"), default="features",
-                        help="what the semantic IDs cluster: SVD factors + genres + year (the library's default), or "
-                             "the item embeddings of the atomic policy pretrained here")
+    parser.add_argument("--item-vectors", choices=("features", "atomic-policy", "titles"), default="features",
+                        help="what the semantic IDs cluster: SVD factors + genres + year (the library's default), "
+                             "the item embeddings of the atomic policy pretrained here, or all-MiniLM-L6-v2 "
+                             "embeddings of 'title (year): genres' (the text extra)")
     parser.add_argument("--quantizer", choices=QUANTIZERS, default=SemanticIdConfig.quantizer,
                         help="how the item vectors become code tuples (recmodels.tokenization.semantic_ids)")
     parser.add_argument("--out", default=None, help="folder for the report (report.md, plots)")
@@ -104,7 +107,8 @@ def main() -> None:
     from recmodels.training.ranker_training import RankerTrainConfig, train_ranker
     from recmodels.tokenization.items import SemanticItems
     from recmodels.data.sequences import build_user_sequences, eval_examples
-    from recmodels.tokenization import ItemTrie, build_item_vectors, build_semantic_ids, embedding_item_vectors
+    from recmodels.tokenization import (ItemTrie, build_item_vectors, build_semantic_ids, embedding_item_vectors,
+                                        text_item_vectors)
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -118,6 +122,8 @@ def main() -> None:
     timings["atomic_pretrain_s"] = round(time.perf_counter() - t, 1)
     if args.item_vectors == "atomic-policy":
         vectors = embedding_item_vectors(atomic.policy.tok_emb.weight.detach().cpu().numpy())
+    elif args.item_vectors == "titles":
+        vectors = text_item_vectors(data.catalog, data.n_items)
     else:
         vectors = build_item_vectors(table, data.catalog, data.n_items)
     ids = build_semantic_ids(vectors.vectors, SemanticIdConfig(quantizer=args.quantizer))
