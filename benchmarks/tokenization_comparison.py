@@ -1,7 +1,7 @@
 """Atomic vs semantic-ID tokenization on one MovieLens data set, same budget, printed as JSON.
 
     python benchmarks/tokenization_comparison.py --dataset movielens-100k --epochs 20 \
-        [--post-train-steps 100] [--item-vectors atomic-policy|titles] [--quantizer balanced_tree]
+        [--post-train-steps 100] [--item-vectors atomic-policy|titles] [--quantizer balanced_tree] [--prefix-buckets 2048]
         [--users-for-throughput 256] [--threads 1] [--out DIR]
 
 What it does, all through the library (the Dagster chain runs the same functions):
@@ -89,6 +89,8 @@ def main() -> None:
                              "embeddings of 'title (year): genres' (the text extra)")
     parser.add_argument("--quantizer", choices=QUANTIZERS, default=SemanticIdConfig.quantizer,
                         help="how the item vectors become code tuples (recmodels.tokenization.semantic_ids)")
+    parser.add_argument("--prefix-buckets", type=int, default=None,
+                        help="SemanticPolicyConfig.prefix_buckets (prefix embeddings; default: the library's)")
     parser.add_argument("--out", default=None, help="folder for the report (report.md, plots)")
     parser.add_argument("--cache-dir", default=str(Path(__file__).resolve().parents[1] / ".recalign" / "cache"))
     args = parser.parse_args()
@@ -106,6 +108,7 @@ def main() -> None:
     from recmodels.training.pretraining import PretrainConfig, pretrain_policy
     from recmodels.training.ranker_training import RankerTrainConfig, train_ranker
     from recmodels.tokenization.items import SemanticItems
+    from recmodels.models.semantic_policy import SemanticPolicyConfig
     from recmodels.data.sequences import build_user_sequences, eval_examples
     from recmodels.tokenization import (ItemTrie, build_item_vectors, build_semantic_ids, embedding_item_vectors,
                                         text_item_vectors)
@@ -132,7 +135,11 @@ def main() -> None:
                  "semantic_ids": {k: v for k, v in ids.stats.items() if not isinstance(v, (list, dict))}}
     progress("pretraining the semantic-ID policy")
     t = time.perf_counter()
-    semantic = pretrain_policy(table, data.n_items, config=cfg, device="cpu", tokenization=SemanticItems(ids))
+    overrides = {} if args.prefix_buckets is None else {"prefix_buckets": args.prefix_buckets}
+    semantic_config = SemanticPolicyConfig(level_sizes=ids.level_sizes, **overrides)
+    out["semantic_policy"] = {"trunk": semantic_config.trunk, "prefix_buckets": semantic_config.prefix_buckets}
+    semantic = pretrain_policy(table, data.n_items, semantic_config, config=cfg, device="cpu",
+                               tokenization=SemanticItems(ids))
     timings["semantic_pretrain_s"] = round(time.perf_counter() - t, 1)
     out["pretraining"] = {
         name: {"epochs": len(r.history), "best_epoch": r.best_epoch,

@@ -1,4 +1,5 @@
-"""The semantic-ID policy, both trunks: level-aware logits, the decoding cache against the full forward, learning."""
+"""The semantic-ID policy, both trunks (the item trunk with and without prefix embeddings): level-aware logits, the
+decoding cache against the full forward, learning."""
 import numpy as np
 import pytest
 import torch
@@ -10,6 +11,10 @@ from recmodels.models.semantic_policy import TRUNKS, SemanticPolicy, SemanticPol
 from recmodels.tokenization import ItemTrie, SemanticIdConfig, SemanticIds
 
 SIZES = (3, 3, 2)  # offsets (1, 4, 7), vocab 9
+# the policies every behaviour holds for; 9 prefix rows: level 1's 9 prefixes indexed as is, level 2's 18 hashed
+VARIANTS = {"items": {"trunk": "items"}, "items_with_prefixes": {"trunk": "items", "prefix_buckets": 9},
+            "tokens": {"trunk": "tokens"}}
+assert {v["trunk"] for v in VARIANTS.values()} == set(TRUNKS)
 
 
 def random_policy(level_sizes=SIZES, seed=0, max_len=6, scale=0.4, **overrides):
@@ -30,9 +35,9 @@ def hand_ids(n_items=8, sizes=SIZES, seed=0):
     return SemanticIds(codes=codes, level_sizes=sizes, config=SemanticIdConfig(n_levels=len(sizes) - 1))
 
 
-@pytest.mark.parametrize("trunk", TRUNKS)
-def test_forward_masks_every_level_but_the_next_one(trunk):
-    policy = random_policy(trunk=trunk)
+@pytest.mark.parametrize("variant", VARIANTS.values(), ids=list(VARIANTS))
+def test_forward_masks_every_level_but_the_next_one(variant):
+    policy = random_policy(**variant)
     tokens = torch.tensor([[0, 0, 0, 1, 4, 7, 2, 6], [3, 5, 8, 1, 4, 7, 2, 5]])
     logits, loss = policy(tokens)
     assert logits.shape == (2, 8, 9) and loss is None
@@ -44,9 +49,9 @@ def test_forward_masks_every_level_but_the_next_one(trunk):
             assert finite == list(ranges[level_of_next[int(tokens[b, s])]])
 
 
-@pytest.mark.parametrize("trunk", TRUNKS)
-def test_kv_cache_step_logits_equal_the_full_forward(trunk):
-    policy = random_policy(max_len=4, trunk=trunk)
+@pytest.mark.parametrize("variant", VARIANTS.values(), ids=list(VARIANTS))
+def test_kv_cache_step_logits_equal_the_full_forward(variant):
+    policy = random_policy(max_len=4, **variant)
     history = torch.tensor([[0, 0, 0, 1, 4, 7, 3, 6, 8], [2, 5, 7, 1, 4, 8, 3, 4, 7]])
     generated = torch.tensor([[2, 5, 8, 1, 6], [3, 6, 7, 2, 4]])  # one item and two codes of the next
     full, _ = policy(torch.cat([history, generated], dim=1))
@@ -57,9 +62,9 @@ def test_kv_cache_step_logits_equal_the_full_forward(trunk):
         torch.testing.assert_close(logits, full[:, 9 + j], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("trunk", TRUNKS)
-def test_kv_cache_beams_share_the_history_and_follow_reordering(trunk):
-    policy = random_policy(max_len=4, trunk=trunk)
+@pytest.mark.parametrize("variant", VARIANTS.values(), ids=list(VARIANTS))
+def test_kv_cache_beams_share_the_history_and_follow_reordering(variant):
+    policy = random_policy(max_len=4, **variant)
     history = torch.tensor([[0, 0, 0, 1, 4, 7], [2, 5, 7, 1, 4, 8]])
     cache = policy.prefill(history).expand(3)  # rows: (history 0: beams 0..2), (history 1: beams 0..2)
     first = torch.tensor([1, 2, 3, 3, 2, 1])
@@ -74,20 +79,20 @@ def test_kv_cache_beams_share_the_history_and_follow_reordering(trunk):
             torch.testing.assert_close(logits[b * 3 + k], expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("trunk", TRUNKS)
-def test_left_padding_does_not_change_the_next_token_logits(trunk):
-    policy = random_policy(trunk=trunk)
+@pytest.mark.parametrize("variant", VARIANTS.values(), ids=list(VARIANTS))
+def test_left_padding_does_not_change_the_next_token_logits(variant):
+    policy = random_policy(**variant)
     short = policy.next_token_logits(torch.tensor([[1, 4, 7, 3, 6, 8]]))
     padded = policy.next_token_logits(torch.tensor([[0, 0, 0, 0, 0, 0, 1, 4, 7, 3, 6, 8]]))
     torch.testing.assert_close(short, padded)
 
 
-@pytest.mark.parametrize("trunk", TRUNKS)
-def test_loss_falls_on_a_learnable_pattern_and_beam_search_then_finds_the_next_item(trunk):
+@pytest.mark.parametrize("variant", VARIANTS.values(), ids=list(VARIANTS))
+def test_loss_falls_on_a_learnable_pattern_and_beam_search_then_finds_the_next_item(variant):
     torch.manual_seed(0)
     ids = hand_ids(n_items=8)
     policy = SemanticPolicy(SemanticPolicyConfig(ids.level_sizes, max_len=5, d_model=32, n_layers=2,
-                                                 n_heads=2, dropout=0.0, trunk=trunk))
+                                                 n_heads=2, dropout=0.0, **variant))
     starts = torch.arange(40) % 8
     seq = (starts[:, None] + torch.arange(6)) % 8 + 1  # item i is always followed by item i % 8 + 1
     tokens, targets = ids.window_tokens(seq[:, :5], seq[:, 1:])
@@ -105,6 +110,18 @@ def test_loss_falls_on_a_learnable_pattern_and_beam_search_then_finds_the_next_i
     assert ids.lookup(tuples[:, 0]).tolist() == [5, 1]
 
 
+def test_prefix_embeddings_tell_apart_items_whose_codes_alone_do_not():
+    """Items (0,1,0) and (1,0,0) have the same code multiset shifted across levels only through the prefix rows:
+    with the code embeddings of levels 0 and 1 made equal, only prefix embeddings can tell the two apart."""
+    for buckets, differ in ((0, False), (9, True)):
+        policy = random_policy(prefix_buckets=buckets)
+        with torch.no_grad():
+            policy.tok_emb.weight[4:7] = policy.tok_emb.weight[1:4]  # level-1 code c embeds as level-0 code c
+        a = policy.next_token_logits(torch.tensor([[1, 5, 7]]))  # item (0, 1, 0)
+        b = policy.next_token_logits(torch.tensor([[2, 4, 7]]))  # item (1, 0, 0)
+        assert (not torch.allclose(a, b)) == differ
+
+
 def test_bad_input_is_rejected_with_a_clear_message():
     policy = random_policy(max_len=2)
     with pytest.raises(ValueError, match="target token 4 at row 0, position 1 is not of the level"):
@@ -119,16 +136,20 @@ def test_bad_input_is_rejected_with_a_clear_message():
         random_policy(max_len=2, trunk="tokens")(torch.tensor([[1, 4, 7] * 4]))
     with pytest.raises(ValueError, match=r"trunk must be one of \('items', 'tokens'\), got 'codes'"):
         SemanticPolicyConfig(SIZES, trunk="codes")
+    with pytest.raises(ValueError, match="prefix_buckets must be >= 0 and needs trunk='items', got 4 with trunk='tokens'"):
+        SemanticPolicyConfig(SIZES, trunk="tokens", prefix_buckets=4)
     cache = policy.prefill(torch.tensor([[1, 4, 7]]))
     with pytest.raises(ValueError, match=r"last_tokens must be \[1\]"):
         policy.step(torch.tensor([1, 2]), cache)
+    with pytest.raises(ValueError, match="step 1 after the history appends codes of level 0"):
+        policy.step(torch.tensor([4]), cache)
     with pytest.raises(ValueError, match="multiple of 3 tokens"):
         policy.prefill(torch.tensor([[1, 4]]))
 
 
-@pytest.mark.parametrize("trunk", TRUNKS)
-def test_checkpoint_round_trip_gives_the_same_outputs(trunk, tmp_path):
-    policy = random_policy(seed=3, trunk=trunk)
+@pytest.mark.parametrize("variant", VARIANTS.values(), ids=list(VARIANTS))
+def test_checkpoint_round_trip_gives_the_same_outputs(variant, tmp_path):
+    policy = random_policy(seed=3, **variant)
     path = save_checkpoint(tmp_path / "semantic.pt", policy, policy.cfg)
     payload = load_checkpoint(path)
     fresh = SemanticPolicy(SemanticPolicyConfig(**payload["config"])).eval()

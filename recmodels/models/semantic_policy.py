@@ -22,6 +22,7 @@ rows of a step may be several beams (or samples) per history (`cache.expand(k)`,
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -45,6 +46,9 @@ class SemanticPolicyConfig:
     n_heads: int = PolicyConfig.n_heads
     dropout: float = PolicyConfig.dropout
     trunk: str = "items"  # what the transformer reads: one position per item, or every code token
+    # "items" trunk: rows per code level >= 1 of a table of prefix embeddings (0: none); a code then also adds the
+    # embedding of the prefix it completes, hashed into this many rows where a level has more prefixes
+    prefix_buckets: int = 0
 
     # what a saved config without a field means: checkpoints written before `trunk` existed read every token
     SAVED_WITHOUT: ClassVar[dict] = {"trunk": "tokens"}
@@ -53,6 +57,9 @@ class SemanticPolicyConfig:
         self.level_sizes = tuple(int(s) for s in self.level_sizes)
         if self.trunk not in TRUNKS:
             raise ValueError(f"SemanticPolicyConfig.trunk must be one of {TRUNKS}, got {self.trunk!r}")
+        if self.prefix_buckets < 0 or (self.prefix_buckets and self.trunk != "items"):
+            raise ValueError(f"SemanticPolicyConfig.prefix_buckets must be >= 0 and needs trunk='items', got "
+                             f"{self.prefix_buckets} with trunk={self.trunk!r}")
 
     @property
     def layout(self) -> TokenLayout:
@@ -211,6 +218,11 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
     The state that predicts code l of item j is head(context_j + level_emb[l] + sum of item j's codes < l),
     where context_j is the trunk's output after item j-1 (a learned start state when nothing real precedes),
     and head is a residual MLP; logits go through the tied token embedding.
+
+    With `prefix_buckets`, a code of level l >= 1 adds, to its own embedding, the embedding of the prefix
+    (codes 0..l) it completes: items that share a prefix share those rows, and the deepest prefixes give an
+    item nearly its own embedding (prefix n-gram embeddings). A level with at most `prefix_buckets` prefixes
+    indexes its rows by the prefix itself; a larger one hashes it.
     """
 
     def __init__(self, cfg: SemanticPolicyConfig):
@@ -226,8 +238,28 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
         self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d),
                                   nn.Dropout(cfg.dropout))
         self.ln_head = nn.LayerNorm(d)
+        buckets, L1 = cfg.prefix_buckets, self.layout.n_levels
+        self.prefix_emb = nn.Embedding((L1 - 1) * buckets, d) if buckets else None
+        self.register_buffer("offsets", torch.tensor(self.layout.offsets), persistent=False)
         self.apply(init_weights)
         nn.init.normal_(self.start, std=0.02)
+
+    def code_embeddings(self, items: torch.Tensor) -> torch.Tensor:
+        """Whole or partial items [..., L+1] of tokens (0 = none yet) -> what each code adds [..., L+1, d]: its
+        token embedding, plus with `prefix_buckets` the embedding of the prefix it completes (levels >= 1)."""
+        emb = self.tok_emb(items)
+        if self.prefix_emb is None:
+            return emb
+        buckets, sizes = self.cfg.prefix_buckets, self.layout.level_sizes
+        codes = (items - self.offsets).clamp(min=0)
+        key, rows = codes[..., 0], []
+        for level in range(1, len(sizes)):
+            key = key * sizes[level] + codes[..., level]  # mixed radix of codes 0..level
+            exact = math.prod(sizes[:level + 1]) <= buckets
+            bucket = key if exact else (key * 2654435761) % buckets  # Knuth's multiplicative hash
+            rows.append(bucket + (level - 1) * buckets)
+        prefix = self.prefix_emb(torch.stack(rows, dim=-1)) * (items[..., 1:, None] != 0)  # [..., L, d]
+        return emb + F.pad(prefix, (0, 0, 1, 0))
 
     def contexts(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [B, S] -> contexts [B, n+1, d] of its n = S // (L+1) whole items: row j is the trunk's state
@@ -241,7 +273,7 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
         real = items[..., 0] != 0  # [B, n]
         # real items count from 0 at the left, so appending an item never moves the ones before it
         pos = (real.cumsum(dim=1) - 1).clamp(min=0)
-        x = self.drop(self.tok_emb(items).sum(dim=2) + self.pos_emb(pos))  # [B, n, d]
+        x = self.drop(self.code_embeddings(items).sum(dim=2) + self.pos_emb(pos))  # [B, n, d]
         # item j sees real items <= j, and itself (so that a padding row is never empty)
         causal = torch.tril(torch.ones(n, n, dtype=torch.bool, device=tokens.device))
         allowed = ((causal & real[:, None, :]) | torch.eye(n, dtype=torch.bool, device=tokens.device))[:, None]
@@ -269,7 +301,7 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
         item = torch.arange(S, device=tokens.device) // L1 + last.long()
         # the codes of the predicted token's item so far: its tokens up to t (none when t ends an item)
         n1 = ctx.shape[1]
-        emb = F.pad(self.tok_emb(tokens), (0, 0, 0, n1 * L1 - S)).view(B, n1, L1, -1)
+        emb = self.code_embeddings(F.pad(tokens, (0, n1 * L1 - S)).view(B, n1, L1))  # [B, n+1, L+1, d]
         prefix = emb.cumsum(dim=2).view(B, n1 * L1, -1)[:, :S].masked_fill(last[None, :, None], 0.0)
         z = ctx[:, item] + self.level_emb((level + 1) % L1) + prefix  # [B, S, d]
         return self.decode(z if at is None else z[at])
@@ -288,7 +320,12 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
         self.check_step(last_tokens, B, K)
         tokens = last_tokens.view(B, K)
         generated = torch.cat([cache.generated, tokens[..., None]], dim=2)
-        context, prefix = cache.context, cache.prefix + self.tok_emb(tokens)
+        level = (generated.shape[2] - 1) % self.layout.n_levels  # the cache starts at an item's first code
+        if (self.token_level[tokens] != level).any():
+            raise ValueError(f"step {generated.shape[2]} after the history appends codes of level {level}; "
+                             f"last_tokens hold tokens of another level")
+        item = F.pad(generated[..., generated.shape[2] - 1 - level:], (0, self.layout.n_levels - 1 - level))
+        context, prefix = cache.context, cache.prefix + self.code_embeddings(item)[..., level, :]
         completed = self.token_level[tokens] == self.layout.n_levels - 1  # [B, K]
         if completed.any():  # the trunk reads the completed item (beam search and rollouts stop before this)
             full = torch.cat([cache.history.repeat_interleave(K, dim=0), generated.reshape(B * K, -1)], dim=1)
