@@ -51,7 +51,10 @@ class PostTrainAssetConfig(TorchrunConfig):
     early_eval_until: Optional[int] = None
     seed: Optional[int] = None
     checkpoint_every: Optional[int] = None  # steps between two saves of the resumable training state
-    patience: Optional[int] = None  # valid checks without improvement before the variant stops (empty: all steps)
+    # valid checks in a row without a better valid NDCG@10 before the variant stops (null: all steps). 4: on
+    # MovieLens-100k every variant of the default chain selects the step a full 200-step run selects
+    # (docs/results-movielens-100k.md), with 27% fewer steps
+    patience: Optional[int] = 4
     method_params: dict[str, Any] = {}
 
 
