@@ -1,13 +1,13 @@
 """Beam-search throughput of a semantic-ID policy on MovieLens-100k, printed as JSON.
 
     python benchmarks/beam_search_benchmark.py [--checkpoint POLICY.pt --semantic-ids ITEM_TOKENS.npz]
-        [--users 256] [--beam 20] [--threads 1] [--pretrain-epochs 0]
+        [--users 256] [--beam 20] [--threads 1] [--pretrain-epochs 0] [--quantizer balanced_tree] [--prefix-buckets 2048]
 
 Users/s of the evaluation's beam search (`evaluate_beams`: history excluded, its default batches; one untimed
 warm-up call on 64 users first) at beam
 `--beam`, constrained (prefix trie) and unconstrained, with and without the policy's decoding cache, on the first
 `--users` test users. Without --checkpoint the semantic IDs are built from the train split with the
-library defaults and the policy is freshly initialized at the library's default size (its decoding
+library defaults (or `--quantizer`) and the policy is freshly initialized at the library's default size (its decoding
 cost does not depend on its weights). `--pretrain-epochs N` also pretrains it for N epochs first and
 reports seconds per epoch and training sequences/s (the policy then decodes with trained weights).
 """
@@ -19,6 +19,8 @@ import os
 import platform
 import time
 from pathlib import Path
+
+from recmodels.tokenization.semantic_ids import QUANTIZERS, SemanticIdConfig
 
 
 def movielens_interactions(cache_dir: Path):
@@ -37,6 +39,10 @@ def main() -> None:
     parser.add_argument("--beam", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--pretrain-epochs", type=int, default=0)
+    parser.add_argument("--quantizer", choices=QUANTIZERS, default=SemanticIdConfig.quantizer,
+                        help="how the fresh policy's semantic IDs are built (without --checkpoint)")
+    parser.add_argument("--prefix-buckets", type=int, default=None,
+                        help="the fresh policy's SemanticPolicyConfig.prefix_buckets (default: the library's)")
     parser.add_argument("--cache-dir", default=str(Path(__file__).resolve().parents[1] / ".recalign" / "cache"))
     args = parser.parse_args()
     if bool(args.checkpoint) != bool(args.semantic_ids):
@@ -60,12 +66,14 @@ def main() -> None:
         if tokenization_class(policy) is not SemanticItems:
             parser.error(f"{args.checkpoint} is not a semantic-ID policy checkpoint")
     else:
-        ids = build_semantic_ids(build_item_vectors(data.table, data.catalog, data.n_items).vectors)
+        ids = build_semantic_ids(build_item_vectors(data.table, data.catalog, data.n_items).vectors,
+                                 SemanticIdConfig(quantizer=args.quantizer))
         out["semantic_ids_build_s"] = round(ids.stats["build_seconds"], 2)
         torch.manual_seed(0)
-        policy = SemanticPolicy(SemanticPolicyConfig(level_sizes=ids.level_sizes))
+        overrides = {} if args.prefix_buckets is None else {"prefix_buckets": args.prefix_buckets}
+        policy = SemanticPolicy(SemanticPolicyConfig(level_sizes=ids.level_sizes, **overrides))
     out["level_sizes"] = list(ids.level_sizes)
-    out["policy"] = {k: getattr(policy.cfg, k) for k in ("max_len", "d_model", "n_layers", "n_heads")}
+    out["policy"] = {k: getattr(policy.cfg, k) for k in ("max_len", "d_model", "n_layers", "n_heads", "prefix_buckets")}
     if args.pretrain_epochs:
         cfg = PretrainConfig(epochs=args.pretrain_epochs, patience=args.pretrain_epochs)
         result = pretrain_policy(data.table, ids.n_items, policy.cfg, cfg, device="cpu",
