@@ -2,8 +2,8 @@
 
 Item vectors come from the TRAIN split only (collaborative SVD factors) plus the catalog's genres and
 year; RQ-KMeans (the quantizer the config names) turns them into L levels of V codes plus one
-disambiguation code per item (recmodels/tokenization/semantic_ids.py). The asset is always materialized (it is cheap); the pretrained policy uses it
-when its run config says `tokenization: semantic`.
+disambiguation code per item (recmodels/tokenization/semantic_ids.py). The asset is always materialized
+(it is cheap); the pretrained policy uses it when its run config says `tokenization: semantic`.
 """
 
 import json

@@ -259,7 +259,7 @@ def _rq_kmeans(x: np.ndarray, config: SemanticIdConfig, balanced: bool) -> tuple
     return levels, residuals, config.codebook_size
 
 
-def tree_codebook_size(n_items: int, config: SemanticIdConfig) -> int:
+def _tree_codebook_size(n_items: int, config: SemanticIdConfig) -> int:
     """V of a "balanced_tree": the fewest codes per level with V**L >= n_items, at most `codebook_size`."""
     v = 2
     while v ** config.n_levels < n_items and v < config.codebook_size:
@@ -270,7 +270,7 @@ def tree_codebook_size(n_items: int, config: SemanticIdConfig) -> int:
 def _balanced_tree(x: np.ndarray, config: SemanticIdConfig) -> tuple[list[np.ndarray], list[np.ndarray], int]:
     """The items under each prefix clustered on their own: (codes per level, residual after each level, V)."""
     n, L = x.shape[0], config.n_levels
-    v = tree_codebook_size(n, config)
+    v = _tree_codebook_size(n, config)
     codes, residual, residuals = np.zeros((L, n), np.int64), x.copy(), []
     nodes = [np.arange(n)]  # the items under each prefix of the level being built
     for level in range(L):
