@@ -111,8 +111,8 @@ def test_loss_falls_on_a_learnable_pattern_and_beam_search_then_finds_the_next_i
 
 
 def test_prefix_embeddings_tell_apart_items_whose_codes_alone_do_not():
-    """Items (0,1,0) and (1,0,0) have the same code multiset shifted across levels only through the prefix rows:
-    with the code embeddings of levels 0 and 1 made equal, only prefix embeddings can tell the two apart."""
+    """Items (0,1,0) and (1,0,0): with the code embeddings of levels 0 and 1 made equal, their sums of code
+    embeddings are equal, so only the prefix embeddings can tell the two apart."""
     for buckets, differ in ((0, False), (9, True)):
         policy = random_policy(prefix_buckets=buckets)
         with torch.no_grad():

@@ -326,12 +326,11 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
                              f"last_tokens hold tokens of another level")
         item = F.pad(generated[..., generated.shape[2] - 1 - level:], (0, self.layout.n_levels - 1 - level))
         context, prefix = cache.context, cache.prefix + self.code_embeddings(item)[..., level, :]
-        completed = self.token_level[tokens] == self.layout.n_levels - 1  # [B, K]
-        if completed.any():  # the trunk reads the completed item (beam search and rollouts stop before this)
+        if level == self.layout.n_levels - 1:  # every beam completed an item: the trunk reads it
+            # (beam search and rollouts stop before this)
             full = torch.cat([cache.history.repeat_interleave(K, dim=0), generated.reshape(B * K, -1)], dim=1)
-            after = self.contexts(self.clip_history(full))[:, -1].view(B, K, -1)
-            context = torch.where(completed[..., None], after, context)
-            prefix = prefix.masked_fill(completed[..., None], 0.0)
+            context = self.contexts(self.clip_history(full))[:, -1].view(B, K, -1)
+            prefix = torch.zeros_like(prefix)
         z = context + self.level_emb(self.next_level[tokens]) + prefix
         logits = self.logits(self.decode(z).reshape(B * K, -1), last_tokens)
         return logits, ItemCache(cache.history, generated, context, prefix, logits)

@@ -70,15 +70,21 @@ def collaborative_factors(train: pd.DataFrame, n_items: int, dim: int, seed: int
     return factors, float(svd.explained_variance_ratio_.sum())
 
 
-def content_features(catalog: pd.DataFrame, n_items: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Multi-hot genres [n_items, G], standardized year [n_items, 1] and the genre names, by item_idx."""
-    missing = {"item_idx", "genres", "year"} - set(catalog.columns)
+def catalog_item_idx(catalog: pd.DataFrame, n_items: int, columns: set[str]) -> np.ndarray:
+    """The catalog's item_idx column, checked: the catalog has `columns` and every id is inside 1..n_items."""
+    missing = ({"item_idx"} | columns) - set(catalog.columns)
     if missing:
         raise ValueError(f"catalog lacks columns {sorted(missing)}")
     idx = catalog["item_idx"].to_numpy(np.int64)
     if len(idx) and (idx.min() < 1 or idx.max() > n_items):
         bad = int(idx[(idx < 1) | (idx > n_items)][0])
         raise ValueError(f"catalog column 'item_idx' holds {bad}, outside 1..{n_items}")
+    return idx
+
+
+def content_features(catalog: pd.DataFrame, n_items: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Multi-hot genres [n_items, G], standardized year [n_items, 1] and the genre names, by item_idx."""
+    idx = catalog_item_idx(catalog, n_items, {"genres", "year"})
     genre_lists = catalog["genres"].fillna("").astype(str).map(lambda g: [x for x in g.split("|") if x])
     names = sorted({g for gs in genre_lists for g in gs})
     column = {g: j for j, g in enumerate(names)}

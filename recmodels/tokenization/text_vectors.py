@@ -13,20 +13,14 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from recmodels.tokenization.item_vectors import ItemVectors, embedding_item_vectors
+from recmodels.tokenization.item_vectors import ItemVectors, catalog_item_idx, embedding_item_vectors
 
 Encoder = Callable[[list[str]], np.ndarray]  # n texts -> [n, d] embeddings
 
 
 def item_texts(catalog: pd.DataFrame, n_items: int) -> list[str]:
     """The text of items 1..n_items, "title (year): genre, genre"; "" for an item the catalog lacks."""
-    missing = {"item_idx", "title", "genres", "year"} - set(catalog.columns)
-    if missing:
-        raise ValueError(f"catalog lacks columns {sorted(missing)}")
-    idx = catalog["item_idx"].to_numpy(np.int64)
-    if len(idx) and (idx.min() < 1 or idx.max() > n_items):
-        bad = int(idx[(idx < 1) | (idx > n_items)][0])
-        raise ValueError(f"catalog column 'item_idx' holds {bad}, outside 1..{n_items}")
+    idx = catalog_item_idx(catalog, n_items, {"title", "genres", "year"})
     title = catalog["title"].fillna("").astype(str).str.strip()
     year = pd.to_numeric(catalog["year"], errors="coerce")
     title = title.where(year.isna(), title + " (" + year.astype("Int64").astype(str) + ")")
