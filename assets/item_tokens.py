@@ -1,8 +1,8 @@
 """The `item_tokens` asset: semantic IDs of the catalog, and the blocking check that they are a bijection.
 
 Item vectors come from the TRAIN split only (collaborative SVD factors) plus the catalog's genres and
-year; RQ-KMeans (the quantizer the config names) turns them into L levels of V codes plus one
-disambiguation code per item (recmodels/tokenization/semantic_ids.py). The asset is always materialized
+year; residual quantization (RQ-KMeans unless the config names another quantizer) turns them into L
+levels of V codes plus one disambiguation code per item (recmodels/tokenization/semantic_ids.py). The asset is always materialized
 (it is cheap); the pretrained policy uses it when its run config says `tokenization: semantic`.
 """
 
@@ -25,9 +25,9 @@ from recmodels.tokenization.semantic_ids import SemanticIds
 
 
 class ItemTokensConfig(dg.Config):
-    """RQ-KMeans settings: `n_levels` levels of (at most) `codebook_size` codes over `svd_dim` collaborative
-    factors (+ genres and year), built by `quantizer` (rq_kmeans, balanced_rq_kmeans or balanced_tree); empty
-    fields keep the library defaults."""
+    """Semantic-ID settings: `n_levels` levels of (at most) `codebook_size` codes over `svd_dim` collaborative
+    factors (+ genres and year), built by `quantizer` (rq_kmeans, balanced_rq_kmeans, balanced_tree or
+    rq_vae); empty fields keep the library defaults."""
 
     n_levels: int = 3
     codebook_size: int = 32

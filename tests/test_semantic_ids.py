@@ -110,6 +110,26 @@ def test_unknown_quantizer_is_refused_by_name():
         SemanticIdConfig(quantizer="kmeans")
 
 
+def test_rq_vae_learns_codes_that_follow_the_clusters_deterministically_and_leaves_torch_rng_alone():
+    rng = np.random.default_rng(1)
+    cluster = rng.integers(0, 4, 201)
+    v = rng.normal(scale=6.0, size=(4, 8))[cluster] + rng.normal(size=(201, 8))
+    v[7] = v[6]
+    config = SemanticIdConfig(n_levels=2, codebook_size=8, quantizer="rq_vae")
+    torch.manual_seed(123)
+    sid = build_semantic_ids(v, config)
+    after = torch.rand(3)
+    torch.manual_seed(123)
+    np.testing.assert_array_equal(torch.rand(3), after)  # the build drew nothing from torch's global stream
+    np.testing.assert_array_equal(build_semantic_ids(v, config).codes, sid.codes)
+    assert sid.check_bijection()["passed"] and sid.level_sizes[:2] == (8, 8)
+    assert (sid.codes[6, :2] == sid.codes[7, :2]).all()  # identical vectors, identical codes
+    # a level-0 code holds one cluster: the codes refine the clusters rather than cut across them
+    for code in np.unique(sid.codes[1:, 0]):
+        assert len(np.unique(cluster[1:][sid.codes[1:, 0] == code])) == 1
+    assert min(sid.stats["codebook_usage"]) >= 0.75  # unused codes restart, so most of each codebook is used
+
+
 def test_fewer_items_than_codes_still_gives_unique_tuples():
     sid = build_semantic_ids(np.random.default_rng(0).normal(size=(6, 3)), SemanticIdConfig(codebook_size=32))
     assert sid.check_bijection()["passed"] and sid.n_items == 5

@@ -1,6 +1,6 @@
-"""Semantic IDs: each item becomes a tuple of codes built by residual k-means (RQ-KMeans).
+"""Semantic IDs: each item becomes a tuple of codes built by residual quantization (RQ-KMeans by default).
 
-Level l = 0..L-1 clusters the residual left by the levels before it, so similar items share prefixes.
+Level l = 0..L-1 quantizes the residual left by the levels before it, so similar items share prefixes.
 `SemanticIdConfig.quantizer` says how (`QUANTIZERS`):
 - "rq_kmeans": one codebook of `codebook_size` codes per level over all items (sklearn KMeans, fixed
   random_state);
@@ -9,7 +9,9 @@ Level l = 0..L-1 clusters the residual left by the levels before it, so similar 
 - "balanced_tree": the items under each prefix are clustered on their own (their residual after the
   prefix's centers) into at most V codes, each holding at most what the levels below can tell apart,
   so no two items share L codes; V is the fewest codes with V**L >= n_items (at most `codebook_size`).
-  Nearly every code tuple is an item, so an unconstrained decoder has few non-items to invent.
+  Nearly every code tuple is an item, so an unconstrained decoder has few non-items to invent;
+- "rq_vae": an autoencoder whose latent is quantized residually by L learned codebooks of V codes
+  (TIGER's RQ-VAE; `rq_vae.rq_vae_codes`), so the codes are trained to rebuild the item vector.
 Items that end up with the same L codes get one more, disambiguation code 0, 1, 2, ... in item_idx
 order, which makes every item's (L+1)-tuple unique (always 0 under a "balanced_tree" that fits).
 
@@ -30,6 +32,7 @@ import pandas as pd
 import torch
 
 from recmodels.tokenization.balanced_kmeans import capacity_kmeans
+from recmodels.tokenization.rq_vae import RQVAEConfig, rq_vae_codes
 
 FORMAT_VERSION = 1
 
@@ -76,7 +79,7 @@ class TokenLayout:
         return tokens - torch.as_tensor(self.offsets, device=tokens.device)
 
 
-QUANTIZERS = ("rq_kmeans", "balanced_rq_kmeans", "balanced_tree")
+QUANTIZERS = ("rq_kmeans", "balanced_rq_kmeans", "balanced_tree", "rq_vae")
 
 
 @dataclass
@@ -84,8 +87,8 @@ class SemanticIdConfig:
     n_levels: int = 3  # L k-means levels (the disambiguation code comes on top)
     codebook_size: int = 32  # V codes per level ("balanced_tree": at most V)
     seed: int = 0
-    n_init: int = 1
-    max_iter: int = 100
+    n_init: int = 1  # k-means restarts (the k-means quantizers)
+    max_iter: int = 100  # k-means iterations (the k-means quantizers)
     quantizer: str = "rq_kmeans"  # one of QUANTIZERS; files saved before the field were built by "rq_kmeans"
 
     def __post_init__(self):
@@ -289,7 +292,7 @@ def _balanced_tree(x: np.ndarray, config: SemanticIdConfig) -> tuple[list[np.nda
 
 
 def build_semantic_ids(vectors: np.ndarray, config: SemanticIdConfig = SemanticIdConfig()) -> SemanticIds:
-    """RQ-KMeans (the quantizer `config` names) over item vectors [n_items + 1, d] (row i = item_idx i, row 0
+    """Residual quantization (the quantizer `config` names) over item vectors [n_items + 1, d] (row i = item_idx i, row 0
     ignored)."""
     x = np.asarray(vectors, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] < 2:
@@ -303,6 +306,10 @@ def build_semantic_ids(vectors: np.ndarray, config: SemanticIdConfig = SemanticI
     n_items = x.shape[0] - 1
     if config.quantizer == "balanced_tree":
         levels, residuals, v = _balanced_tree(x[1:], config)
+    elif config.quantizer == "rq_vae":
+        levels, residuals = rq_vae_codes(x[1:], RQVAEConfig(n_levels=config.n_levels, codebook_size=config.codebook_size,
+                                                            seed=config.seed))
+        v = config.codebook_size
     else:
         levels, residuals, v = _rq_kmeans(x[1:], config, balanced=config.quantizer == "balanced_rq_kmeans")
     prefixes = np.stack(levels, axis=1)
@@ -319,7 +326,7 @@ def build_semantic_ids(vectors: np.ndarray, config: SemanticIdConfig = SemanticI
         "n_shared_prefixes": int((extra == 1).sum()),  # prefixes that two or more items share
         "max_disambiguation": n_disambiguation - 1,
         "tuple_density": n_items / float(np.prod(level_sizes, dtype=np.float64)),  # items / possible tuples
-        "residual_rmse": [float(np.sqrt((r ** 2).sum(axis=1).mean())) for r in residuals],  # after each level
+        "residual_rmse": [float(np.sqrt((r ** 2).sum(axis=1).mean())) for r in residuals],  # after each level (rq_vae: latent)
         "build_seconds": time.perf_counter() - started,
     }
     return SemanticIds(codes=codes, level_sizes=level_sizes, config=config, stats=stats)
