@@ -36,6 +36,16 @@ def accuracy(ranks) -> dict:
     return out
 
 
+def curve(history: list[dict]) -> list[dict]:
+    """Per epoch: valid NDCG@10 (masked, where evaluated) and the seconds of training and evaluation so far."""
+    rows, elapsed = [], 0.0
+    for row in history:
+        elapsed += row["seconds"]
+        rows.append({"epoch": row["epoch"], "valid_ndcg@10": round(row["valid_ndcg@10"], 4)
+                     if "valid_ndcg@10" in row else None, "elapsed_s": round(elapsed, 1)})
+    return rows
+
+
 def overrides(pairs: list[str]) -> tuple[dict, dict]:
     """`NAME=VALUE` pairs -> (PretrainConfig fields, PolicyConfig fields), values parsed as JSON when they can be."""
     from dataclasses import fields
@@ -112,6 +122,7 @@ def main() -> None:
         "epochs_run": len(result.history), "epochs_cap": config.epochs, "max_len": result.policy_config.max_len,
         "pretrain_s": round(seconds, 1), "training_step_mfu": mfu,
         "windows_per_s": round(sum(h["sequences_per_s"] for h in result.history) / len(result.history), 1),
+        "curve": curve(result.history),
         "device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
         "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "python": platform.python_version(), "torch": torch.__version__,

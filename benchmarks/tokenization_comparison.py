@@ -5,7 +5,7 @@
         [--users-for-throughput 256] [--threads 1] [--out DIR]
 
 What it does, all through the library (the Dagster chain runs the same functions):
-1. the atomic policy pretrained, then semantic IDs (RQ-KMeans by `--quantizer`, library defaults otherwise)
+1. the atomic policy pretrained, then semantic IDs (built by `--quantizer`, library defaults otherwise)
    from the train split and the catalog (`--item-vectors features`), from the atomic policy's item embeddings
    (`atomic-policy`) or from text embeddings of the catalog (`titles`, needs the text extra);
 2. the semantic-ID policy pretrained with the atomic policy's `PretrainConfig` (epochs cap
@@ -132,7 +132,7 @@ def main() -> None:
     ids = build_semantic_ids(vectors.vectors, SemanticIdConfig(quantizer=args.quantizer))
     out: dict = {"dataset": args.dataset, "n_users": data.n_users, "n_items": data.n_items,
                  "item_vectors": args.item_vectors, "quantizer": args.quantizer, "level_sizes": list(ids.level_sizes),
-                 "semantic_ids": {k: v for k, v in ids.stats.items() if not isinstance(v, (list, dict))}}
+                 "semantic_ids": ids.stats}
     progress("pretraining the semantic-ID policy")
     t = time.perf_counter()
     overrides = {} if args.prefix_buckets is None else {"prefix_buckets": args.prefix_buckets}
