@@ -27,3 +27,24 @@ def test_mixed_precision_leaves_cpu_math_in_fp32():
     with mixed_precision(torch.device("cpu")):
         product = a @ b
     assert product.dtype == torch.float32 and not torch.is_autocast_enabled()
+
+
+def test_cpu_bf16_autocasts_matmuls_and_a_seen_bias_policy_still_trains_under_it():
+    """Under bf16 autocast (CUDA always, the CPU when asked) the item logits stay fp32, so the seen bias adds in
+    fp32 and the loss and its gradient exist; without the cast scatter_add_ refused the bf16 logits."""
+    from recmodels.models.policy import GenerativePolicy, PolicyConfig
+    from recmodels.training.pretraining import window_nll
+
+    a, b = torch.randn(4, 8), torch.randn(8, 3)
+    with mixed_precision(torch.device("cpu"), cpu_bf16=True):
+        assert (a @ b).dtype == torch.bfloat16
+    torch.manual_seed(0)
+    policy = GenerativePolicy(PolicyConfig(vocab_size=21, max_len=6, d_model=16, n_heads=2, n_layers=1,
+                                           seen_bias=True))
+    items = torch.tensor([[0, 3, 5, 3, 7, 9]])
+    with mixed_precision(torch.device("cpu"), cpu_bf16=True):
+        logits = policy.logits(policy.hidden(items), policy._seen_so_far(items))
+        loss = window_nll(policy, items, torch.tensor([[0, 5, 3, 7, 9, 2]]))
+    assert logits.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert policy.seen_logit.grad is not None and policy.seen_logit.grad != 0

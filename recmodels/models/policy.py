@@ -120,7 +120,7 @@ class GenerativePolicy(nn.Module):
     def logits(self, hidden: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
         """hidden [..., d] -> item logits [..., V] through the tied embedding; padding is never a next item.
         `seen` [..., S] (item ids, 0 = none): the items already consumed at each row, given the seen bias."""
-        logits = hidden @ self.tok_emb.weight.T
+        logits = (hidden @ self.tok_emb.weight.T).float()  # fp32 under bf16 autocast too: the bias adds in fp32
         if seen is not None and self.cfg.seen_bias:  # the bias once per earlier consumption of the item
             logits.scatter_add_(-1, seen, (SEEN_BIAS_SCALE * self.seen_logit).expand(seen.shape))
         logits[..., 0] = float("-inf")
