@@ -24,11 +24,14 @@ def default_device() -> torch.device:
     return torch.device(named or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def mixed_precision(device: torch.device):
+def mixed_precision(device: torch.device, cpu_bf16: bool = False):
     """bf16 autocast on a CUDA device that supports it (matmuls and attention in bf16, softmax, losses and
-    reductions in fp32 by autocast's own rules), nothing elsewhere: CPU numbers stay bit-for-bit fp32."""
+    reductions in fp32 by autocast's own rules); on the CPU only when `cpu_bf16` (worth it where the CPU has
+    bf16 dot products, AVX512-BF16 or AMX), otherwise CPU numbers stay bit-for-bit fp32."""
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    if device.type == "cpu" and cpu_bf16:
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
     return nullcontext()
 
 

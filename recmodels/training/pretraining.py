@@ -56,6 +56,7 @@ class PretrainConfig:
     checkpoint_every: int = 1  # epochs between two saves of the resumable state (only with a resume_dir)
     warmup_epochs: float = 0.0  # the learning rate rises linearly from 0 to lr over these epochs
     schedule: str = "constant"  # after warmup: "constant" lr, or "cosine" decay to lr/10 at the last epoch
+    cpu_bf16: bool = False  # bf16 autocast on the CPU too (on CUDA it is on wherever the GPU supports bf16)
 
 
 SCHEDULES = ("constant", "cosine")
@@ -169,7 +170,7 @@ def pretrain_policy(interactions: pd.DataFrame, n_items: int, policy_config: Any
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
         idx = idx.to(device)
-        with mixed_precision(device):
+        with mixed_precision(device, config.cpu_bf16):
             return window_nll(policy, on_device[0][idx], on_device[1][idx])
 
     def evaluate() -> dict[str, float]:
