@@ -51,6 +51,7 @@ class PretrainAssetConfig(TorchrunConfig):
     n_layers: Optional[int] = None
     n_heads: Optional[int] = None
     dropout: Optional[float] = None
+    cpu_bf16: Optional[bool] = None  # bf16 autocast on the CPU too: faster where it has bf16 dot products
     checkpoint_every: Optional[int] = None  # epochs between two saves of the resumable training state
 
 

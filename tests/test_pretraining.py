@@ -51,6 +51,16 @@ def test_loss_falls_and_valid_ndcg_rises_on_a_learnable_pattern():
     assert not result.policy.training
 
 
+def test_cpu_bf16_trains_under_autocast_and_learns_the_pattern_as_fp32_does():
+    df = cyclic_interactions()
+    config = PretrainConfig(epochs=20, batch_size=16, lr=1e-2, weight_decay=0.0, patience=20)
+    fp32 = pretrain_policy(df, N_ITEMS, TINY, config, device="cpu")
+    bf16 = pretrain_policy(df, N_ITEMS, TINY, replace(config, cpu_bf16=True), device="cpu")
+    assert bf16.history[0]["train_loss"] != fp32.history[0]["train_loss"]  # the flag took effect: bf16 matmuls
+    assert bf16.best_valid_ndcg10 > 0.8 and bf16.best_valid_ndcg10 == pytest.approx(fp32.best_valid_ndcg10, abs=0.1)
+    assert next(bf16.policy.parameters()).dtype == torch.float32  # the weights stay fp32
+
+
 def test_early_stopping_restores_the_best_weights(monkeypatch):
     scripted = iter([0.1, 0.5, 0.3, 0.2, 0.4, 0.9])
     snapshots = []

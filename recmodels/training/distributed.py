@@ -128,7 +128,7 @@ def wrap_data_parallel(module: torch.nn.Module, group: ProcessGroup) -> Distribu
 
 
 def data_parallel_batch_loss(model: DistributedDataParallel, tokens: torch.Tensor, targets: torch.Tensor,
-                             group: ProcessGroup) -> Callable[[torch.Tensor], torch.Tensor]:
+                             group: ProcessGroup, cpu_bf16: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     """`batch_loss(idx)` for `run_epochs` with `DataParallel`: this process's share of the GLOBAL batch `idx`
     (its contiguous `tensor_split` part), summed NLL x world_size / target tokens of the whole batch.
     Averaged over the processes (DDP's gradient average, `DataParallel`'s loss average) it is the mean NLL of
@@ -141,7 +141,7 @@ def data_parallel_batch_loss(model: DistributedDataParallel, tokens: torch.Tenso
         weight = group.world_size / max(int(n_targets[idx].sum()), 1)
         if len(share) == 0:
             share, weight = idx[:1], 0.0
-        with mixed_precision(group.device):  # bf16 on CUDA, as one process trains
+        with mixed_precision(group.device, cpu_bf16):  # bf16 on CUDA (and on the CPU when asked), as one process trains
             return model(tokens[share].to(group.device), targets[share].to(group.device)) * weight
 
     return batch_loss
@@ -185,7 +185,8 @@ def pretrain_distributed(interactions: pd.DataFrame, n_items: int, policy_config
                                          data.targets, group.device)
     parallel = DataParallel(world_size=group.world_size, lead=is_lead,
                             sum_over_processes=lambda value: sum_over_processes(value, group))
-    return run_epochs(policy, data.n_windows, data_parallel_batch_loss(model, data.tokens, data.targets, group),
+    return run_epochs(policy, data.n_windows, data_parallel_batch_loss(model, data.tokens, data.targets, group,
+                                                                      config.cpu_bf16),
                       evaluate, config, gen, result, callback if is_lead else None, resume_dir=resume_dir,
                       state_key=state_key, parallel=parallel)
 
