@@ -2,8 +2,9 @@
 
 Item vectors come from the TRAIN split only (collaborative SVD factors) plus the catalog's genres and
 year; residual quantization (RQ-KMeans unless the config names another quantizer) turns them into L
-levels of V codes plus one disambiguation code per item (recmodels/tokenization/semantic_ids.py). The asset is always materialized
-(it is cheap); the pretrained policy uses it when its run config says `tokenization: semantic`.
+levels of V codes plus one disambiguation code per item (recmodels/tokenization/semantic_ids.py). The
+asset is always materialized (it is cheap); the pretrained policy uses it when its run config says
+`tokenization: semantic`.
 """
 
 import json

@@ -53,11 +53,14 @@ class ResidualQuantizer(nn.Module):
 
 
 class RQVAE(nn.Module):
+    """Encoder [d_in -> latent], residual quantizer, decoder [latent -> d_in]."""
+
     def __init__(self, d_in: int, config: RQVAEConfig):
         super().__init__()
         self.config = config
-        self.encoder = nn.Sequential(nn.Linear(d_in, config.hidden), nn.ReLU(), nn.Linear(config.hidden, config.latent_dim))
-        self.decoder = nn.Sequential(nn.Linear(config.latent_dim, config.hidden), nn.ReLU(), nn.Linear(config.hidden, d_in))
+        h, latent = config.hidden, config.latent_dim
+        self.encoder = nn.Sequential(nn.Linear(d_in, h), nn.ReLU(), nn.Linear(h, latent))
+        self.decoder = nn.Sequential(nn.Linear(latent, h), nn.ReLU(), nn.Linear(h, d_in))
         self.quantizer = ResidualQuantizer(config)
 
     def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -84,7 +84,7 @@ QUANTIZERS = ("rq_kmeans", "balanced_rq_kmeans", "balanced_tree", "rq_vae")
 
 @dataclass
 class SemanticIdConfig:
-    n_levels: int = 3  # L k-means levels (the disambiguation code comes on top)
+    n_levels: int = 3  # L quantization levels (the disambiguation code comes on top)
     codebook_size: int = 32  # V codes per level ("balanced_tree": at most V)
     seed: int = 0
     n_init: int = 1  # k-means restarts (the k-means quantizers)
@@ -292,8 +292,8 @@ def _balanced_tree(x: np.ndarray, config: SemanticIdConfig) -> tuple[list[np.nda
 
 
 def build_semantic_ids(vectors: np.ndarray, config: SemanticIdConfig = SemanticIdConfig()) -> SemanticIds:
-    """Residual quantization (the quantizer `config` names) over item vectors [n_items + 1, d] (row i = item_idx i, row 0
-    ignored)."""
+    """Residual quantization (the quantizer `config` names) over item vectors [n_items + 1, d] (row i = item_idx
+    i, row 0 ignored)."""
     x = np.asarray(vectors, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] < 2:
         raise ValueError(f"vectors must be [n_items + 1, d] with n_items >= 1, got shape {x.shape}")
@@ -307,8 +307,8 @@ def build_semantic_ids(vectors: np.ndarray, config: SemanticIdConfig = SemanticI
     if config.quantizer == "balanced_tree":
         levels, residuals, v = _balanced_tree(x[1:], config)
     elif config.quantizer == "rq_vae":
-        levels, residuals = rq_vae_codes(x[1:], RQVAEConfig(n_levels=config.n_levels, codebook_size=config.codebook_size,
-                                                            seed=config.seed))
+        vae = RQVAEConfig(n_levels=config.n_levels, codebook_size=config.codebook_size, seed=config.seed)
+        levels, residuals = rq_vae_codes(x[1:], vae)
         v = config.codebook_size
     else:
         levels, residuals, v = _rq_kmeans(x[1:], config, balanced=config.quantizer == "balanced_rq_kmeans")
@@ -326,7 +326,8 @@ def build_semantic_ids(vectors: np.ndarray, config: SemanticIdConfig = SemanticI
         "n_shared_prefixes": int((extra == 1).sum()),  # prefixes that two or more items share
         "max_disambiguation": n_disambiguation - 1,
         "tuple_density": n_items / float(np.prod(level_sizes, dtype=np.float64)),  # items / possible tuples
-        "residual_rmse": [float(np.sqrt((r ** 2).sum(axis=1).mean())) for r in residuals],  # after each level (rq_vae: latent)
+        # after each level (rq_vae: in its latent space)
+        "residual_rmse": [float(np.sqrt((r ** 2).sum(axis=1).mean())) for r in residuals],
         "build_seconds": time.perf_counter() - started,
     }
     return SemanticIds(codes=codes, level_sizes=level_sizes, config=config, stats=stats)
