@@ -43,7 +43,7 @@ def test_cpu_bf16_autocasts_matmuls_and_a_seen_bias_policy_still_trains_under_it
                                            seen_bias=True))
     items = torch.tensor([[0, 3, 5, 3, 7, 9]])
     with mixed_precision(torch.device("cpu"), cpu_bf16=True):
-        logits = policy.logits(policy.hidden(items), policy._seen_so_far(items))
+        logits, _ = policy(items)
         loss = window_nll(policy, items, torch.tensor([[0, 5, 3, 7, 9, 2]]))
     assert logits.dtype == torch.float32 and torch.isfinite(loss)
     loss.backward()

@@ -119,7 +119,6 @@ def rq_vae_codes(x: np.ndarray, config: RQVAEConfig) -> tuple[list[np.ndarray], 
                 used.zero_()
         with torch.no_grad():
             z = model.encoder(data)
-            _, codes, _ = model.quantizer(z)
-            quantized_sums = torch.cumsum(torch.stack([cb[c] for cb, c in zip(model.quantizer.codebooks, codes)]), 0)
-        return ([c.numpy().astype(np.int64) for c in codes],
-                [(z - q).numpy().astype(np.float64) for q in quantized_sums])
+            quantized, codes, inputs = model.quantizer(z)
+        after = inputs[1:] + [z - quantized]  # what each level leaves is what the next one receives
+        return [c.numpy().astype(np.int64) for c in codes], [r.numpy().astype(np.float64) for r in after]
