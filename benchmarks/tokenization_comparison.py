@@ -2,7 +2,8 @@
 
     python benchmarks/tokenization_comparison.py --dataset movielens-100k --epochs 20 \
         [--post-train-steps 100] [--item-vectors atomic-policy|titles] [--quantizer balanced_tree] [--prefix-buckets 2048]
-        [--users-for-throughput 256] [--threads 1] [--out DIR]
+        [--users-for-throughput 256] [--threads 1] [--set cpu_bf16=true --set dropout=0.0 ...] [--wider-beams 50 100]
+        [--out DIR]
 
 What it does, all through the library (the Dagster chain runs the same functions):
 1. the atomic policy pretrained, then semantic IDs (built by `--quantizer`, library defaults otherwise)
@@ -18,8 +19,14 @@ What it does, all through the library (the Dagster chain runs the same functions
    unconstrained top-10 for the hallucination rate), HR@10 / NDCG@10 under both protocols (`_masked`:
    history excluded, the primary one; `_unmasked`: RecBole-comparable, history included); with `--out`
    the report (report.md, hr10_vs_hallucination.png, ...) is written there;
-5. beam-search throughput (users/s at beam 20, cached, constrained and unconstrained) of the
+5. with `--wider-beams K ...`: the pretrained semantic policy's masked accuracy again from K constrained beams
+   (how much of its gap to the atomic policy is search error of beam 20 rather than the model's);
+6. beam-search throughput (users/s at beam 20, cached, constrained and unconstrained) of the
    pretrained semantic policy on the first `--users-for-throughput` test users.
+
+`--set NAME=VALUE` overrides a `PretrainConfig` field for both policies, or a `PolicyConfig` field: for the
+atomic policy, and for the semantic one where `SemanticPolicyConfig` has it (width, depth, heads, dropout), so
+that both are trained alike (e.g. MovieLens-1M's `cpu_bf16=true dropout=0.0`, docs/experiments-pretraining.md).
 """
 from __future__ import annotations
 
@@ -29,8 +36,11 @@ import os
 import platform
 import sys
 import time
+from dataclasses import fields
+from types import SimpleNamespace
 from pathlib import Path
 
+from pretrain_protocols import overrides  # beside this file
 from recmodels.tokenization.semantic_ids import QUANTIZERS, SemanticIdConfig
 
 DATASETS = ("movielens-100k", "movielens-1m")
@@ -91,6 +101,10 @@ def main() -> None:
                         help="how the item vectors become code tuples (recmodels.tokenization.semantic_ids)")
     parser.add_argument("--prefix-buckets", type=int, default=None,
                         help="SemanticPolicyConfig.prefix_buckets (prefix embeddings; default: the library's)")
+    parser.add_argument("--wider-beams", type=int, nargs="*", default=[], metavar="K",
+                        help="also rank the test targets among K constrained beams (masked), for each K")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a PretrainConfig or PolicyConfig field, both policies (repeatable)")
     parser.add_argument("--out", default=None, help="folder for the report (report.md, plots)")
     parser.add_argument("--cache-dir", default=str(Path(__file__).resolve().parents[1] / ".recalign" / "cache"))
     args = parser.parse_args()
@@ -101,13 +115,14 @@ def main() -> None:
     from recmodels.data.rewards import RewardSpec
     from recmodels.data.sources import load_raw_logs
     from recmodels.evaluation.evaluate import evaluate_policies
-    from recmodels.evaluation.hallucination import evaluate_beams
+    from recmodels.evaluation.hallucination import beam_ranks, evaluate_beams
     from recmodels.evaluation.report import build_report
     from recmodels.evaluation.report_output import write_report
     from recmodels.post_training.loop import PostTrainConfig, post_train
     from recmodels.training.pretraining import PretrainConfig, pretrain_policy
     from recmodels.training.ranker_training import RankerTrainConfig, train_ranker
     from recmodels.tokenization.items import SemanticItems
+    from recmodels.models.policy import PolicyConfig
     from recmodels.models.semantic_policy import SemanticPolicyConfig
     from recmodels.data.sequences import build_user_sequences, eval_examples
     from recmodels.tokenization import (ItemTrie, build_item_vectors, build_semantic_ids, embedding_item_vectors,
@@ -117,11 +132,13 @@ def main() -> None:
     started = time.perf_counter()
     data = build_interactions(load_raw_logs(args.dataset, cache_dir=Path(args.cache_dir)), RewardSpec())
     table = data.table
-    cfg = PretrainConfig(epochs=args.epochs, patience=10)
+    train_set, policy_set = overrides(args.set)
+    cfg = PretrainConfig(**{"epochs": args.epochs, "patience": 10, **train_set})
     timings = {}
     progress(f"{args.dataset}: {data.n_users} users, {data.n_items} items; pretraining the atomic policy")
     t = time.perf_counter()
-    atomic = pretrain_policy(table, data.n_items, config=cfg, device="cpu")
+    atomic = pretrain_policy(table, data.n_items, PolicyConfig(vocab_size=data.n_items + 1, **policy_set), config=cfg,
+                             device="cpu")
     timings["atomic_pretrain_s"] = round(time.perf_counter() - t, 1)
     if args.item_vectors == "atomic-policy":
         vectors = embedding_item_vectors(atomic.policy.tok_emb.weight.detach().cpu().numpy())
@@ -130,13 +147,16 @@ def main() -> None:
     else:
         vectors = build_item_vectors(table, data.catalog, data.n_items)
     ids = build_semantic_ids(vectors.vectors, SemanticIdConfig(quantizer=args.quantizer))
-    out: dict = {"dataset": args.dataset, "n_users": data.n_users, "n_items": data.n_items,
+    out: dict = {"dataset": args.dataset, "n_users": data.n_users, "n_items": data.n_items, "overrides": args.set,
                  "item_vectors": args.item_vectors, "quantizer": args.quantizer, "level_sizes": list(ids.level_sizes),
                  "semantic_ids": ids.stats}
     progress("pretraining the semantic-ID policy")
     t = time.perf_counter()
-    overrides = {} if args.prefix_buckets is None else {"prefix_buckets": args.prefix_buckets}
-    semantic_config = SemanticPolicyConfig(level_sizes=ids.level_sizes, **overrides)
+    semantic_fields = {f.name for f in fields(SemanticPolicyConfig)}
+    semantic_set = {name: value for name, value in policy_set.items() if name in semantic_fields}
+    if args.prefix_buckets is not None:
+        semantic_set["prefix_buckets"] = args.prefix_buckets
+    semantic_config = SemanticPolicyConfig(level_sizes=ids.level_sizes, **semantic_set)
     out["semantic_policy"] = {"trunk": semantic_config.trunk, "prefix_buckets": semantic_config.prefix_buckets}
     semantic = pretrain_policy(table, data.n_items, semantic_config, config=cfg, device="cpu",
                                tokenization=SemanticItems(ids))
@@ -177,16 +197,24 @@ def main() -> None:
     out["test"] = {e.name: _row(e) | post_trained.get(e.name, {}) for e in evals}
     by_name = {e.name: e for e in evals}
     out["semantic_vs_atomic"] = _paired(by_name["pretrained"], by_name["atomic_pretrained"])
+    test = eval_examples(build_user_sequences(table), "test", semantic.policy_config.max_len)
+    for k in args.wider_beams:
+        t = time.perf_counter()
+        beams = evaluate_beams(semantic.policy, test, ids, beam_size=k, trie=ItemTrie.from_semantic_ids(ids),
+                               batch_size=64, device="cpu")
+        wider = SimpleNamespace(ranks=beam_ranks(beams), ranks_unmasked=by_name["pretrained"].ranks_unmasked)
+        paired = _paired(wider, by_name["atomic_pretrained"])
+        out.setdefault("semantic_wider_beams", {})[str(k)] = {
+            **_accuracy(wider.ranks, "masked"), **{f"{m}_masked_vs_atomic": paired[f"{m}_masked"] for m in ("hr@10", "ndcg@10")},
+            "seconds": round(time.perf_counter() - t, 1)}
     if args.out:
         report = build_report(evals)
         write_report(report, args.out)
         out["report_dir"] = str(args.out)
 
-    examples = eval_examples(build_user_sequences(table), "test", semantic.policy_config.max_len)
-    n = min(args.users_for_throughput, len(examples))
-    subset = type(examples)(users=examples.users[:n], history=examples.history[:n],
-                            history_rewards=examples.history_rewards[:n], targets=examples.targets[:n],
-                            target_rewards=examples.target_rewards[:n], seen=examples.seen[:n])
+    n = min(args.users_for_throughput, len(test))
+    subset = type(test)(users=test.users[:n], history=test.history[:n], history_rewards=test.history_rewards[:n],
+                        targets=test.targets[:n], target_rewards=test.target_rewards[:n], seen=test.seen[:n])
     trie = ItemTrie.from_semantic_ids(ids)
     out["beam20_users_per_s"] = {}
     for mode, constraint in (("constrained", trie), ("unconstrained", None)):
