@@ -1,9 +1,9 @@
 """Atomic vs semantic-ID tokenization on one MovieLens data set, same budget, printed as JSON.
 
     python benchmarks/tokenization_comparison.py --dataset movielens-100k --epochs 20 \
-        [--post-train-steps 100] [--item-vectors atomic-policy|titles] [--quantizer balanced_tree] [--prefix-buckets 2048]
-        [--users-for-throughput 256] [--threads 1] [--set cpu_bf16=true --set dropout=0.0 ...] [--wider-beams 50 100]
-        [--out DIR]
+        [--post-train-steps 100] [--item-vectors atomic-policy|titles] [--quantizer balanced_tree]
+        [--prefix-buckets 2048] [--users-for-throughput 256] [--threads 1] [--set cpu_bf16=true --set dropout=0.0 ...]
+        [--wider-beams 50 100] [--out DIR]
 
 What it does, all through the library (the Dagster chain runs the same functions):
 1. the atomic policy pretrained, then semantic IDs (built by `--quantizer`, library defaults otherwise)
@@ -37,7 +37,6 @@ import platform
 import sys
 import time
 from dataclasses import fields
-from types import SimpleNamespace
 from pathlib import Path
 
 from pretrain_protocols import overrides  # beside this file
@@ -68,15 +67,16 @@ def _row(e) -> dict:
             **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in e.decoding.items()}}
 
 
-def _paired(semantic, atomic) -> dict:
-    """The semantic policy minus the atomic one per user (the same test users), HR@10 / NDCG@10 under both
-    protocols: the difference and its paired 95% bootstrap interval, and both relative to the atomic mean."""
+def _paired(semantic: dict, atomic: dict) -> dict:
+    """The semantic policy minus the atomic one per user (the same test users), HR@10 / NDCG@10 under each
+    protocol both hold ranks of ({"masked": ranks, ...}): the difference and its paired 95% bootstrap interval,
+    and both relative to the atomic mean."""
     from recmodels.evaluation.metrics import hit_rate, ndcg, paired_bootstrap_diff
 
     out = {}
-    for protocol, attr in (("masked", "ranks"), ("unmasked", "ranks_unmasked")):
+    for protocol in (p for p in semantic if p in atomic):
         for name, metric in (("hr@10", hit_rate), ("ndcg@10", ndcg)):
-            a, b = metric(getattr(semantic, attr), 10), metric(getattr(atomic, attr), 10)
+            a, b = metric(semantic[protocol], 10), metric(atomic[protocol], 10)
             diff, low, high = paired_bootstrap_diff(a, b)
             base = float(b.mean())
             out[f"{name}_{protocol}"] = {"diff": round(diff, 4), "diff_low": round(low, 4), "diff_high": round(high, 4),
@@ -195,17 +195,18 @@ def main() -> None:
     for e in evals:
         e.extra = extras.get(e.name, {})
     out["test"] = {e.name: _row(e) | post_trained.get(e.name, {}) for e in evals}
-    by_name = {e.name: e for e in evals}
-    out["semantic_vs_atomic"] = _paired(by_name["pretrained"], by_name["atomic_pretrained"])
+    ranks_of = {e.name: {"masked": e.ranks, "unmasked": e.ranks_unmasked} for e in evals}
+    atomic_ranks = ranks_of["atomic_pretrained"]
+    out["semantic_vs_atomic"] = _paired(ranks_of["pretrained"], atomic_ranks)
     test = eval_examples(build_user_sequences(table), "test", semantic.policy_config.max_len)
+    trie = ItemTrie.from_semantic_ids(ids)
     for k in args.wider_beams:
         t = time.perf_counter()
-        beams = evaluate_beams(semantic.policy, test, ids, beam_size=k, trie=ItemTrie.from_semantic_ids(ids),
-                               batch_size=64, device="cpu")
-        wider = SimpleNamespace(ranks=beam_ranks(beams), ranks_unmasked=by_name["pretrained"].ranks_unmasked)
-        paired = _paired(wider, by_name["atomic_pretrained"])
+        ranks = beam_ranks(evaluate_beams(semantic.policy, test, ids, beam_size=k, trie=trie, batch_size=64,
+                                          device="cpu"))
+        paired = _paired({"masked": ranks}, atomic_ranks)  # {"hr@10_masked": ..., "ndcg@10_masked": ...}
         out.setdefault("semantic_wider_beams", {})[str(k)] = {
-            **_accuracy(wider.ranks, "masked"), **{f"{m}_masked_vs_atomic": paired[f"{m}_masked"] for m in ("hr@10", "ndcg@10")},
+            **_accuracy(ranks, "masked"), **{f"{key}_vs_atomic": value for key, value in paired.items()},
             "seconds": round(time.perf_counter() - t, 1)}
     if args.out:
         report = build_report(evals)
@@ -215,7 +216,6 @@ def main() -> None:
     n = min(args.users_for_throughput, len(test))
     subset = type(test)(users=test.users[:n], history=test.history[:n], history_rewards=test.history_rewards[:n],
                         targets=test.targets[:n], target_rewards=test.target_rewards[:n], seen=test.seen[:n])
-    trie = ItemTrie.from_semantic_ids(ids)
     out["beam20_users_per_s"] = {}
     for mode, constraint in (("constrained", trie), ("unconstrained", None)):
         t = time.perf_counter()
