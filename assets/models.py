@@ -96,7 +96,13 @@ def _train_policy_distributed(context: dg.AssetExecutionContext, settings: dict,
     return result, codes_file, params, reported
 
 
-@dg.asset(group_name="models", kinds={"pytorch", "mlflow"}, partitions_def=DATASET_PARTITIONS)
+# An op tag: the step runs (almost) alone, so in a step process of its own it takes every core (pipelines/definitions.py
+# `StepProcessThreads`) instead of its share of them
+ALL_CORES_TAG = "recalign/all_cores"
+
+
+@dg.asset(group_name="models", kinds={"pytorch", "mlflow"}, partitions_def=DATASET_PARTITIONS,
+          op_tags={ALL_CORES_TAG: "true"})
 def pretrained_policy(context: dg.AssetExecutionContext, config: PretrainAssetConfig, interactions: InteractionsRecord,
                       item_tokens: ItemTokensRecord, home: RecalignHome,
                       mlflow: MlflowTracking) -> dg.Output[PretrainedPolicyRecord]:

@@ -12,6 +12,7 @@ import dagster as dg  # noqa: E402
 import torch  # noqa: E402
 
 from assets import ALL_ASSETS, ALL_CHECKS  # noqa: E402
+from assets.models import ALL_CORES_TAG  # noqa: E402
 from assets.orphaned_runs import HOST_TAG, run_worker_pid, this_host  # noqa: E402
 from assets.partitions import BUILTIN_DATASETS  # noqa: E402
 from assets.studies import STUDY_ASSETS, cross_dataset_summary, robustness_study, tuning_study  # noqa: E402
@@ -35,11 +36,24 @@ def max_concurrent(run: dg.DagsterRun) -> int:
     return configured or (int(default) if default else multiprocessing.cpu_count())
 
 
+def step_of_this_process(instance: dg.DagsterInstance, run_id: str) -> str | None:
+    """The step this step process executes: the step of the "step worker started" event it logged itself."""
+    for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_WORKER_STARTED):
+        event = entry.dagster_event
+        if event is not None and event.pid == os.getpid():
+            return event.step_key
+    return None
+
+
 class StepProcessThreads(dg.ConfigurableResource):
     """Torch intra-op threads in a step process of the multiprocess executor: `max(1, cores // max_concurrent)`,
     so that the steps running at once share the cores instead of each starting a thread per core. `cores`
     is torch's own default in the process (the cores it may use, or `OMP_NUM_THREADS`): with one step
     at a time a step process trains with the threads, hence the numbers, of an in-process run.
+
+    A step whose op carries `ALL_CORES_TAG` keeps every core (torch's default): the pretrained policy, which
+    every later step waits for and beside which only the short ranker runs, so that the other cores do not idle
+    through the chain's longest step; it then trains the weights of an in-process run.
 
     Runs whose steps all run in the run's own process (the in-process executor, `dg.materialize`,
     `execute_in_process`) keep torch's default: the process that logged the executor's "Executing
@@ -48,6 +62,10 @@ class StepProcessThreads(dg.ConfigurableResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         run, instance = context.dagster_run, context.instance
         if run is None or instance is None or run_worker_pid(instance, run.run_id) in (None, os.getpid()):
+            return
+        step = step_of_this_process(instance, run.run_id)
+        job = defs.resolve_job_def(run.job_name)
+        if step is not None and job.graph.has_node_named(step) and ALL_CORES_TAG in job.graph.node_named(step).tags:
             return
         set_threads(threads_per_process(max_concurrent(run), cores=torch.get_num_threads()))
 
@@ -63,8 +81,8 @@ def step_process_threads(context: dg.HookContext) -> None:
 # The whole chain, raw logs to the champion; the studies (their own group) are separate jobs.
 # Dagster's multiprocess executor runs each step in its own process, up to `max_concurrent` at once
 # (default: this machine's cores; `make run WORKERS=N`), so the post-training variants, independent of
-# each other, train side by side; each step process uses its share of the cores' torch threads
-# (`StepProcessThreads`, through the hook). The default run config (pipelines/run_config.py
+# each other, train side by side; each step process uses its share of the cores' torch threads, the
+# pretrained policy all of them (`StepProcessThreads`, through the hook). The default run config (pipelines/run_config.py
 # `executor_config`) forks the step processes from a forkserver that imported torch, mlflow and GX
 # once: a spawned step would import them again (seconds per step). `execution: config: in_process: {}`
 # runs every step in the run's process. The run is tagged with its host from the start (the MLflow
