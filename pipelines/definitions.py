@@ -82,9 +82,9 @@ def step_process_threads(context: dg.HookContext) -> None:
 # Dagster's multiprocess executor runs each step in its own process, up to `max_concurrent` at once
 # (default: this machine's cores; `make run WORKERS=N`), so the post-training variants, independent of
 # each other, train side by side; each step process uses its share of the cores' torch threads, the
-# pretrained policy all of them (`StepProcessThreads`, through the hook). The default run config (pipelines/run_config.py
-# `executor_config`) forks the step processes from a forkserver that imported torch, mlflow and GX
-# once: a spawned step would import them again (seconds per step). `execution: config: in_process: {}`
+# pretrained policy all of them (`StepProcessThreads`, through the hook). The default run config
+# (pipelines/run_config.py `executor_config`) forks the step processes from a forkserver that imported
+# torch, mlflow and GX once: a spawned step would import them again (seconds per step). `execution: config: in_process: {}`
 # runs every step in the run's process. The run is tagged with its host from the start (the MLflow
 # resource, which tags it too, starts only with the first model step): assets/orphaned_runs.py.
 full_chain_job = dg.define_asset_job(
