@@ -68,9 +68,9 @@ def _row(e) -> dict:
 
 
 def _paired(semantic: dict, atomic: dict) -> dict:
-    """The semantic policy minus the atomic one per user (the same test users), HR@10 / NDCG@10 under each
-    protocol both hold ranks of ({"masked": ranks, ...}): the difference and its paired 95% bootstrap interval,
-    and both relative to the atomic mean."""
+    """The semantic policy minus the atomic one per user (the same test users), HR@10 / NDCG@10 under every
+    protocol that both `{protocol: ranks}` dicts hold: the difference, its paired 95% bootstrap interval, and
+    both relative to the atomic mean."""
     from recmodels.evaluation.metrics import hit_rate, ndcg, paired_bootstrap_diff
 
     out = {}
