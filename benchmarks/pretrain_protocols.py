@@ -46,8 +46,17 @@ def curve(history: list[dict]) -> list[dict]:
     return rows
 
 
+def named_value(pair: str) -> tuple[str, object]:
+    """`NAME=VALUE` -> (name, value), the value parsed as JSON when it can be (`true`, `0.2`, `256`), else text."""
+    name, _, text = pair.partition("=")
+    try:
+        return name, json.loads(text)
+    except json.JSONDecodeError:
+        return name, text
+
+
 def overrides(pairs: list[str]) -> tuple[dict, dict]:
-    """`NAME=VALUE` pairs -> (PretrainConfig fields, PolicyConfig fields), values parsed as JSON when they can be."""
+    """`NAME=VALUE` pairs -> (PretrainConfig fields, PolicyConfig fields)."""
     from dataclasses import fields
 
     from recmodels.models.policy import PolicyConfig
@@ -57,11 +66,7 @@ def overrides(pairs: list[str]) -> tuple[dict, dict]:
     policy_names = {f.name for f in fields(PolicyConfig)} - {"vocab_size", "max_len"}
     train, policy = {}, {}
     for pair in pairs:
-        name, _, text = pair.partition("=")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text
+        name, value = named_value(pair)
         if name in policy_names:
             policy[name] = value
         elif name in train_names - {"max_len"}:

@@ -3,7 +3,7 @@
     python benchmarks/tokenization_comparison.py --dataset movielens-100k --epochs 20 \
         [--post-train-steps 100] [--item-vectors atomic-policy|titles] [--quantizer balanced_tree]
         [--prefix-buckets 2048] [--users-for-throughput 256] [--threads 1] [--set cpu_bf16=true --set dropout=0.0 ...]
-        [--wider-beams 50 100] [--out DIR]
+        [--semantic-set d_model=256 ...] [--wider-beams 50 100] [--out DIR]
 
 What it does, all through the library (the Dagster chain runs the same functions):
 1. the atomic policy pretrained, then semantic IDs (built by `--quantizer`, library defaults otherwise)
@@ -27,6 +27,8 @@ What it does, all through the library (the Dagster chain runs the same functions
 `--set NAME=VALUE` overrides a `PretrainConfig` field for both policies, or a `PolicyConfig` field: for the
 atomic policy, and for the semantic one where `SemanticPolicyConfig` has it (width, depth, heads, dropout), so
 that both are trained alike (e.g. MovieLens-1M's `cpu_bf16=true dropout=0.0`, docs/experiments-pretraining.md).
+`--semantic-set NAME=VALUE` overrides a `SemanticPolicyConfig` field for the semantic policy alone, applied
+after `--set` (e.g. `d_model=256`: a wider semantic policy against the atomic policy at its own width).
 """
 from __future__ import annotations
 
@@ -36,10 +38,10 @@ import os
 import platform
 import sys
 import time
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
-from pretrain_protocols import overrides  # beside this file
+from pretrain_protocols import named_value, overrides  # beside this file
 from recmodels.tokenization.semantic_ids import QUANTIZERS, SemanticIdConfig
 
 DATASETS = ("movielens-100k", "movielens-1m")
@@ -57,6 +59,18 @@ def _accuracy(ranks, protocol: str) -> dict:
 
     return {f"hr@10_{protocol}": round(float(hit_rate(ranks, 10).mean()), 4),
             f"ndcg@10_{protocol}": round(float(ndcg(ranks, 10).mean()), 4)}
+
+
+def _semantic_overrides(pairs: list[str]) -> dict:
+    """`NAME=VALUE` pairs -> SemanticPolicyConfig fields (not `level_sizes`: the codebook sets those)."""
+    from recmodels.models.semantic_policy import SemanticPolicyConfig
+
+    names = {f.name for f in fields(SemanticPolicyConfig)} - {"level_sizes", "max_len"}
+    chosen = dict(named_value(pair) for pair in pairs)
+    unknown = sorted(set(chosen) - names)
+    if unknown:
+        raise SystemExit(f"--semantic-set: {unknown} are no fields of SemanticPolicyConfig (choose from {sorted(names)})")
+    return chosen
 
 
 def _row(e) -> dict:
@@ -105,6 +119,8 @@ def main() -> None:
                         help="also rank the test targets among K constrained beams (masked), for each K")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="override a PretrainConfig or PolicyConfig field, both policies (repeatable)")
+    parser.add_argument("--semantic-set", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a SemanticPolicyConfig field, the semantic policy only (repeatable)")
     parser.add_argument("--out", default=None, help="folder for the report (report.md, plots)")
     parser.add_argument("--cache-dir", default=str(Path(__file__).resolve().parents[1] / ".recalign" / "cache"))
     args = parser.parse_args()
@@ -133,6 +149,7 @@ def main() -> None:
     data = build_interactions(load_raw_logs(args.dataset, cache_dir=Path(args.cache_dir)), RewardSpec())
     table = data.table
     train_set, policy_set = overrides(args.set)
+    semantic_only = _semantic_overrides(args.semantic_set)
     cfg = PretrainConfig(**{"epochs": args.epochs, "patience": 10, **train_set})
     timings = {}
     progress(f"{args.dataset}: {data.n_users} users, {data.n_items} items; pretraining the atomic policy")
@@ -148,6 +165,7 @@ def main() -> None:
         vectors = build_item_vectors(table, data.catalog, data.n_items)
     ids = build_semantic_ids(vectors.vectors, SemanticIdConfig(quantizer=args.quantizer))
     out: dict = {"dataset": args.dataset, "n_users": data.n_users, "n_items": data.n_items, "overrides": args.set,
+                 "semantic_overrides": args.semantic_set,
                  "item_vectors": args.item_vectors, "quantizer": args.quantizer, "level_sizes": list(ids.level_sizes),
                  "semantic_ids": ids.stats}
     progress("pretraining the semantic-ID policy")
@@ -156,8 +174,9 @@ def main() -> None:
     semantic_set = {name: value for name, value in policy_set.items() if name in semantic_fields}
     if args.prefix_buckets is not None:
         semantic_set["prefix_buckets"] = args.prefix_buckets
+    semantic_set |= semantic_only
     semantic_config = SemanticPolicyConfig(level_sizes=ids.level_sizes, **semantic_set)
-    out["semantic_policy"] = {"trunk": semantic_config.trunk, "prefix_buckets": semantic_config.prefix_buckets}
+    out["semantic_policy"] = {k: v for k, v in asdict(semantic_config).items() if k != "level_sizes"}
     semantic = pretrain_policy(table, data.n_items, semantic_config, config=cfg, device="cpu",
                                tokenization=SemanticItems(ids))
     timings["semantic_pretrain_s"] = round(time.perf_counter() - t, 1)
