@@ -38,6 +38,9 @@ from recmodels.storage.checkpoints import clear_training_state
 from recmodels.storage.model_io import load_policy, load_ranker
 from recmodels.tokenization.items import load_item_codes, tokenization_class
 
+# Dagster's op tag for the order in which ready steps start (higher first)
+PRIORITY_TAG = "dagster/priority"
+
 
 class PostTrainAssetConfig(TorchrunConfig):
     """The shared budget (steps, batch size) and this variant's knobs; empty fields keep library defaults.
@@ -81,7 +84,8 @@ def _post_train_distributed(context: dg.AssetExecutionContext, settings: dict, m
 def post_trained_asset(variant: str, method: str, fixed: dict[str, Any]) -> dg.AssetsDefinition:
     @dg.asset(name=f"post_trained_{variant}", group_name="post_training", kinds={"pytorch", "mlflow"},
               partitions_def=DATASET_PARTITIONS,
-              tags={"method": method}, description=f"The pretrained policy post-trained with `{method}` "
+              tags={"method": method}, op_tags={PRIORITY_TAG: str(round(100 * get_method(method).step_cost))},
+              description=f"The pretrained policy post-trained with `{method}` "
               f"{fixed or '(default knobs)'} (docs/design.md §4).")
     def _asset(context: dg.AssetExecutionContext, config: PostTrainAssetConfig, interactions: InteractionsRecord,
                pretrained_policy: PretrainedPolicyRecord, ranker_reward_model: RankerRewardModelRecord,

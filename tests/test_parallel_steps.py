@@ -1,6 +1,6 @@
 """`full_chain` on Dagster's multiprocess executor: steps run side by side in their own processes, each
 with its share of the cores' torch threads (the pretrained policy, which runs almost alone, with all of them),
-and train exactly the weights they train in one process.
+start the costlier post-training variants first, and train exactly the weights they train in one process.
 
 A real `dagster job execute` (as `make run` starts it) with `max_concurrent: 2` on a new Dagster home
 and MLflow store, on the small chain (simulated logs, tiny models); then the chain up to the two models and
@@ -21,6 +21,8 @@ import pytest
 import torch
 
 from pipelines.run_config import executor_config, full_chain_command, write_run_config
+from recmodels.post_training.registry import get_method
+from recmodels.post_training.variants import VARIANTS as ALL_VARIANTS
 from recmodels.runtime import set_threads, threads_per_process
 from recmodels.storage.checkpoints import load_checkpoint
 from scripts.ui_check import SMALL_RUN_PARTITION, small_run_config
@@ -51,6 +53,12 @@ def step_processes(instance: dg.DagsterInstance, run_id: str) -> tuple[int, dict
         running += change
         most = max(most, running)
     return parent, pids, most
+
+
+def launch_order(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    """The steps in the order the executor started a worker process for them."""
+    return [r.dagster_event.step_key for r in instance.all_logs(run_id)
+            if r.dagster_event is not None and r.dagster_event.event_type == dg.DagsterEventType.STEP_WORKER_STARTING]
 
 
 def torch_default_threads(env: dict[str, str]) -> int:
@@ -89,6 +97,10 @@ def test_two_step_processes_train_the_weights_of_one_process(tmp_path, monkeypat
         assert set(MODELS) <= pids.keys()
         assert parent not in pids.values() and len(set(pids.values())) == len(pids)  # a process per step
         assert at_once == 2  # the ranker next to the pretrained policy, two variants side by side
+        # all variants are ready at once: they start longest first (the methods' step cost), so short ones end
+        costs = [get_method(ALL_VARIANTS[step.removeprefix("post_trained_")].method).step_cost
+                 for step in launch_order(instance, run_id) if step.startswith("post_trained_")]
+        assert len(costs) == len(ALL_VARIANTS) and costs == sorted(costs, reverse=True), costs
         cores = torch_default_threads(env)
         threads = threads_per_process(2, cores=cores)
         logs = [r.user_message for r in instance.all_logs(run_id) if r.dagster_event is None]
