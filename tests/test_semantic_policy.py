@@ -13,6 +13,7 @@ from recmodels.tokenization import ItemTrie, SemanticIdConfig, SemanticIds
 SIZES = (3, 3, 2)  # offsets (1, 4, 7), vocab 9
 # the policies every behaviour holds for; 9 prefix rows: level 1's 9 prefixes indexed as is, level 2's 18 hashed
 VARIANTS = {"items": {"trunk": "items"}, "items_with_prefixes": {"trunk": "items", "prefix_buckets": 9},
+            "items_with_prefix_logits": {"trunk": "items", "prefix_buckets": 9, "prefix_logits": True},
             "tokens": {"trunk": "tokens"}}
 assert {v["trunk"] for v in VARIANTS.values()} == set(TRUNKS)
 
@@ -122,6 +123,22 @@ def test_prefix_embeddings_tell_apart_items_whose_codes_alone_do_not():
         assert (not torch.allclose(a, b)) == differ
 
 
+def test_prefix_logits_score_one_code_apart_under_two_prefixes():
+    """Level-1 code 0 completes the prefixes (0, 0) and (1, 0): with prefix logits its logit after level-0 code 0
+    differs from its logit after code 1, less what the prefix embeddings change in the state itself."""
+    history = torch.tensor([[1, 4, 7, 2, 5, 8]])
+    for prefix_logits in (False, True):
+        policy = random_policy(prefix_buckets=9, prefix_logits=prefix_logits)
+        for first in (1, 2):  # level-0 codes 0 and 1
+            tokens = torch.cat([history, torch.tensor([[first]])], dim=1)
+            logits = policy.next_token_logits(tokens)
+            h = policy.hidden(tokens)[:, -1]  # the state that predicts the level-1 code
+            code_alone = (h @ policy.tok_emb.weight[4]).item()  # level-1 code 0 (token 4), without its prefix
+            row = policy.prefix_row(1, torch.tensor(first - 1) * 3)  # the prefix (first - 1, 0)
+            expected = code_alone + (h @ policy.prefix_emb.weight[row]).item() if prefix_logits else code_alone
+            assert logits[0, 4].item() == pytest.approx(expected, abs=1e-5)
+
+
 def test_bad_input_is_rejected_with_a_clear_message():
     policy = random_policy(max_len=2)
     with pytest.raises(ValueError, match="target token 4 at row 0, position 1 is not of the level"):
@@ -138,6 +155,8 @@ def test_bad_input_is_rejected_with_a_clear_message():
         SemanticPolicyConfig(SIZES, trunk="codes")
     with pytest.raises(ValueError, match="prefix_buckets must be >= 0 and needs trunk='items', got 4 with trunk='tokens'"):
         SemanticPolicyConfig(SIZES, trunk="tokens", prefix_buckets=4)
+    with pytest.raises(ValueError, match="prefix_logits needs prefix embeddings: set prefix_buckets > 0"):
+        SemanticPolicyConfig(SIZES, prefix_logits=True)
     cache = policy.prefill(torch.tensor([[1, 4, 7]]))
     with pytest.raises(ValueError, match=r"last_tokens must be \[1\]"):
         policy.step(torch.tensor([1, 2]), cache)

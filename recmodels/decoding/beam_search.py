@@ -273,7 +273,7 @@ def tuple_log_probs(policy, history_tokens: torch.Tensor, tuples: torch.Tensor, 
     policy.check_tokens(tokens)
     predicts = torch.zeros_like(tokens, dtype=torch.bool)
     predicts[:, S - 1:] = True  # position S-1+l predicts code l
-    logits = policy.logits(policy.hidden(tokens, at=predicts), tokens[:, S - 1:].reshape(-1))
+    logits = policy.position_logits(tokens, at=predicts)
     logits = logits.reshape(B, n, layout.n_levels, -1)
     nodes = trie.root((B, n)) if trie is not None else None
     out = []

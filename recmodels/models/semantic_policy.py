@@ -49,6 +49,10 @@ class SemanticPolicyConfig:
     # "items" trunk: rows per code level >= 1 of a table of prefix embeddings (0: none); a code then also adds the
     # embedding of the prefix it completes, hashed into this many rows where a level has more prefixes
     prefix_buckets: int = 0
+    # "items" trunk with prefix_buckets: a code's logit of level >= 1 also scores the prefix it would complete,
+    # state . prefix_emb[that prefix] (tied, as the code's own logit is state . tok_emb[code]): a code shared by
+    # unrelated prefixes gets a logit of its own under each, and the last level one per item
+    prefix_logits: bool = False
 
     # what a saved config without a field means: checkpoints written before `trunk` existed read every token
     SAVED_WITHOUT: ClassVar[dict] = {"trunk": "tokens"}
@@ -60,6 +64,8 @@ class SemanticPolicyConfig:
         if self.prefix_buckets < 0 or (self.prefix_buckets and self.trunk != "items"):
             raise ValueError(f"SemanticPolicyConfig.prefix_buckets must be >= 0 and needs trunk='items', got "
                              f"{self.prefix_buckets} with trunk={self.trunk!r}")
+        if self.prefix_logits and not self.prefix_buckets:
+            raise ValueError("SemanticPolicyConfig.prefix_logits needs prefix embeddings: set prefix_buckets > 0")
 
     @property
     def layout(self) -> TokenLayout:
@@ -146,16 +152,20 @@ class SemanticPolicy(nn.Module):
         logits = hidden @ self.tok_emb.weight.T
         return logits.masked_fill(~self.level_allowed[self.next_level[last_tokens]], float("-inf"))
 
+    def position_logits(self, tokens: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [B, S] -> the next token's logits after each position [B, S, V] (only where the bool mask
+        `at` [B, S] is True: [n, V]), other levels at -inf."""
+        return self.logits(self.hidden(tokens, at=at), tokens if at is None else tokens[at])
+
     def target_logits(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Logits [n, V] at the n positions of tokens [B, S] whose target [B, S] is not padding 0 (other
         levels at -inf): only those are decoded (windows are often mostly padding)."""
-        real = targets != 0
-        return self.logits(self.hidden(tokens, at=real), tokens[real])
+        return self.position_logits(tokens, at=targets != 0)
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None):
         """tokens [B, S] -> logits [B, S, V]; with targets [B, S] (0 = ignore) also the mean code NLL."""
         self.check_tokens(tokens)
-        logits = self.logits(self.hidden(tokens), tokens)
+        logits = self.position_logits(tokens)
         loss = None
         if targets is not None:
             if targets.shape != tokens.shape:
@@ -175,7 +185,7 @@ class SemanticPolicy(nn.Module):
         self.check_tokens(tokens)
         last = torch.zeros_like(tokens, dtype=torch.bool)
         last[:, -1] = True
-        return self.logits(self.hidden(tokens, at=last), tokens[:, -1])
+        return self.position_logits(tokens, at=last)
 
 
 @dataclass
@@ -222,7 +232,9 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
     With `prefix_buckets`, a code of level l >= 1 adds, to its own embedding, the embedding of the prefix
     (codes 0..l) it completes: items that share a prefix share those rows, and the deepest prefixes give an
     item nearly its own embedding (prefix n-gram embeddings). A level with at most `prefix_buckets` prefixes
-    indexes its rows by the prefix itself; a larger one hashes it.
+    indexes its rows by the prefix itself; a larger one hashes it. With `prefix_logits` as well, the logit of
+    a code of level l >= 1 adds state . (the row of the prefix it would complete), so that the output, like
+    the input, tells apart one code under unrelated prefixes.
     """
 
     def __init__(self, cfg: SemanticPolicyConfig):
@@ -241,6 +253,11 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
         buckets, L1 = cfg.prefix_buckets, self.layout.n_levels
         self.prefix_emb = nn.Embedding((L1 - 1) * buckets, d) if buckets else None
         self.register_buffer("offsets", torch.tensor(self.layout.offsets), persistent=False)
+        sizes = self.layout.level_sizes
+        self.register_buffer("sizes", torch.tensor(sizes), persistent=False)
+        # a level whose prefixes fit the rows indexes them as they are, a larger one hashes them
+        self.register_buffer("exact", torch.tensor([math.prod(sizes[:l + 1]) <= buckets for l in range(L1)]),
+                             persistent=False)
         self.apply(init_weights)
         nn.init.normal_(self.start, std=0.02)
 
@@ -250,16 +267,36 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
         emb = self.tok_emb(items)
         if self.prefix_emb is None:
             return emb
-        buckets, sizes = self.cfg.prefix_buckets, self.layout.level_sizes
         codes = (items - self.offsets).clamp(min=0)
         key, rows = codes[..., 0], []
-        for level in range(1, len(sizes)):
-            key = key * sizes[level] + codes[..., level]  # mixed radix of codes 0..level
-            exact = math.prod(sizes[:level + 1]) <= buckets
-            bucket = key if exact else (key * 2654435761) % buckets  # Knuth's multiplicative hash
-            rows.append(bucket + (level - 1) * buckets)
+        for level in range(1, self.layout.n_levels):
+            key = key * self.layout.level_sizes[level] + codes[..., level]  # mixed radix of codes 0..level
+            rows.append(self.prefix_row(level, key))
         prefix = self.prefix_emb(torch.stack(rows, dim=-1)) * (items[..., 1:, None] != 0)  # [..., L, d]
         return emb + F.pad(prefix, (0, 0, 1, 0))
+
+    def prefix_row(self, level: int | torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """The `prefix_emb` row of the prefix of codes 0..level (level >= 1, an int or a tensor like `key`) whose
+        mixed-radix number is `key`."""
+        buckets = self.cfg.prefix_buckets
+        hashed = (key * 2654435761) % buckets  # Knuth's multiplicative hash
+        return torch.where(self.exact[level], key, hashed) + (level - 1) * buckets
+
+    def prefix_code_logits(self, h: torch.Tensor, partial: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """States h [n, d] that predict a code of level `level` [n] of an item whose codes so far are the tokens
+        `partial` [n, L+1] (0 from `level` on) -> what `prefix_logits` adds to their logits [n, V]: for each code
+        c of that level, h . prefix_emb[row of (codes so far, c)] (nothing at level 0)."""
+        codes = (partial - self.offsets).clamp(min=0)
+        key = torch.zeros_like(level)  # mixed radix of the codes before `level`
+        for l in range(self.layout.n_levels - 1):
+            key = torch.where(l < level, key * self.sizes[l] + codes[:, l], key)
+        c = torch.arange(int(self.sizes.max()), device=h.device)  # candidate codes
+        valid = (level[:, None] >= 1) & (c < self.sizes[level][:, None])  # [n, C]
+        rows = self.prefix_row(level[:, None].clamp(min=1), key[:, None] * self.sizes[level][:, None] + c)
+        scores = torch.einsum("nd,ncd->nc", h, self.prefix_emb(rows.masked_fill(~valid, 0)))
+        columns = (self.offsets[level][:, None] + c).masked_fill(~valid, 0)  # column 0: padding, never a target
+        return torch.zeros(h.shape[0], self.cfg.vocab_size, dtype=scores.dtype, device=h.device).scatter_add(
+            1, columns, scores.masked_fill(~valid, 0.0))
 
     def contexts(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [B, S] -> contexts [B, n+1, d] of its n = S // (L+1) whole items: row j is the trunk's state
@@ -288,6 +325,22 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
         return self.ln_head(z + self.head(z))
 
     def hidden(self, tokens: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
+        z, _ = self.code_states(tokens)
+        return self.decode(z if at is None else z[at])
+
+    def position_logits(self, tokens: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.cfg.prefix_logits:
+            return super().position_logits(tokens, at)
+        z, partial = self.code_states(tokens)
+        every = at is None
+        at = torch.ones_like(tokens, dtype=torch.bool) if every else at
+        h, last = self.decode(z[at]), tokens[at]  # [n, d], [n]
+        logits = self.logits(h, last) + self.prefix_code_logits(h, partial[at], self.next_level[last])
+        return logits.view(*tokens.shape, -1) if every else logits
+
+    def code_states(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens [B, S] -> (z [B, S, d], the code head's input that predicts the token after each position;
+        partial [B, S, L+1], the tokens of that token's item before it, 0 from its level on)."""
         B, S = tokens.shape
         L1 = self.layout.n_levels
         level = torch.arange(S, device=tokens.device) % L1
@@ -301,10 +354,12 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
         item = torch.arange(S, device=tokens.device) // L1 + last.long()
         # the codes of the predicted token's item so far: its tokens up to t (none when t ends an item)
         n1 = ctx.shape[1]
-        emb = self.code_embeddings(F.pad(tokens, (0, n1 * L1 - S)).view(B, n1, L1))  # [B, n+1, L+1, d]
+        items = F.pad(tokens, (0, n1 * L1 - S)).view(B, n1, L1)
+        emb = self.code_embeddings(items)  # [B, n+1, L+1, d]
         prefix = emb.cumsum(dim=2).view(B, n1 * L1, -1)[:, :S].masked_fill(last[None, :, None], 0.0)
         z = ctx[:, item] + self.level_emb((level + 1) % L1) + prefix  # [B, S, d]
-        return self.decode(z if at is None else z[at])
+        so_far = (torch.arange(L1, device=tokens.device) <= level[:, None]) & ~last[:, None]  # [S, L+1]
+        return z, items[:, item] * so_far
 
     def prefill(self, tokens: torch.Tensor) -> ItemCache:
         """Read histories [B, S] (whole items, left-padded) once; the cache holds one beam per row."""
@@ -332,5 +387,9 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
             context = self.contexts(self.clip_history(full))[:, -1].view(B, K, -1)
             prefix = torch.zeros_like(prefix)
         z = context + self.level_emb(self.next_level[tokens]) + prefix
-        logits = self.logits(self.decode(z).reshape(B * K, -1), last_tokens)
+        h = self.decode(z).reshape(B * K, -1)
+        logits = self.logits(h, last_tokens)
+        if self.cfg.prefix_logits:
+            partial = item.reshape(B * K, -1) * (level < self.layout.n_levels - 1)  # none once an item completes
+            logits = logits + self.prefix_code_logits(h, partial, self.next_level[last_tokens])
         return logits, ItemCache(cache.history, generated, context, prefix, logits)
