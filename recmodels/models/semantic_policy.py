@@ -287,16 +287,16 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
         `partial` [n, L+1] (0 from `level` on) -> what `prefix_logits` adds to their logits [n, V]: for each code
         c of that level, h . prefix_emb[row of (codes so far, c)] (nothing at level 0)."""
         codes = (partial - self.offsets).clamp(min=0)
-        key = torch.zeros_like(level)  # mixed radix of the codes before `level`
-        for l in range(self.layout.n_levels - 1):
-            key = torch.where(l < level, key * self.sizes[l] + codes[:, l], key)
-        c = torch.arange(int(self.sizes.max()), device=h.device)  # candidate codes
-        valid = (level[:, None] >= 1) & (c < self.sizes[level][:, None])  # [n, C]
-        rows = self.prefix_row(level[:, None].clamp(min=1), key[:, None] * self.sizes[level][:, None] + c)
-        scores = torch.einsum("nd,ncd->nc", h, self.prefix_emb(rows.masked_fill(~valid, 0)))
-        columns = (self.offsets[level][:, None] + c).masked_fill(~valid, 0)  # column 0: padding, never a target
-        return torch.zeros(h.shape[0], self.cfg.vocab_size, dtype=scores.dtype, device=h.device).scatter_add(
-            1, columns, scores.masked_fill(~valid, 0.0))
+        out = h.new_zeros(h.shape[0], self.cfg.vocab_size)
+        key = codes[:, 0]  # mixed radix of the codes before the level
+        for l, (offset, size) in enumerate(zip(self.layout.offsets, self.layout.level_sizes)):
+            if l == 0:
+                continue
+            at = level == l
+            rows = self.prefix_row(l, key[at, None] * size + torch.arange(size, device=h.device))  # [m, size]
+            out[at, offset:offset + size] = torch.einsum("md,mcd->mc", h[at], self.prefix_emb(rows))
+            key = key * size + codes[:, l]
+        return out
 
     def contexts(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [B, S] -> contexts [B, n+1, d] of its n = S // (L+1) whole items: row j is the trunk's state
