@@ -65,8 +65,8 @@ class PostTrainingMethod:
     # data-parallel, each process on its share of a batch whose weights are taken over the whole batch
     # (recmodels/post_training/distributed.py)
     target_weights: TargetWeightsFn | None = None
-    # seconds per optimizer step relative to sft's, at the chain's batch size: the multiprocess executor starts
-    # the costlier variants first (longest first), so that short ones, not a long one, end the chain. Measured on
+    # seconds per optimizer step relative to sft's, at the chain's batch size: the chain starts the costlier
+    # variants first (assets/post_training.py), so that short ones, not a long one, end it. Measured on
     # the MovieLens-100k chain (one thread per step, 25 steps plus a valid check): sft, exp_rw_sft 12.5 s;
     # nll_grpo, adagrpo (NLL and rollouts) 14 s; dpo, ppo, grpo (rollouts only) 7.5 s
     step_cost: float = 1.0
