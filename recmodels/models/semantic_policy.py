@@ -293,8 +293,14 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
             if l == 0:
                 continue
             at = level == l
-            rows = self.prefix_row(l, key[at, None] * size + torch.arange(size, device=h.device))  # [m, size]
-            out[at, offset:offset + size] = torch.einsum("md,mcd->mc", h[at], self.prefix_emb(rows))
+            keys = key[at, None] * size + torch.arange(size, device=h.device)  # [m, size] the prefixes scored
+            if self.exact[l]:  # the level's rows are its prefixes in key order: one matmul, then each its own
+                first = (l - 1) * self.cfg.prefix_buckets
+                every = self.prefix_emb.weight[first:first + math.prod(self.layout.level_sizes[:l + 1])]
+                scores = (h[at] @ every.T).gather(1, keys)
+            else:
+                scores = torch.einsum("md,mcd->mc", h[at], self.prefix_emb(self.prefix_row(l, keys)))
+            out[at, offset:offset + size] = scores
             key = key * size + codes[:, l]
         return out
 
