@@ -254,7 +254,6 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
         self.prefix_emb = nn.Embedding((L1 - 1) * buckets, d) if buckets else None
         self.register_buffer("offsets", torch.tensor(self.layout.offsets), persistent=False)
         sizes = self.layout.level_sizes
-        self.register_buffer("sizes", torch.tensor(sizes), persistent=False)
         # a level whose prefixes fit the rows indexes them as they are, a larger one hashes them
         self.register_buffer("exact", torch.tensor([math.prod(sizes[:l + 1]) <= buckets for l in range(L1)]),
                              persistent=False)
