@@ -175,7 +175,7 @@ def main() -> None:
     if args.prefix_buckets is not None:
         semantic_set["prefix_buckets"] = args.prefix_buckets
     semantic_set |= semantic_only
-    semantic_config = SemanticPolicyConfig(level_sizes=ids.level_sizes, **semantic_set)
+    semantic_config = SemanticPolicyConfig(level_sizes=ids.level_sizes, n_items=data.n_items, **semantic_set)
     out["semantic_policy"] = {k: v for k, v in asdict(semantic_config).items() if k != "level_sizes"}
     semantic = pretrain_policy(table, data.n_items, semantic_config, config=cfg, device="cpu",
                                tokenization=SemanticItems(ids))

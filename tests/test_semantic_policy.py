@@ -14,6 +14,9 @@ SIZES = (3, 3, 2)  # offsets (1, 4, 7), vocab 9
 # the policies every behaviour holds for; 9 prefix rows: level 1's 9 prefixes indexed as is, level 2's 18 hashed
 VARIANTS = {"items": {"trunk": "items"}, "items_with_prefixes": {"trunk": "items", "prefix_buckets": 9},
             "items_with_prefix_logits": {"trunk": "items", "prefix_buckets": 9, "prefix_logits": True},
+            # rows for the prefixes of hand_ids()'s 8 items only: the tests' sequences hold real and other prefixes
+            "items_with_item_prefix_logits": {"trunk": "items", "item_prefixes": True, "n_items": 8,
+                                              "prefix_logits": True},
             "tokens": {"trunk": "tokens"}}
 assert {v["trunk"] for v in VARIANTS.values()} == set(TRUNKS)
 
@@ -26,6 +29,8 @@ def random_policy(level_sizes=SIZES, seed=0, max_len=6, scale=0.4, **overrides):
     with torch.no_grad():
         for p in policy.parameters():
             p.normal_(0.0, scale)
+    if policy.cfg.item_prefixes:
+        policy.set_items(hand_ids(n_items=policy.cfg.n_items, sizes=level_sizes).codes[1:])
     return policy.eval()
 
 
@@ -134,9 +139,32 @@ def test_prefix_logits_score_one_code_apart_under_two_prefixes():
             logits = policy.next_token_logits(tokens)
             h = policy.hidden(tokens)[:, -1]  # the state that predicts the level-1 code
             code_alone = (h @ policy.tok_emb.weight[4]).item()  # level-1 code 0 (token 4), without its prefix
-            row = policy.prefix_row(1, torch.tensor(first - 1) * 3)  # the prefix (first - 1, 0)
+            row = policy.prefix_rows(1, torch.tensor(first - 1) * 3)[0]  # the prefix (first - 1, 0)
             expected = code_alone + (h @ policy.prefix_emb.weight[row]).item() if prefix_logits else code_alone
             assert logits[0, 4].item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_item_prefix_logits_score_the_prefixes_of_real_items_alone():
+    """With item_prefixes, a code's logit adds state . (its prefix's row) where the code completes a prefix of one
+    of the policy's items, and nothing where it does not; rows are the real prefixes in order, row 0 of a level
+    standing for the others. Checked at level 1 (scored by one matmul) and level 2 (scored per real child)."""
+    policy = random_policy(item_prefixes=True, n_items=8, prefix_logits=True)
+    codes = hand_ids(n_items=8).codes[1:]
+    history = torch.tensor([[1, 4, 7, 2, 5, 8]])
+    for prefix in ([0], [1], [2], [0, 0], [1, 2], [2, 1]):  # the codes so far of the next item
+        level = len(prefix)
+        real = sorted({tuple(t[:level + 1]) for t in codes.tolist()})
+        offset = policy.layout.offsets[level]
+        tokens = torch.cat([history, torch.tensor([[policy.layout.offsets[l] + c for l, c in enumerate(prefix)]])],
+                           dim=1)
+        logits = policy.next_token_logits(tokens)[0]
+        h = policy.hidden(tokens)[0, -1]
+        for c in range(SIZES[level]):
+            expected = (h @ policy.tok_emb.weight[offset + c]).item()  # the code alone
+            if (*prefix, c) in real:
+                row = (level - 1) * (8 + 1) + 1 + real.index((*prefix, c))
+                expected += (h @ policy.prefix_emb.weight[row]).item()
+            assert logits[offset + c].item() == pytest.approx(expected, abs=1e-5)
 
 
 def test_bad_input_is_rejected_with_a_clear_message():
@@ -157,6 +185,11 @@ def test_bad_input_is_rejected_with_a_clear_message():
         SemanticPolicyConfig(SIZES, trunk="tokens", prefix_buckets=4)
     with pytest.raises(ValueError, match="prefix_logits needs prefix embeddings: set prefix_buckets > 0"):
         SemanticPolicyConfig(SIZES, prefix_logits=True)
+    with pytest.raises(ValueError, match="item_prefixes needs trunk='items', prefix_buckets=0 and n_items >= 1, "
+                                         "got trunk='items', prefix_buckets=0, n_items=0"):
+        SemanticPolicyConfig(SIZES, item_prefixes=True)
+    with pytest.raises(ValueError, match=r"set_items expects codes of shape \(8, 3\)"):
+        random_policy(item_prefixes=True, n_items=8).set_items(hand_ids(n_items=7).codes[1:])
     cache = policy.prefill(torch.tensor([[1, 4, 7]]))
     with pytest.raises(ValueError, match=r"last_tokens must be \[1\]"):
         policy.step(torch.tensor([1, 2]), cache)

@@ -128,3 +128,16 @@ def test_bad_configs_and_input_are_rejected_with_the_reason(data):
     bad.loc[3, "item_idx"] = N_ITEMS + 1
     with pytest.raises(ValueError, match="column item_idx must lie in 1..n_items=48; row 3"):
         pretrain_on_semantic_ids(bad, ids, TINY, PretrainConfig(epochs=1))
+
+
+def test_a_policy_with_item_prefixes_holds_the_codes_it_was_trained_on(data):
+    """Pretraining gives a policy with item_prefixes the semantic IDs' tuples; another codebook is refused."""
+    config = SemanticPolicyConfig(level_sizes=SIZES, max_len=6, d_model=16, n_layers=1, n_heads=2, dropout=0.0,
+                                  item_prefixes=True, n_items=N_ITEMS, prefix_logits=True)
+    cfg = PretrainConfig(epochs=1, batch_size=16, seed=0)
+    policy = pretrain_on_semantic_ids(data, grid_ids(), config, cfg, device="cpu").policy
+    assert torch.equal(policy.item_codes, torch.from_numpy(grid_ids().codes[1:]))
+    shuffled = grid_ids()
+    shuffled.codes[1:] = shuffled.codes[1:][::-1]
+    with pytest.raises(ValueError, match="holds other item code tuples"):
+        SemanticItems(shuffled).check(policy)

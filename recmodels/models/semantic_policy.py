@@ -53,6 +53,12 @@ class SemanticPolicyConfig:
     # state . prefix_emb[that prefix] (tied, as the code's own logit is state . tok_emb[code]): a code shared by
     # unrelated prefixes gets a logit of its own under each, and the last level one per item
     prefix_logits: bool = False
+    # "items" trunk: the prefix embeddings have one row per prefix of a real item instead of prefix_buckets hashed
+    # rows, so no two real prefixes share a row and any other prefix adds nothing (to the input or, with
+    # prefix_logits, to the logits: only real items' prefixes are scored); the policy holds the n_items code tuples
+    # (`set_items`, done by the semantic tokenization when it builds the policy)
+    item_prefixes: bool = False
+    n_items: int = 0  # the items the codes cover (0: not given; item_prefixes needs it)
 
     # what a saved config without a field means: checkpoints written before `trunk` existed read every token
     SAVED_WITHOUT: ClassVar[dict] = {"trunk": "tokens"}
@@ -64,8 +70,13 @@ class SemanticPolicyConfig:
         if self.prefix_buckets < 0 or (self.prefix_buckets and self.trunk != "items"):
             raise ValueError(f"SemanticPolicyConfig.prefix_buckets must be >= 0 and needs trunk='items', got "
                              f"{self.prefix_buckets} with trunk={self.trunk!r}")
-        if self.prefix_logits and not self.prefix_buckets:
-            raise ValueError("SemanticPolicyConfig.prefix_logits needs prefix embeddings: set prefix_buckets > 0")
+        if self.item_prefixes and (self.trunk != "items" or self.prefix_buckets or self.n_items < 1):
+            raise ValueError(f"SemanticPolicyConfig.item_prefixes needs trunk='items', prefix_buckets=0 and "
+                             f"n_items >= 1, got trunk={self.trunk!r}, prefix_buckets={self.prefix_buckets}, "
+                             f"n_items={self.n_items}")
+        if self.prefix_logits and not (self.prefix_buckets or self.item_prefixes):
+            raise ValueError("SemanticPolicyConfig.prefix_logits needs prefix embeddings: set prefix_buckets > 0 "
+                             "or item_prefixes")
 
     @property
     def layout(self) -> TokenLayout:
@@ -251,7 +262,12 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
                                   nn.Dropout(cfg.dropout))
         self.ln_head = nn.LayerNorm(d)
         buckets, L1 = cfg.prefix_buckets, self.layout.n_levels
-        self.prefix_emb = nn.Embedding((L1 - 1) * buckets, d) if buckets else None
+        # rows per level >= 1; with item_prefixes, row 0 of a level stands for every prefix of no real item
+        self.level_rows = cfg.n_items + 1 if cfg.item_prefixes else buckets
+        self.prefix_emb = nn.Embedding((L1 - 1) * self.level_rows, d) if self.level_rows else None
+        # item_prefixes: the real items' code tuples [n_items, L+1] (codes, not tokens), saved with the weights
+        self.register_buffer("item_codes", torch.zeros(cfg.n_items, L1, dtype=torch.long) if cfg.item_prefixes
+                             else None)
         self.register_buffer("offsets", torch.tensor(self.layout.offsets), persistent=False)
         sizes = self.layout.level_sizes
         # a level whose prefixes fit the rows indexes them as they are, a larger one hashes them
@@ -267,19 +283,45 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
         if self.prefix_emb is None:
             return emb
         codes = (items - self.offsets).clamp(min=0)
-        key, rows = codes[..., 0], []
+        key, rows, real = codes[..., 0], [], []
         for level in range(1, self.layout.n_levels):
             key = key * self.layout.level_sizes[level] + codes[..., level]  # mixed radix of codes 0..level
-            rows.append(self.prefix_row(level, key))
-        prefix = self.prefix_emb(torch.stack(rows, dim=-1)) * (items[..., 1:, None] != 0)  # [..., L, d]
+            row, has_row = self.prefix_rows(level, key)
+            rows.append(row)
+            real.append(has_row)
+        keep = (items[..., 1:] != 0) & torch.stack(real, dim=-1)  # [..., L]
+        prefix = self.prefix_emb(torch.stack(rows, dim=-1)) * keep[..., None]  # [..., L, d]
         return emb + F.pad(prefix, (0, 0, 1, 0))
 
-    def prefix_row(self, level: int | torch.Tensor, key: torch.Tensor) -> torch.Tensor:
-        """The `prefix_emb` row of the prefix of codes 0..level (level >= 1, an int or a tensor like `key`) whose
-        mixed-radix number is `key`."""
-        buckets = self.cfg.prefix_buckets
-        hashed = (key * 2654435761) % buckets  # Knuth's multiplicative hash
-        return torch.where(self.exact[level], key, hashed) + (level - 1) * buckets
+    def set_items(self, codes: torch.Tensor) -> None:
+        """Hold the code tuples [n_items, L+1] (item_idx 1..n_items in order; codes, not tokens) of the real items
+        whose prefixes get rows (`item_prefixes`)."""
+        if self.item_codes is None:
+            raise ValueError("set_items needs SemanticPolicyConfig.item_prefixes")
+        codes = torch.as_tensor(codes, dtype=torch.long)
+        if codes.shape != self.item_codes.shape:
+            raise ValueError(f"set_items expects codes of shape {tuple(self.item_codes.shape)} "
+                             f"(n_items x levels), got {tuple(codes.shape)}")
+        self.item_codes.copy_(codes)
+
+    def item_prefix_keys(self, level: int) -> torch.Tensor:
+        """The sorted distinct mixed-radix numbers of the real items' prefixes of codes 0..level."""
+        key = self.item_codes[:, 0]
+        for l in range(1, level + 1):
+            key = key * self.layout.level_sizes[l] + self.item_codes[:, l]
+        return torch.unique(key)
+
+    def prefix_rows(self, level: int, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The `prefix_emb` rows of the prefixes of codes 0..level (level >= 1) whose mixed-radix numbers are `key`,
+        and whether each has a row of its own (always with hashed rows; with item_prefixes, a real item's prefix)."""
+        first = (level - 1) * self.level_rows
+        if self.item_codes is None:
+            hashed = (key * 2654435761) % self.level_rows  # Knuth's multiplicative hash
+            return torch.where(self.exact[level], key, hashed) + first, torch.ones_like(key, dtype=torch.bool)
+        real = self.item_prefix_keys(level)
+        at = torch.searchsorted(real, key).clamp(max=len(real) - 1)
+        found = real[at] == key
+        return torch.where(found, at + 1, 0) + first, found
 
     def prefix_code_logits(self, h: torch.Tensor, partial: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         """States h [n, d] that predict a code of level `level` [n] of an item whose codes so far are the tokens
@@ -293,12 +335,22 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
                 continue
             at = level == l
             keys = key[at, None] * size + torch.arange(size, device=h.device)  # [m, size] the prefixes scored
-            if self.exact[l]:  # the level's rows are its prefixes in key order: one matmul, then each its own
-                first = (l - 1) * self.cfg.prefix_buckets
+            if self.item_codes is not None:  # only real items' prefixes have rows: score those alone
+                rows, real = self.prefix_rows(l, keys)
+                if l == 1:  # most level-1 codes complete a real prefix: one matmul over the level's rows
+                    first = (l - 1) * self.level_rows + 1
+                    every = self.prefix_emb.weight[first:first + len(self.item_prefix_keys(l))]
+                    scores = (h[at] @ every.T).gather(1, (rows - first).clamp(min=0)) * real
+                else:  # a deeper prefix has a real child or two: score (state, real child) pairs
+                    i, c = real.nonzero(as_tuple=True)
+                    scores = h.new_zeros(keys.shape).index_put(
+                        (i, c), (h[at][i] * self.prefix_emb(rows[i, c])).sum(-1))
+            elif self.exact[l]:  # the level's rows are its prefixes in key order: one matmul, then each its own
+                first = (l - 1) * self.level_rows
                 every = self.prefix_emb.weight[first:first + math.prod(self.layout.level_sizes[:l + 1])]
                 scores = (h[at] @ every.T).gather(1, keys)
             else:
-                scores = torch.einsum("md,mcd->mc", h[at], self.prefix_emb(self.prefix_row(l, keys)))
+                scores = torch.einsum("md,mcd->mc", h[at], self.prefix_emb(self.prefix_rows(l, keys)[0]))
             out[at, offset:offset + size] = scores
             key = key * size + codes[:, l]
         return out

@@ -5,7 +5,8 @@ post-training, evaluation, promotion and serving reach a policy's items only thr
 none of them asks which tokenization it holds:
 
     building     name, policy_class, config_class, codes_key; with_codes(codes), load_codes(path),
-                 vocabulary(n_items), check_config(config, n_items), check(policy, interactions), n_items(policy)
+                 vocabulary(n_items), check_config(config, n_items), build_policy(config), check(policy, interactions),
+                 n_items(policy)
     training     window_tokens(inputs, targets) -> the token windows of the next-token NLL (pretraining);
                  window_nll(policy, batch) -> per-item NLL [B, T] (post-training)
     selection    valid_ranks(policy, examples, device); evaluate(...) -> a post-training evaluation row
@@ -114,6 +115,10 @@ class ItemTokenization:
     def check_config(self, config, n_items: int) -> None:
         """Raise ValueError naming the field when a policy config does not fit these tokens and n_items."""
         raise NotImplementedError
+
+    def build_policy(self, config) -> torch.nn.Module:
+        """A fresh policy of `config` (its initial weights), holding what it keeps of these item codes."""
+        return self.policy_class(config)
 
     def check(self, policy, interactions=None) -> None:
         """Raise ValueError unless `policy` speaks these tokens (and `interactions` only name known items)."""

@@ -84,14 +84,23 @@ class SemanticItems(ItemTokenization):
         return SemanticIds.load(path)
 
     def vocabulary(self, n_items: int) -> dict:
-        return {"level_sizes": self.semantic_ids.level_sizes}
+        return {"level_sizes": self.semantic_ids.level_sizes, "n_items": n_items}
 
     def check_config(self, config: SemanticPolicyConfig, n_items: int) -> None:
         if n_items != self.semantic_ids.n_items:
             raise ValueError(f"semantic_ids cover {self.semantic_ids.n_items} items but n_items={n_items}")
+        if config.n_items not in (0, n_items):
+            raise ValueError(f"SemanticPolicyConfig.n_items={config.n_items} differs from the semantic IDs' "
+                             f"{n_items} items")
         if tuple(config.level_sizes) != tuple(self.semantic_ids.level_sizes):
             raise ValueError(f"SemanticPolicyConfig.level_sizes={config.level_sizes} differ from the semantic "
                              f"IDs' level sizes {self.semantic_ids.level_sizes}")
+
+    def build_policy(self, config: SemanticPolicyConfig) -> SemanticPolicy:
+        policy = SemanticPolicy(config)
+        if getattr(policy, "item_codes", None) is not None:  # item_prefixes: rows for these items' prefixes
+            policy.set_items(torch.from_numpy(self.semantic_ids.codes[1:]))
+        return policy
 
     def check(self, policy, interactions=None) -> None:
         """The policy speaks these codes and the interactions only name items that have a tuple."""
@@ -99,6 +108,10 @@ class SemanticItems(ItemTokenization):
         if tuple(policy.layout.level_sizes) != tuple(self.semantic_ids.level_sizes):
             raise ValueError(f"semantic_ids level sizes {tuple(self.semantic_ids.level_sizes)} differ from the "
                              f"policy's {tuple(policy.layout.level_sizes)}")
+        held = getattr(policy, "item_codes", None)
+        if held is not None and not torch.equal(held.cpu(), torch.from_numpy(self.semantic_ids.codes[1:])):
+            raise ValueError("the policy holds other item code tuples (item_prefixes) than these semantic_ids: "
+                             "it was trained on another codebook")
         if interactions is not None and len(interactions):
             top = int(interactions["item_idx"].max())
             if top > self.semantic_ids.n_items:

@@ -168,7 +168,7 @@ def pretrain_distributed(interactions: pd.DataFrame, n_items: int, policy_config
                          f"the number of processes ({group.world_size})")
 
     gen = seed_everything(config.seed)  # the same shuffle (and initial weights) in every process
-    policy = tokenization.policy_class(policy_config).to(group.device)
+    policy = tokenization.build_policy(policy_config).to(group.device)
     model = wrap_data_parallel(SummedWindowNll(policy), group)
     if group.rank != 0:
         torch.manual_seed(config.seed * DROPOUT_SEED_STRIDE + group.rank)

@@ -163,7 +163,7 @@ def pretrain_policy(interactions: pd.DataFrame, n_items: int, policy_config: Any
     device = torch.device(device) if device is not None else default_device()
 
     gen = seed_everything(config.seed)
-    policy = tokenization.policy_class(policy_config).to(device)
+    policy = tokenization.build_policy(policy_config).to(device)
     result = PretrainResult(policy=policy, policy_config=policy_config)
 
     on_device = tokens.to(device), targets.to(device)  # once: no copy per batch on a GPU
