@@ -1,14 +1,15 @@
 """Beam-search throughput of a semantic-ID policy on MovieLens-100k, printed as JSON.
 
     python benchmarks/beam_search_benchmark.py [--checkpoint POLICY.pt --semantic-ids ITEM_TOKENS.npz]
-        [--users 256] [--beam 20] [--threads 1] [--pretrain-epochs 0] [--quantizer balanced_tree] [--prefix-buckets 2048]
+        [--users 256] [--beam 20] [--threads 1] [--pretrain-epochs 0] [--quantizer balanced_tree]
+        [--semantic-set item_prefixes=true --semantic-set prefix_logits=true]
 
 Users/s of the evaluation's beam search (`evaluate_beams`: history excluded, its default batches; one untimed
 warm-up call on 64 users first) at beam
 `--beam`, constrained (prefix trie) and unconstrained, with and without the policy's decoding cache, on the first
 `--users` test users. Without --checkpoint the semantic IDs are built from the train split with the
 library defaults (or `--quantizer`) and the policy is freshly initialized at the library's default size (its decoding
-cost does not depend on its weights). `--pretrain-epochs N` also pretrains it for N epochs first and
+cost does not depend on its weights), with the `SemanticPolicyConfig` fields `--semantic-set NAME=VALUE` names. `--pretrain-epochs N` also pretrains it for N epochs first and
 reports seconds per epoch and training sequences/s (the policy then decodes with trained weights).
 """
 from __future__ import annotations
@@ -18,8 +19,10 @@ import json
 import os
 import platform
 import time
+from dataclasses import asdict
 from pathlib import Path
 
+from pretrain_protocols import semantic_overrides  # beside this file
 from recmodels.tokenization.semantic_ids import QUANTIZERS, SemanticIdConfig
 
 
@@ -41,8 +44,8 @@ def main() -> None:
     parser.add_argument("--pretrain-epochs", type=int, default=0)
     parser.add_argument("--quantizer", choices=QUANTIZERS, default=SemanticIdConfig.quantizer,
                         help="how the fresh policy's semantic IDs are built (without --checkpoint)")
-    parser.add_argument("--prefix-buckets", type=int, default=None,
-                        help="the fresh policy's SemanticPolicyConfig.prefix_buckets (default: the library's)")
+    parser.add_argument("--semantic-set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a SemanticPolicyConfig field of the fresh policy (default: the library's); repeatable")
     parser.add_argument("--cache-dir", default=str(Path(__file__).resolve().parents[1] / ".recalign" / "cache"))
     args = parser.parse_args()
     if bool(args.checkpoint) != bool(args.semantic_ids):
@@ -52,7 +55,7 @@ def main() -> None:
 
     from recmodels.evaluation.hallucination import evaluate_beams
     from recmodels.storage.model_io import load_policy
-    from recmodels.models.semantic_policy import SemanticPolicy, SemanticPolicyConfig
+    from recmodels.models.semantic_policy import SemanticPolicyConfig
     from recmodels.training.pretraining import PretrainConfig, pretrain_policy
     from recmodels.tokenization.items import SemanticItems, tokenization_class
     from recmodels.data.sequences import build_user_sequences, eval_examples
@@ -70,10 +73,11 @@ def main() -> None:
                                  SemanticIdConfig(quantizer=args.quantizer))
         out["semantic_ids_build_s"] = round(ids.stats["build_seconds"], 2)
         torch.manual_seed(0)
-        overrides = {} if args.prefix_buckets is None else {"prefix_buckets": args.prefix_buckets}
-        policy = SemanticPolicy(SemanticPolicyConfig(level_sizes=ids.level_sizes, **overrides))
+        config = SemanticPolicyConfig(level_sizes=ids.level_sizes, n_items=ids.n_items,
+                                      **semantic_overrides(args.semantic_set))
+        policy = SemanticItems(ids).build_policy(config)
     out["level_sizes"] = list(ids.level_sizes)
-    out["policy"] = {k: getattr(policy.cfg, k) for k in ("max_len", "d_model", "n_layers", "n_heads", "prefix_buckets")}
+    out["policy"] = {k: v for k, v in asdict(policy.cfg).items() if k != "level_sizes"}
     if args.pretrain_epochs:
         cfg = PretrainConfig(epochs=args.pretrain_epochs, patience=args.pretrain_epochs)
         result = pretrain_policy(data.table, ids.n_items, policy.cfg, cfg, device="cpu",

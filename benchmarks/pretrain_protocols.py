@@ -55,6 +55,21 @@ def named_value(pair: str) -> tuple[str, object]:
         return name, text
 
 
+def semantic_overrides(pairs: list[str]) -> dict:
+    """`NAME=VALUE` pairs (`--semantic-set`) -> SemanticPolicyConfig fields (not `level_sizes`, `n_items`: the codebook
+    sets those; not `max_len`: both tokenizations share it)."""
+    from dataclasses import fields
+
+    from recmodels.models.semantic_policy import SemanticPolicyConfig
+
+    names = {f.name for f in fields(SemanticPolicyConfig)} - {"level_sizes", "n_items", "max_len"}
+    chosen = dict(named_value(pair) for pair in pairs)
+    unknown = sorted(set(chosen) - names)
+    if unknown:
+        raise SystemExit(f"--semantic-set: {unknown} are no fields of SemanticPolicyConfig (choose from {sorted(names)})")
+    return chosen
+
+
 def overrides(pairs: list[str]) -> tuple[dict, dict]:
     """`NAME=VALUE` pairs -> (PretrainConfig fields, PolicyConfig fields)."""
     from dataclasses import fields

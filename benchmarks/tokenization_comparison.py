@@ -41,7 +41,7 @@ import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from pretrain_protocols import named_value, overrides  # beside this file
+from pretrain_protocols import overrides, semantic_overrides  # beside this file
 from recmodels.tokenization.semantic_ids import QUANTIZERS, SemanticIdConfig
 
 DATASETS = ("movielens-100k", "movielens-1m")
@@ -59,18 +59,6 @@ def _accuracy(ranks, protocol: str) -> dict:
 
     return {f"hr@10_{protocol}": round(float(hit_rate(ranks, 10).mean()), 4),
             f"ndcg@10_{protocol}": round(float(ndcg(ranks, 10).mean()), 4)}
-
-
-def _semantic_overrides(pairs: list[str]) -> dict:
-    """`NAME=VALUE` pairs -> SemanticPolicyConfig fields (not `level_sizes`: the codebook sets those)."""
-    from recmodels.models.semantic_policy import SemanticPolicyConfig
-
-    names = {f.name for f in fields(SemanticPolicyConfig)} - {"level_sizes", "max_len"}
-    chosen = dict(named_value(pair) for pair in pairs)
-    unknown = sorted(set(chosen) - names)
-    if unknown:
-        raise SystemExit(f"--semantic-set: {unknown} are no fields of SemanticPolicyConfig (choose from {sorted(names)})")
-    return chosen
 
 
 def _row(e) -> dict:
@@ -149,7 +137,7 @@ def main() -> None:
     data = build_interactions(load_raw_logs(args.dataset, cache_dir=Path(args.cache_dir)), RewardSpec())
     table = data.table
     train_set, policy_set = overrides(args.set)
-    semantic_only = _semantic_overrides(args.semantic_set)
+    semantic_only = semantic_overrides(args.semantic_set)
     cfg = PretrainConfig(**{"epochs": args.epochs, "patience": 10, **train_set})
     timings = {}
     progress(f"{args.dataset}: {data.n_users} users, {data.n_items} items; pretraining the atomic policy")
