@@ -200,6 +200,20 @@ def test_bad_input_is_rejected_with_a_clear_message():
 
 
 @pytest.mark.parametrize("variant", VARIANTS.values(), ids=list(VARIANTS))
+def test_bf16_autocast_gives_the_float32_loss_and_gradients(variant):
+    """`PretrainConfig.cpu_bf16` trains under CPU autocast: the loss is the float32 one up to bf16 rounding."""
+    policy = random_policy(scale=0.1, **variant)
+    tokens = torch.tensor([[0, 0, 0, 1, 4, 7, 2, 6], [3, 5, 8, 1, 4, 7, 2, 5]])
+    targets = torch.tensor([[0, 0, 1, 4, 7, 2, 6, 8], [5, 8, 1, 4, 7, 2, 5, 7]])
+    exact = policy(tokens, targets)[1]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = policy(tokens, targets)[1]
+    loss.backward()
+    assert loss.item() == pytest.approx(exact.item(), rel=0.05)
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in policy.parameters())
+
+
+@pytest.mark.parametrize("variant", VARIANTS.values(), ids=list(VARIANTS))
 def test_checkpoint_round_trip_gives_the_same_outputs(variant, tmp_path):
     policy = random_policy(seed=3, **variant)
     path = save_checkpoint(tmp_path / "semantic.pt", policy, policy.cfg)

@@ -353,7 +353,7 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
                 scores = (h[at] @ every.T).gather(1, keys)
             else:
                 scores = torch.einsum("md,mcd->mc", h[at], self.prefix_emb(self.prefix_rows(l, keys)[0]))
-            out[at, offset:offset + size] = scores
+            out[at, offset:offset + size] = scores.to(out.dtype)  # under autocast the matmul gives bf16
             key = key * size + codes[:, l]
         return out
 
