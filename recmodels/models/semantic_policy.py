@@ -243,11 +243,11 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
     With `prefix_buckets`, a code of level l >= 1 adds, to its own embedding, the embedding of the prefix
     (codes 0..l) it completes: items that share a prefix share those rows, and the deepest prefixes give an
     item nearly its own embedding (prefix n-gram embeddings). A level with at most `prefix_buckets` prefixes
-    indexes its rows by the prefix itself; a larger one hashes it. With `item_prefixes` instead, a level's rows are
-    the distinct prefixes of the items the policy holds (`set_items`), in order after a row 0 for every other
-    prefix, which adds nothing. With `prefix_logits` as well, the logit of
-    a code of level l >= 1 adds state . (the row of the prefix it would complete), so that the output, like
-    the input, tells apart one code under unrelated prefixes.
+    indexes its rows by the prefix itself; a larger one hashes it. With `item_prefixes` instead, a level's rows
+    are the distinct prefixes of the items the policy holds (`set_items`), in order after a row 0 for every
+    other prefix, which adds nothing. With `prefix_logits` as well, the logit of a code of level l >= 1 adds
+    state . (the row of the prefix it would complete), so that the output, like the input, tells apart one
+    code under unrelated prefixes.
     """
 
     def __init__(self, cfg: SemanticPolicyConfig):
