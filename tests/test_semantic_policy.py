@@ -9,6 +9,7 @@ from recmodels.storage.checkpoints import load_checkpoint, save_checkpoint
 from recmodels.storage.model_io import load_policy
 from recmodels.models.semantic_policy import TRUNKS, SemanticPolicy, SemanticPolicyConfig
 from recmodels.tokenization import ItemTrie, SemanticIdConfig, SemanticIds
+from recmodels.tokenization.items import SemanticItems
 
 SIZES = (3, 3, 2)  # offsets (1, 4, 7), vocab 9
 # the policies every behaviour holds for; 9 prefix rows: level 1's 9 prefixes indexed as is, level 2's 18 hashed
@@ -24,7 +25,8 @@ assert {v["trunk"] for v in VARIANTS.values()} == set(TRUNKS)
 def random_policy(level_sizes=SIZES, seed=0, max_len=6, scale=0.4, **overrides):
     """A policy with large random weights, so that its logits are far from uniform (no near ties)."""
     torch.manual_seed(seed)
-    cfg = dict(level_sizes=level_sizes, max_len=max_len, d_model=16, n_layers=2, n_heads=2, dropout=0.0)
+    cfg = dict(level_sizes=level_sizes, max_len=max_len, d_model=16, n_layers=2, n_heads=2, dropout=0.0,
+               item_prefixes=False, prefix_logits=False)  # the plain code head unless a test asks for more
     policy = SemanticPolicy(SemanticPolicyConfig(**{**cfg, **overrides}))
     with torch.no_grad():
         for p in policy.parameters():
@@ -97,8 +99,8 @@ def test_left_padding_does_not_change_the_next_token_logits(variant):
 def test_loss_falls_on_a_learnable_pattern_and_beam_search_then_finds_the_next_item(variant):
     torch.manual_seed(0)
     ids = hand_ids(n_items=8)
-    policy = SemanticPolicy(SemanticPolicyConfig(ids.level_sizes, max_len=5, d_model=32, n_layers=2,
-                                                 n_heads=2, dropout=0.0, **variant))
+    config = dict(max_len=5, d_model=32, n_layers=2, n_heads=2, dropout=0.0, item_prefixes=False, prefix_logits=False)
+    policy = SemanticItems(ids).build_policy(SemanticPolicyConfig(ids.level_sizes, **{**config, **variant}))
     starts = torch.arange(40) % 8
     seq = (starts[:, None] + torch.arange(6)) % 8 + 1  # item i is always followed by item i % 8 + 1
     tokens, targets = ids.window_tokens(seq[:, :5], seq[:, 1:])
@@ -182,12 +184,12 @@ def test_bad_input_is_rejected_with_a_clear_message():
     with pytest.raises(ValueError, match=r"trunk must be one of \('items', 'tokens'\), got 'codes'"):
         SemanticPolicyConfig(SIZES, trunk="codes")
     with pytest.raises(ValueError, match="prefix_buckets must be >= 0 and needs trunk='items', got 4 with trunk='tokens'"):
-        SemanticPolicyConfig(SIZES, trunk="tokens", prefix_buckets=4)
+        SemanticPolicyConfig(SIZES, trunk="tokens", prefix_buckets=4, item_prefixes=False)
     with pytest.raises(ValueError, match="prefix_logits needs prefix embeddings: set prefix_buckets > 0"):
-        SemanticPolicyConfig(SIZES, prefix_logits=True)
-    with pytest.raises(ValueError, match="item_prefixes needs trunk='items', prefix_buckets=0 and n_items >= 1, "
-                                         "got trunk='items', prefix_buckets=0, n_items=0"):
-        SemanticPolicyConfig(SIZES, item_prefixes=True)
+        SemanticPolicyConfig(SIZES, item_prefixes=False, prefix_logits=True)
+    with pytest.raises(ValueError, match=r"item_prefixes \(on by default\) needs trunk='items', prefix_buckets=0 and "
+                                         "n_items >= 1, got trunk='items', prefix_buckets=0, n_items=0: pass n_items"):
+        SemanticPolicyConfig(SIZES)
     with pytest.raises(ValueError, match=r"set_items expects codes of shape \(8, 3\)"):
         random_policy(item_prefixes=True, n_items=8).set_items(hand_ids(n_items=7).codes[1:])
     cache = policy.prefill(torch.tensor([[1, 4, 7]]))
@@ -231,5 +233,15 @@ def test_a_checkpoint_written_before_trunks_existed_loads_as_the_token_trunk(tmp
     path = save_checkpoint(tmp_path / "old.pt", policy, config)
     loaded = load_policy(path)
     assert type(loaded).__name__ == "TokenTrunkSemanticPolicy" and loaded.cfg.trunk == "tokens"
+    tokens = torch.tensor([[0, 0, 0, 1, 4, 7, 2, 6]])
+    torch.testing.assert_close(loaded(tokens)[0], policy(tokens)[0])
+
+
+def test_a_checkpoint_written_before_prefix_logits_and_item_prefixes_loads_without_them(tmp_path):
+    """Both are on by default now; a checkpoint whose config lacks them was trained without them."""
+    policy = random_policy(seed=4, prefix_buckets=9)
+    config = {k: v for k, v in vars(policy.cfg).items() if k not in ("prefix_logits", "item_prefixes", "n_items")}
+    loaded = load_policy(save_checkpoint(tmp_path / "old.pt", policy, config))
+    assert not loaded.cfg.prefix_logits and not loaded.cfg.item_prefixes and loaded.cfg.prefix_buckets == 9
     tokens = torch.tensor([[0, 0, 0, 1, 4, 7, 2, 6]])
     torch.testing.assert_close(loaded(tokens)[0], policy(tokens)[0])

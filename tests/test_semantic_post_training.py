@@ -39,7 +39,7 @@ def code_table(seed: int = 0) -> SemanticIds:
 def tiny_policy(seed: int = 0, dropout: float = 0.0) -> SemanticPolicy:
     torch.manual_seed(seed)
     return SemanticPolicy(SemanticPolicyConfig(level_sizes=SIZES, max_len=MAX_LEN, d_model=16, n_layers=1, n_heads=1,
-                                               dropout=dropout))
+                                               dropout=dropout, item_prefixes=False, prefix_logits=False))
 
 
 def semantic_ctx(params, semantic_ids, reference=None, ranker=None, seed: int = 0) -> MethodContext:

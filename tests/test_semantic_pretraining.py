@@ -28,7 +28,9 @@ def grid_ids() -> SemanticIds:
     return SemanticIds(codes=codes, level_sizes=SIZES, config=SemanticIdConfig(n_levels=2, codebook_size=6))
 
 
-TINY = SemanticPolicyConfig(level_sizes=SIZES, max_len=6, d_model=32, n_layers=1, n_heads=2, dropout=0.0)
+# the plain code head (no item prefixes, no prefix logits): its 10-epoch run below peaks before its last epoch
+TINY = SemanticPolicyConfig(level_sizes=SIZES, max_len=6, d_model=32, n_layers=1, n_heads=2, dropout=0.0,
+                            item_prefixes=False, prefix_logits=False)
 
 
 def pretrain_on_semantic_ids(data, ids: SemanticIds, policy_config=None, config=None, **kwargs):
@@ -111,7 +113,7 @@ def test_checkpoint_round_trips_through_load_policy(trained, tmp_path, data):
 
 def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_rejected_naming_the_file(trained, tmp_path):
     result, _ = trained
-    wrong = SemanticPolicyConfig(level_sizes=(6, 4, 3), max_len=6, d_model=32, n_layers=1, n_heads=2)
+    wrong = SemanticPolicyConfig(level_sizes=(6, 4, 3), max_len=6, d_model=32, n_layers=1, n_heads=2, n_items=N_ITEMS)
     path = save_checkpoint(tmp_path / "wrong.pt", result.policy, wrong)
     with pytest.raises(CheckpointError, match="wrong.pt does not fit SemanticPolicy"):
         load_policy(path)
@@ -120,7 +122,7 @@ def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_rejected_naming_the
 def test_bad_configs_and_input_are_rejected_with_the_reason(data):
     ids = grid_ids()
     with pytest.raises(ValueError, match=r"level_sizes=\(6, 4, 3\) differ from the semantic IDs' level sizes"):
-        pretrain_on_semantic_ids(data, ids, SemanticPolicyConfig(level_sizes=(6, 4, 3), max_len=6),
+        pretrain_on_semantic_ids(data, ids, SemanticPolicyConfig(level_sizes=(6, 4, 3), max_len=6, n_items=N_ITEMS),
                                  PretrainConfig(epochs=1))
     with pytest.raises(ValueError, match="PretrainConfig.max_len=5 differs from SemanticPolicyConfig.max_len=6"):
         pretrain_on_semantic_ids(data, ids, TINY, PretrainConfig(epochs=1, max_len=5))
@@ -131,9 +133,10 @@ def test_bad_configs_and_input_are_rejected_with_the_reason(data):
 
 
 def test_a_policy_with_item_prefixes_holds_the_codes_it_was_trained_on(data):
-    """Pretraining gives a policy with item_prefixes the semantic IDs' tuples; another codebook is refused."""
+    """Pretraining gives a policy with item_prefixes (the default) the semantic IDs' tuples; another codebook is
+    refused."""
     config = SemanticPolicyConfig(level_sizes=SIZES, max_len=6, d_model=16, n_layers=1, n_heads=2, dropout=0.0,
-                                  item_prefixes=True, n_items=N_ITEMS, prefix_logits=True)
+                                  n_items=N_ITEMS)
     cfg = PretrainConfig(epochs=1, batch_size=16, seed=0)
     policy = pretrain_on_semantic_ids(data, grid_ids(), config, cfg, device="cpu").policy
     assert torch.equal(policy.item_codes, torch.from_numpy(grid_ids().codes[1:]))

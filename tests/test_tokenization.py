@@ -48,7 +48,7 @@ def test_every_tokenization_round_trips_a_checkpoint_and_ranks_through_one_call(
     tokenization = kind.with_codes(codes_of(kind, semantic_ids))
     config = kind.config_class(**tokenization.vocabulary(N_ITEMS), **KNOBS)
     torch.manual_seed(0)
-    loaded = load_policy(save_checkpoint(tmp_path / "policy.pt", kind.policy_class(config), config))
+    loaded = load_policy(save_checkpoint(tmp_path / "policy.pt", tokenization.build_policy(config), config))
     assert isinstance(loaded, kind.policy_class) and loaded.cfg == config
     assert tokenization_class(loaded) is tokenization_class(config) is kind
     assert tokenization_class(dataclasses.asdict(config)) is kind  # a checkpoint's config dict

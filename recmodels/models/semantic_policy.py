@@ -52,16 +52,18 @@ class SemanticPolicyConfig:
     # "items" trunk with prefix_buckets: a code's logit of level >= 1 also scores the prefix it would complete,
     # state . prefix_emb[that prefix] (tied, as the code's own logit is state . tok_emb[code]): a code shared by
     # unrelated prefixes gets a logit of its own under each, and the last level one per item
-    prefix_logits: bool = False
+    # (on by default: docs/results-semantic-ids.md "Closing the gap")
+    prefix_logits: bool = True
     # "items" trunk: the prefix embeddings have one row per prefix of a real item instead of prefix_buckets hashed
     # rows, so no two real prefixes share a row and any other prefix adds nothing (to the input or, with
     # prefix_logits, to the logits: only real items' prefixes are scored); the policy holds the n_items code tuples
     # (`set_items`, done by the semantic tokenization when it builds the policy)
-    item_prefixes: bool = False
-    n_items: int = 0  # the items the codes cover (0: not given; item_prefixes needs it)
+    item_prefixes: bool = True
+    n_items: int = 0  # the items the codes cover (the tokenization's vocabulary fills it; item_prefixes needs it)
 
-    # what a saved config without a field means: checkpoints written before `trunk` existed read every token
-    SAVED_WITHOUT: ClassVar[dict] = {"trunk": "tokens"}
+    # what a saved config without a field means: checkpoints written before `trunk` existed read every token, and
+    # before `prefix_logits` / `item_prefixes` existed had neither
+    SAVED_WITHOUT: ClassVar[dict] = {"trunk": "tokens", "prefix_logits": False, "item_prefixes": False}
 
     def __post_init__(self):
         self.level_sizes = tuple(int(s) for s in self.level_sizes)
@@ -71,9 +73,10 @@ class SemanticPolicyConfig:
             raise ValueError(f"SemanticPolicyConfig.prefix_buckets must be >= 0 and needs trunk='items', got "
                              f"{self.prefix_buckets} with trunk={self.trunk!r}")
         if self.item_prefixes and (self.trunk != "items" or self.prefix_buckets or self.n_items < 1):
-            raise ValueError(f"SemanticPolicyConfig.item_prefixes needs trunk='items', prefix_buckets=0 and "
-                             f"n_items >= 1, got trunk={self.trunk!r}, prefix_buckets={self.prefix_buckets}, "
-                             f"n_items={self.n_items}")
+            raise ValueError(f"SemanticPolicyConfig.item_prefixes (on by default) needs trunk='items', "
+                             f"prefix_buckets=0 and n_items >= 1, got trunk={self.trunk!r}, "
+                             f"prefix_buckets={self.prefix_buckets}, n_items={self.n_items}: pass n_items, or "
+                             f"item_prefixes=False (and prefix_logits=False without prefix_buckets)")
         if self.prefix_logits and not (self.prefix_buckets or self.item_prefixes):
             raise ValueError("SemanticPolicyConfig.prefix_logits needs prefix embeddings: set prefix_buckets > 0 "
                              "or item_prefixes")
