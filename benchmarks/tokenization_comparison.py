@@ -2,7 +2,7 @@
 
     python benchmarks/tokenization_comparison.py --dataset movielens-100k --epochs 20 \
         [--post-train-steps 100] [--item-vectors atomic-policy|titles] [--quantizer balanced_tree]
-        [--prefix-buckets 2048] [--users-for-throughput 256] [--threads 1] [--set cpu_bf16=true --set dropout=0.0 ...]
+        [--users-for-throughput 256] [--threads 1] [--set cpu_bf16=true --set dropout=0.0 ...]
         [--semantic-set d_model=256 ...] [--wider-beams 50 100] [--out DIR]
 
 What it does, all through the library (the Dagster chain runs the same functions):
@@ -101,8 +101,6 @@ def main() -> None:
                              "embeddings of 'title (year): genres' (the text extra)")
     parser.add_argument("--quantizer", choices=QUANTIZERS, default=SemanticIdConfig.quantizer,
                         help="how the item vectors become code tuples (recmodels.tokenization.semantic_ids)")
-    parser.add_argument("--prefix-buckets", type=int, default=None,
-                        help="SemanticPolicyConfig.prefix_buckets (prefix embeddings; default: the library's)")
     parser.add_argument("--wider-beams", type=int, nargs="*", default=[], metavar="K",
                         help="also rank the test targets among K constrained beams (masked), for each K")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
@@ -160,8 +158,6 @@ def main() -> None:
     t = time.perf_counter()
     semantic_fields = {f.name for f in fields(SemanticPolicyConfig)}
     semantic_set = {name: value for name, value in policy_set.items() if name in semantic_fields}
-    if args.prefix_buckets is not None:
-        semantic_set["prefix_buckets"] = args.prefix_buckets
     semantic_set |= semantic_only
     semantic_config = SemanticPolicyConfig(level_sizes=ids.level_sizes, n_items=data.n_items, **semantic_set)
     out["semantic_policy"] = {k: v for k, v in asdict(semantic_config).items() if k != "level_sizes"}

@@ -9,8 +9,8 @@ the shapes, not on which items). The semantic IDs are the library's default code
 policies are built by their tokenization at the library's default size. Each variant is timed `--steps` steps
 after two untimed ones, the variants in turn, `--rounds` times; the JSON gives each variant's median seconds per
 step and its throughput relative to the atomic policy (the issue's speed goal: semantic >= 50% of atomic).
-Variants: `atomic`, `semantic` (the library defaults), then each `--variant` (SemanticPolicyConfig fields;
-default: hashed and item prefix logits).
+Variants: `atomic`, `semantic` (the library defaults: item prefix logits), then each `--variant`
+(SemanticPolicyConfig fields; default: the plain code head, and prefix logits over 2,048 hashed rows per level).
 """
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ from pathlib import Path
 
 from pretrain_protocols import semantic_overrides  # beside this file
 
-DEFAULT_VARIANTS = ["hashed_prefix_logits:prefix_buckets=2048,prefix_logits=true",
-                    "item_prefix_logits:item_prefixes=true,prefix_logits=true"]
+DEFAULT_VARIANTS = ["plain_code_head:item_prefixes=false,prefix_logits=false",
+                    "hashed_prefix_logits:item_prefixes=false,prefix_buckets=2048"]
 
 
 def main() -> None:
