@@ -49,10 +49,10 @@ class SemanticPolicyConfig:
     # "items" trunk: rows per code level >= 1 of a table of prefix embeddings (0: none); a code then also adds the
     # embedding of the prefix it completes, hashed into this many rows where a level has more prefixes
     prefix_buckets: int = 0
-    # "items" trunk with prefix_buckets: a code's logit of level >= 1 also scores the prefix it would complete,
-    # state . prefix_emb[that prefix] (tied, as the code's own logit is state . tok_emb[code]): a code shared by
-    # unrelated prefixes gets a logit of its own under each, and the last level one per item
-    # (on by default: docs/results-semantic-ids.md "Closing the gap")
+    # "items" trunk with prefix embeddings (item_prefixes or prefix_buckets): a code's logit of level >= 1 also scores
+    # the prefix it would complete, state . prefix_emb[that prefix] (tied, as the code's own logit is
+    # state . tok_emb[code]): a code shared by unrelated prefixes gets a logit of its own under each, and the last
+    # level one per item (on by default with item_prefixes: docs/results-semantic-ids.md "Closing the gap")
     prefix_logits: bool = True
     # "items" trunk: the prefix embeddings have one row per prefix of a real item instead of prefix_buckets hashed
     # rows, so no two real prefixes share a row and any other prefix adds nothing (to the input or, with
