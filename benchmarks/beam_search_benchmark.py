@@ -9,8 +9,9 @@ warm-up call on 64 users first) at beam
 `--beam`, constrained (prefix trie) and unconstrained, with and without the policy's decoding cache, on the first
 `--users` test users. Without --checkpoint the semantic IDs are built from the train split with the
 library defaults (or `--quantizer`) and the policy is freshly initialized at the library's default size (its decoding
-cost does not depend on its weights), with the `SemanticPolicyConfig` fields `--semantic-set NAME=VALUE` names. `--pretrain-epochs N` also pretrains it for N epochs first and
-reports seconds per epoch and training sequences/s (the policy then decodes with trained weights).
+cost does not depend on its weights), with the `SemanticPolicyConfig` fields `--semantic-set NAME=VALUE`
+names. `--pretrain-epochs N` also pretrains it for N epochs first and reports seconds per epoch and training
+sequences/s (the policy then decodes with trained weights).
 """
 from __future__ import annotations
 
