@@ -146,13 +146,16 @@ def test_prefix_logits_score_one_code_apart_under_two_prefixes():
             assert logits[0, 4].item() == pytest.approx(expected, abs=1e-5)
 
 
-def test_item_prefix_logits_score_the_prefixes_of_real_items_alone():
+@pytest.mark.parametrize("other_prefix_logit", [True, False])
+def test_item_prefix_logits_score_real_prefixes_by_their_rows_and_the_others_by_row_0(other_prefix_logit):
     """With item_prefixes, a code's logit adds state . (its prefix's row) where the code completes a prefix of one
-    of the policy's items, and nothing where it does not; rows are the real prefixes in order, row 0 of a level
-    standing for the others. Checked at level 1 (scored by one matmul) and level 2 (scored per real child)."""
-    policy = random_policy(item_prefixes=True, n_items=8, prefix_logits=True)
+    of the policy's items; rows are the real prefixes in order, row 0 of a level standing for the others, which
+    add state . (row 0) with other_prefix_logit and nothing without. Checked at level 1 (scored by one matmul)
+    and level 2 (scored per real child)."""
+    policy = random_policy(item_prefixes=True, n_items=8, prefix_logits=True, other_prefix_logit=other_prefix_logit)
     codes = hand_ids(n_items=8).codes[1:]
     history = torch.tensor([[1, 4, 7, 2, 5, 8]])
+    n_other = 0
     for prefix in ([0], [1], [2], [0, 0], [1, 2], [2, 1]):  # the codes so far of the next item
         level = len(prefix)
         real = sorted({tuple(t[:level + 1]) for t in codes.tolist()})
@@ -166,7 +169,11 @@ def test_item_prefix_logits_score_the_prefixes_of_real_items_alone():
             if (*prefix, c) in real:
                 row = (level - 1) * (8 + 1) + 1 + real.index((*prefix, c))
                 expected += (h @ policy.prefix_emb.weight[row]).item()
+            elif other_prefix_logit:
+                expected += (h @ policy.prefix_emb.weight[(level - 1) * (8 + 1)]).item()
+                n_other += 1
             assert logits[offset + c].item() == pytest.approx(expected, abs=1e-5)
+    assert n_other >= 2 or not other_prefix_logit  # the prefixes above hold other prefixes at both levels
 
 
 def test_bad_input_is_rejected_with_a_clear_message():
@@ -237,10 +244,21 @@ def test_a_checkpoint_written_before_trunks_existed_loads_as_the_token_trunk(tmp
     torch.testing.assert_close(loaded(tokens)[0], policy(tokens)[0])
 
 
+def test_a_checkpoint_with_item_prefixes_written_before_other_prefix_logit_scores_other_prefixes_as_before(tmp_path):
+    """An item-prefix checkpoint whose config lacks other_prefix_logit added nothing for other prefixes."""
+    policy = random_policy(seed=4, item_prefixes=True, n_items=8, prefix_logits=True, other_prefix_logit=False)
+    config = {k: v for k, v in vars(policy.cfg).items() if k != "other_prefix_logit"}
+    loaded = load_policy(save_checkpoint(tmp_path / "old.pt", policy, config))
+    assert loaded.cfg.item_prefixes and not loaded.cfg.other_prefix_logit
+    tokens = torch.tensor([[1, 4, 7, 2, 5, 8, 3]])
+    torch.testing.assert_close(loaded.next_token_logits(tokens), policy.next_token_logits(tokens))
+
+
 def test_a_checkpoint_written_before_prefix_logits_and_item_prefixes_loads_without_them(tmp_path):
     """Both are on by default now; a checkpoint whose config lacks them was trained without them."""
     policy = random_policy(seed=4, prefix_buckets=9)
-    config = {k: v for k, v in vars(policy.cfg).items() if k not in ("prefix_logits", "item_prefixes", "n_items")}
+    config = {k: v for k, v in vars(policy.cfg).items()
+              if k not in ("prefix_logits", "item_prefixes", "n_items", "other_prefix_logit")}
     loaded = load_policy(save_checkpoint(tmp_path / "old.pt", policy, config))
     assert not loaded.cfg.prefix_logits and not loaded.cfg.item_prefixes and loaded.cfg.prefix_buckets == 9
     tokens = torch.tensor([[0, 0, 0, 1, 4, 7, 2, 6]])

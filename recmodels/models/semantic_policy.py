@@ -59,11 +59,16 @@ class SemanticPolicyConfig:
     # prefix_logits, to the logits: only real items' prefixes are scored); the policy holds the n_items code tuples
     # (`set_items`, done by the semantic tokenization when it builds the policy)
     item_prefixes: bool = True
+    # item_prefixes with prefix_logits: a code of level >= 1 that completes no real item's prefix scores
+    # state . (the level's row 0, learned) instead of nothing, so that training pushes every such code down at once
+    # and the policy learns which codes lead to no item (unconstrained hallucination; ignored without both)
+    other_prefix_logit: bool = True
     n_items: int = 0  # the items the codes cover (the tokenization's vocabulary fills it; item_prefixes needs it)
 
     # what a saved config without a field means: checkpoints written before `trunk` existed read every token, and
-    # before `prefix_logits` / `item_prefixes` existed had neither
-    SAVED_WITHOUT: ClassVar[dict] = {"trunk": "tokens", "prefix_logits": False, "item_prefixes": False}
+    # before `prefix_logits` / `item_prefixes` / `other_prefix_logit` existed had none of them
+    SAVED_WITHOUT: ClassVar[dict] = {"trunk": "tokens", "prefix_logits": False, "item_prefixes": False,
+                                     "other_prefix_logit": False}
 
     def __post_init__(self):
         self.level_sizes = tuple(int(s) for s in self.level_sizes)
@@ -248,9 +253,10 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
     item nearly its own embedding (prefix n-gram embeddings). A level with at most `prefix_buckets` prefixes
     indexes its rows by the prefix itself; a larger one hashes it. With `item_prefixes` instead, a level's rows
     are the distinct prefixes of the items the policy holds (`set_items`), in order after a row 0 for every
-    other prefix, which adds nothing. With `prefix_logits` as well, the logit of a code of level l >= 1 adds
-    state . (the row of the prefix it would complete), so that the output, like the input, tells apart one
-    code under unrelated prefixes.
+    other prefix, which adds nothing to the input. With `prefix_logits` as well, the logit of a code of level
+    l >= 1 adds state . (the row of the prefix it would complete), so that the output, like the input, tells apart
+    one code under unrelated prefixes; a code that completes no real prefix adds state . (row 0) with
+    `other_prefix_logit` (learned, so training can push such codes down), nothing without.
     """
 
     def __init__(self, cfg: SemanticPolicyConfig):
@@ -340,15 +346,18 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
                 continue
             at = level == l
             keys = key[at, None] * size + torch.arange(size, device=h.device)  # [m, size] the prefixes scored
-            if self.item_codes is not None:  # only real items' prefixes have rows: score those alone
+            if self.item_codes is not None:  # only real items' prefixes have rows of their own
                 rows, real = self.prefix_rows(l, keys)
+                base = (l - 1) * self.level_rows  # row 0 of the level: every other prefix
+                other = self.cfg.other_prefix_logit
                 if l == 1:  # most level-1 codes complete a real prefix: one matmul over the level's rows
-                    first = (l - 1) * self.level_rows + 1
-                    every = self.prefix_emb.weight[first:first + len(self.item_prefix_keys(l))]
-                    scores = (h[at] @ every.T).gather(1, (rows - first).clamp(min=0)) * real
+                    every = self.prefix_emb.weight[base:base + 1 + len(self.item_prefix_keys(l))]
+                    scores = (h[at] @ every.T).gather(1, rows - base)
+                    scores = scores if other else scores * real
                 else:  # a deeper prefix has a real child or two: score (state, real child) pairs
                     i, c = real.nonzero(as_tuple=True)
-                    scores = h.new_zeros(keys.shape).index_put(
+                    fill = (h[at] @ self.prefix_emb.weight[base]).to(h.dtype) if other else h.new_zeros(len(keys))
+                    scores = fill[:, None].expand(keys.shape).clone().index_put(
                         (i, c), (h[at][i] * self.prefix_emb(rows[i, c])).sum(-1))
             elif self.exact[l]:  # the level's rows are its prefixes in key order: one matmul, then each its own
                 first = (l - 1) * self.level_rows
