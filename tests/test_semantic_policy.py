@@ -7,6 +7,7 @@ import torch
 from recmodels.decoding.beam_search import beam_search
 from recmodels.storage.checkpoints import load_checkpoint, save_checkpoint
 from recmodels.storage.model_io import load_policy
+from recmodels.models.policy import SEEN_BIAS_SCALE
 from recmodels.models.semantic_policy import TRUNKS, SemanticPolicy, SemanticPolicyConfig
 from recmodels.tokenization import ItemTrie, SemanticIdConfig, SemanticIds
 from recmodels.tokenization.items import SemanticItems
@@ -18,6 +19,9 @@ VARIANTS = {"items": {"trunk": "items"}, "items_with_prefixes": {"trunk": "items
             # rows for the prefixes of hand_ids()'s 8 items only: the tests' sequences hold real and other prefixes
             "items_with_item_prefix_logits": {"trunk": "items", "item_prefixes": True, "n_items": 8,
                                               "prefix_logits": True},
+            # the defaults: item prefix logits, the other-prefix logit and the seen bias
+            "items_default": {"trunk": "items", "item_prefixes": True, "n_items": 8, "prefix_logits": True,
+                              "other_prefix_logit": True, "seen_bias": True},
             "tokens": {"trunk": "tokens"}}
 assert {v["trunk"] for v in VARIANTS.values()} == set(TRUNKS)
 
@@ -26,7 +30,7 @@ def random_policy(level_sizes=SIZES, seed=0, max_len=6, scale=0.4, **overrides):
     """A policy with large random weights, so that its logits are far from uniform (no near ties)."""
     torch.manual_seed(seed)
     cfg = dict(level_sizes=level_sizes, max_len=max_len, d_model=16, n_layers=2, n_heads=2, dropout=0.0,
-               item_prefixes=False, prefix_logits=False)  # the plain code head unless a test asks for more
+               item_prefixes=False, prefix_logits=False, seen_bias=False)  # the plain code head unless asked
     policy = SemanticPolicy(SemanticPolicyConfig(**{**cfg, **overrides}))
     with torch.no_grad():
         for p in policy.parameters():
@@ -174,6 +178,24 @@ def test_item_prefix_logits_score_real_prefixes_by_their_rows_and_the_others_by_
                 n_other += 1
             assert logits[offset + c].item() == pytest.approx(expected, abs=1e-5)
     assert n_other >= 2 or not other_prefix_logit  # the prefixes above hold other prefixes at both levels
+
+
+def test_seen_bias_adds_its_level_logit_once_per_history_item_a_code_would_repeat_up_to_its_level():
+    """A code of level l gets SEEN_BIAS_SCALE * seen_logit[l] for each history item whose codes 0..l it would
+    repeat: level 0 counts the items that start with it, the last level an item's earlier occurrences."""
+    with_bias = random_policy(seen_bias=True)
+    without = random_policy(seen_bias=False)
+    without.load_state_dict({k: v for k, v in with_bias.state_dict().items() if k != "seen_logit"})
+    bias = SEEN_BIAS_SCALE * with_bias.seen_logit.detach()
+    history = [1, 4, 7, 1, 5, 8, 1, 4, 8, 3, 6, 7]  # codes (0,0,0), (0,1,1), (0,0,1), (2,2,0)
+    # the codes so far of the next item -> {token: seen items it would repeat up to its level}
+    expected = {(): {1: 3, 3: 1}, (1,): {4: 2, 5: 1}, (1, 4): {7: 1, 8: 1}, (3, 6): {7: 1}, (2,): {}}
+    for so_far, counts in expected.items():
+        tokens = torch.tensor([history + list(so_far)])
+        level = len(so_far)
+        added = with_bias.next_token_logits(tokens)[0] - without.next_token_logits(tokens)[0]
+        codes = range(with_bias.layout.offsets[level], with_bias.layout.offsets[level] + SIZES[level])
+        torch.testing.assert_close(added[list(codes)], torch.tensor([counts.get(t, 0) * bias[level] for t in codes]))
 
 
 def test_bad_input_is_rejected_with_a_clear_message():

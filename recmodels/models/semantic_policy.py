@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from recmodels.models.policy import Block, PolicyConfig, init_weights
+from recmodels.models.policy import SEEN_BIAS_SCALE, Block, PolicyConfig, init_weights
 from recmodels.tokenization.semantic_ids import TokenLayout
 
 TRUNKS = ("items", "tokens")
@@ -63,12 +63,16 @@ class SemanticPolicyConfig:
     # state . (the level's row 0, learned) instead of nothing, so that training pushes every such code down at once
     # and the policy learns which codes lead to no item (unconstrained hallucination; ignored without both)
     other_prefix_logit: bool = True
+    # "items" trunk: per level l, one learned logit added to a code once for each item in the input whose codes
+    # 0..l the code would repeat (the atomic policy's seen_bias, over code prefixes; at the last level an item's
+    # earlier occurrences), so that the policy can learn not to re-recommend what the user has consumed
+    seen_bias: bool = True
     n_items: int = 0  # the items the codes cover (the tokenization's vocabulary fills it; item_prefixes needs it)
 
     # what a saved config without a field means: checkpoints written before `trunk` existed read every token, and
     # before `prefix_logits` / `item_prefixes` / `other_prefix_logit` existed had none of them
     SAVED_WITHOUT: ClassVar[dict] = {"trunk": "tokens", "prefix_logits": False, "item_prefixes": False,
-                                     "other_prefix_logit": False}
+                                     "other_prefix_logit": False, "seen_bias": False}
 
     def __post_init__(self):
         self.level_sizes = tuple(int(s) for s in self.level_sizes)
@@ -286,6 +290,8 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
                              persistent=False)
         self.apply(init_weights)
         nn.init.normal_(self.start, std=0.02)
+        if cfg.seen_bias:  # SEEN_BIAS_SCALE * seen_logit[l]: the logit of level l's codes per seen item they repeat
+            self.seen_logit = nn.Parameter(torch.zeros(L1))
 
     def code_embeddings(self, items: torch.Tensor) -> torch.Tensor:
         """Whole or partial items [..., L+1] of tokens (0 = none yet) -> what each code adds [..., L+1, d]: its
@@ -400,14 +406,39 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
         return self.decode(z if at is None else z[at])
 
     def position_logits(self, tokens: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
-        if not self.cfg.prefix_logits:
+        if not (self.cfg.prefix_logits or self.cfg.seen_bias):
             return super().position_logits(tokens, at)
         z, partial = self.code_states(tokens)
         every = at is None
         at = torch.ones_like(tokens, dtype=torch.bool) if every else at
         h, last = self.decode(z[at]), tokens[at]  # [n, d], [n]
-        logits = self.logits(h, last) + self.prefix_code_logits(h, partial[at], self.next_level[last])
+        logits = self.logits(h, last)
+        if self.cfg.prefix_logits:
+            logits = logits + self.prefix_code_logits(h, partial[at], self.next_level[last])
+        if self.cfg.seen_bias:  # the state at position t predicts item t // (L+1) (+1 where t ends an item)
+            S, L1 = tokens.shape[1], self.layout.n_levels
+            items = F.pad(tokens, (0, -S % L1)).view(tokens.shape[0], -1, L1)  # [B, n, L+1] the input's items
+            t = torch.arange(S, device=tokens.device)
+            before = torch.arange(items.shape[1], device=tokens.device) < (t // L1 + (t % L1 == L1 - 1))[:, None]
+            logits = logits + self.seen_logits(items, partial, self.next_level[tokens], before)[at]
         return logits.view(*tokens.shape, -1) if every else logits
+
+    def seen_logits(self, items: torch.Tensor, partial: torch.Tensor, level: torch.Tensor,
+                    before: torch.Tensor | None = None) -> torch.Tensor:
+        """What `seen_bias` adds to the logits of states [B, S] that predict a code of level `level` [B, S] of an
+        item whose tokens so far are `partial` [B, S, L+1] (0 from the level on), given the input's items
+        `items` [B, n, L+1] (tokens, 0 = padding), of which the state sees those where `before` [S, n] (all
+        without it): at each code c of the level, SEEN_BIAS_SCALE * seen_logit[level] times the number of seen
+        items whose codes up to the level are (codes so far, c). -> [B, S, V]"""
+        L1 = self.layout.n_levels
+        below = torch.arange(L1, device=items.device) < level[..., None]  # [B, S, L+1] the codes so far
+        same = ((items[:, None] == partial[:, :, None]) | ~below[:, :, None]).all(dim=-1)  # [B, S, n]
+        seen = same & (items[:, None, :, 0] != 0) & (True if before is None else before)
+        code = items[..., None, :, :].expand(-1, level.shape[1], -1, -1).gather(  # [B, S, n] their code there
+            3, level[:, :, None, None].expand(-1, -1, items.shape[1], 1))[..., 0]
+        counts = torch.zeros(*level.shape, self.cfg.vocab_size, device=items.device)
+        counts.scatter_add_(2, code, seen.float())
+        return counts * (SEEN_BIAS_SCALE * self.seen_logit)[level][..., None]
 
     def code_states(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens [B, S] -> (z [B, S, d], the code head's input that predicts the token after each position;
@@ -432,12 +463,29 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
         so_far = (torch.arange(L1, device=tokens.device) <= level[:, None]) & ~last[:, None]  # [S, L+1]
         return z, items[:, item] * so_far
 
+    def step_seen_logits(self, history: torch.Tensor, generated: torch.Tensor, partial: torch.Tensor,
+                         level: torch.Tensor) -> torch.Tensor:
+        """`seen_logits` of K beams per history [B, S] that generated `generated` [B, K, t]: each beam sees the
+        history and the items it completed (in the last max_len items, as the trunk reads them). -> [B, K, V]"""
+        B, K, t = generated.shape
+        L1 = self.layout.n_levels
+        done = t - t % L1  # the generated tokens of completed items
+        if done == 0:  # every beam sees the history alone
+            return self.seen_logits(history.view(B, -1, L1), partial, level)
+        full = torch.cat([history.repeat_interleave(K, dim=0), generated[..., :done].reshape(B * K, -1)], dim=1)
+        items = self.clip_history(full).view(B * K, -1, L1)
+        return self.seen_logits(items, partial.view(B * K, 1, -1), level.view(B * K, 1)).view(B, K, -1)
+
     def prefill(self, tokens: torch.Tensor) -> ItemCache:
         """Read histories [B, S] (whole items, left-padded) once; the cache holds one beam per row."""
         tokens = self.prefill_history(tokens)
         context = self.contexts(tokens)[:, -1:]  # [B, 1, d]
         z = context + self.level_emb.weight[0]
         logits = self.logits(self.decode(z)[:, 0], tokens[:, -1])
+        if self.cfg.seen_bias:
+            items = tokens.view(tokens.shape[0], -1, self.layout.n_levels)
+            level = tokens.new_zeros(tokens.shape[0], 1)
+            logits = logits + self.seen_logits(items, torch.zeros_like(items[:, :1]), level)[:, 0]
         return ItemCache(tokens, tokens.new_zeros(tokens.shape[0], 1, 0), context, torch.zeros_like(context), logits)
 
     def step(self, last_tokens: torch.Tensor, cache: ItemCache) -> tuple[torch.Tensor, ItemCache]:
@@ -460,7 +508,10 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
         z = context + self.level_emb(self.next_level[tokens]) + prefix
         h = self.decode(z).reshape(B * K, -1)
         logits = self.logits(h, last_tokens)
+        partial = item.reshape(B * K, -1) * (level < self.layout.n_levels - 1)  # none once an item completes
         if self.cfg.prefix_logits:
-            partial = item.reshape(B * K, -1) * (level < self.layout.n_levels - 1)  # none once an item completes
             logits = logits + self.prefix_code_logits(h, partial, self.next_level[last_tokens])
+        if self.cfg.seen_bias:
+            logits = logits + self.step_seen_logits(cache.history, generated, partial.view(B, K, -1),
+                                                    self.next_level[tokens]).reshape(B * K, -1)
         return logits, ItemCache(cache.history, generated, context, prefix, logits)
