@@ -260,7 +260,9 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
     other prefix, which adds nothing to the input. With `prefix_logits` as well, the logit of a code of level
     l >= 1 adds state . (the row of the prefix it would complete), so that the output, like the input, tells apart
     one code under unrelated prefixes; a code that completes no real prefix adds state . (row 0) with
-    `other_prefix_logit` (learned, so training can push such codes down), nothing without.
+    `other_prefix_logit` (learned, so training can push such codes down), nothing without. With `seen_bias`, a
+    code of level l adds a learned logit per level once for each input item whose codes 0..l it would repeat
+    (`seen_logits`), as the atomic policy's seen bias does per item.
     """
 
     def __init__(self, cfg: SemanticPolicyConfig):
