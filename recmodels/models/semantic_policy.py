@@ -70,7 +70,7 @@ class SemanticPolicyConfig:
     n_items: int = 0  # the items the codes cover (the tokenization's vocabulary fills it; item_prefixes needs it)
 
     # what a saved config without a field means: checkpoints written before `trunk` existed read every token, and
-    # before `prefix_logits` / `item_prefixes` / `other_prefix_logit` existed had none of them
+    # before `prefix_logits` / `item_prefixes` / `other_prefix_logit` / `seen_bias` existed had none of them
     SAVED_WITHOUT: ClassVar[dict] = {"trunk": "tokens", "prefix_logits": False, "item_prefixes": False,
                                      "other_prefix_logit": False, "seen_bias": False}
 
