@@ -260,3 +260,15 @@ def test_embedding_item_vectors_reject_what_cannot_tell_items_apart():
         embedding_item_vectors(np.ones((4, 3)))
     with pytest.raises(ValueError, match=r"must be \[n_items \+ 1, d\]"):
         embedding_item_vectors(np.ones(3))
+
+
+def test_prefix_keys_are_equal_exactly_where_tuples_share_their_first_codes():
+    """TokenLayout.prefix_keys: at l, one number per prefix of codes 0..l-1 (all tuples share the empty one)."""
+    layout = TokenLayout((3, 4, 2))
+    tuples = torch.cartesian_prod(*(torch.arange(s) for s in layout.level_sizes))  # [24, 3] every tuple
+    keys = layout.prefix_keys(tuples)
+    assert keys.shape == (24, 4)
+    for level in range(4):
+        same_prefix = (tuples[:, None, :level] == tuples[None, :, :level]).all(-1)
+        assert torch.equal(keys[:, None, level] == keys[None, :, level], same_prefix)
+    assert layout.prefix_keys(tuples[:, :0]).shape == (24, 1)  # no codes yet: the empty prefix

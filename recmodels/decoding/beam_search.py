@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from recmodels.runtime import eval_mode
+from recmodels.tokenization.semantic_ids import TokenLayout
 from recmodels.tokenization.trie import ItemTrie
 
 
@@ -31,6 +32,7 @@ from recmodels.tokenization.trie import ItemTrie
 class Exclusion:
     tuples: torch.Tensor  # [B, E, L+1] excluded code tuples, rows padded with -1
     valid: torch.Tensor  # [B, E] bool, real entries
+    keys: torch.Tensor  # [B, E, L+2] TokenLayout.prefix_keys of the tuples: at l, one number for codes 0..l-1
 
 
 def build_exclusion(exclude: Sequence | None, n_rows: int, level_sizes: tuple[int, ...],
@@ -70,7 +72,8 @@ def build_exclusion(exclude: Sequence | None, n_rows: int, level_sizes: tuple[in
     padded = np.full((n_rows, max(1, int(counts.max(initial=0))), n_levels), -1, np.int64)
     padded[rows, slot] = tuples
     padded = torch.as_tensor(padded, device=device)
-    return Exclusion(tuples=padded, valid=padded[..., 0] >= 0)
+    return Exclusion(tuples=padded, valid=padded[..., 0] >= 0,
+                     keys=TokenLayout(level_sizes).prefix_keys(padded.clamp(min=0)))
 
 
 def admissible_codes(level: int, level_sizes: tuple[int, ...], prefixes: torch.Tensor, nodes: torch.Tensor | None,
@@ -87,7 +90,8 @@ def admissible_codes(level: int, level_sizes: tuple[int, ...], prefixes: torch.T
         completions = torch.full((B, K, size), math.prod(level_sizes[level + 1:]), device=prefixes.device)
     if exclusion is not None:
         ex = exclusion.tuples
-        match = exclusion.valid[:, None, :] & (ex[:, None, :, :level] == prefixes[:, :, None, :]).all(-1)  # [B, K, E]
+        key = TokenLayout(level_sizes).prefix_keys(prefixes)[..., level]  # [B, K] one number per beam's prefix
+        match = exclusion.valid[:, None, :] & (exclusion.keys[:, None, :, level] == key[..., None])  # [B, K, E]
         codes = ex[:, None, :, level].clamp(min=0).expand(B, K, ex.shape[1])
         excluded = torch.zeros(B, K, size, dtype=torch.long, device=prefixes.device)
         excluded.scatter_add_(2, codes, match.long())  # [B, K, V_level] excluded tuples under prefix + code

@@ -292,6 +292,11 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
         # item_prefixes: the real items' code tuples [n_items, L+1] (codes, not tokens), saved with the weights
         self.register_buffer("item_codes", torch.zeros(cfg.n_items, L1, dtype=torch.long) if cfg.item_prefixes
                              else None)
+        if cfg.item_prefixes:  # their prefixes' sorted keys per level, kept in step with item_codes
+            for level in range(1, L1):
+                self.register_buffer(f"prefix_keys_{level}", torch.zeros(0, dtype=torch.long), persistent=False)
+            self.index_item_prefixes()
+            self.register_load_state_dict_post_hook(lambda module, _: module.index_item_prefixes())
         self.register_buffer("offsets", torch.tensor(self.layout.offsets), persistent=False)
         sizes = self.layout.level_sizes
         # a level whose prefixes fit the rows indexes them as they are, a larger one hashes them
@@ -308,11 +313,10 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
         emb = self.tok_emb(items)
         if self.prefix_emb is None:
             return emb
-        codes = (items - self.offsets).clamp(min=0)
-        key, rows, real = codes[..., 0], [], []
+        keys = self.layout.prefix_keys((items - self.offsets).clamp(min=0))  # [..., L+2]
+        rows, real = [], []
         for level in range(1, self.layout.n_levels):
-            key = key * self.layout.level_sizes[level] + codes[..., level]  # mixed radix of codes 0..level
-            row, has_row = self.prefix_rows(level, key)
+            row, has_row = self.prefix_rows(level, keys[..., level + 1])  # the prefix of codes 0..level
             rows.append(row)
             real.append(has_row)
         keep = (items[..., 1:] != 0) & torch.stack(real, dim=-1)  # [..., L]
@@ -329,13 +333,17 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
             raise ValueError(f"set_items expects codes of shape {tuple(self.item_codes.shape)} "
                              f"(n_items x levels), got {tuple(codes.shape)}")
         self.item_codes.copy_(codes)
+        self.index_item_prefixes()
+
+    def index_item_prefixes(self) -> None:
+        """Sort the keys of the held items' prefixes once per level (after `set_items` and loading weights)."""
+        keys = self.layout.prefix_keys(self.item_codes)  # [n_items, L+2]
+        for level in range(1, self.layout.n_levels):
+            setattr(self, f"prefix_keys_{level}", torch.unique(keys[:, level + 1]))
 
     def item_prefix_keys(self, level: int) -> torch.Tensor:
         """The sorted distinct mixed-radix numbers of the real items' prefixes of codes 0..level."""
-        key = self.item_codes[:, 0]
-        for l in range(1, level + 1):
-            key = key * self.layout.level_sizes[l] + self.item_codes[:, l]
-        return torch.unique(key)
+        return getattr(self, f"prefix_keys_{level}")
 
     def prefix_rows(self, level: int, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The `prefix_emb` rows of the prefixes of codes 0..level (level >= 1) whose mixed-radix numbers are `key`,
@@ -442,12 +450,13 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
         `items` [B, n, L+1] (tokens, 0 = padding), of which the state sees those where `before` [S, n] (all
         without it): at each code c of the level, SEEN_BIAS_SCALE * seen_logit[level] times the number of seen
         items whose codes up to the level are (codes so far, c). -> [B, S, V]"""
-        L1 = self.layout.n_levels
-        below = torch.arange(L1, device=items.device) < level[..., None]  # [B, S, L+1] the codes so far
-        same = ((items[:, None] == partial[:, :, None]) | ~below[:, :, None]).all(dim=-1)  # [B, S, n]
-        seen = same & (items[:, None, :, 0] != 0) & (True if before is None else before)
-        code = items[..., None, :, :].expand(-1, level.shape[1], -1, -1).gather(  # [B, S, n] their code there
-            3, level[:, :, None, None].expand(-1, -1, items.shape[1], 1))[..., 0]
+        def at_level(x):  # x [B, n, L+1 or more] -> [B, S, n]: x[b, j, level[b, s]]
+            return x.transpose(1, 2).gather(1, level[..., None].expand(-1, -1, items.shape[1]))
+
+        keys = self.layout.prefix_keys((items - self.offsets).clamp(min=0))  # [B, n, L+2]: one number per prefix
+        so_far = self.layout.prefix_keys((partial - self.offsets).clamp(min=0)).gather(2, level[..., None])  # [B, S, 1]
+        seen = (at_level(keys) == so_far) & (items[:, None, :, 0] != 0) & (True if before is None else before)
+        code = at_level(items)  # [B, S, n] each input item's token at the level
         counts = torch.zeros(*level.shape, self.cfg.vocab_size, device=items.device)
         counts.scatter_add_(2, code, seen.float())
         return counts * (SEEN_BIAS_SCALE * self.seen_logit)[level][..., None]

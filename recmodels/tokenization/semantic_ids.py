@@ -78,6 +78,14 @@ class TokenLayout:
         """Tokens [..., L+1] of whole items -> code tuples [..., L+1]."""
         return tokens - torch.as_tensor(self.offsets, device=tokens.device)
 
+    def prefix_keys(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes [..., n] of levels 0..n-1 -> [..., n+1]: at l, the mixed-radix number of codes 0..l-1 (0 at l = 0),
+        so that two tuples share their first l codes exactly where their keys at l are equal."""
+        keys = [codes.new_zeros(codes.shape[:-1])]
+        for level in range(codes.shape[-1]):
+            keys.append(keys[-1] * self.level_sizes[level] + codes[..., level])
+        return torch.stack(keys, dim=-1)
+
 
 QUANTIZERS = ("rq_kmeans", "balanced_rq_kmeans", "balanced_tree", "rq_vae")
 
