@@ -316,7 +316,7 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
         keys = self.layout.prefix_keys((items - self.offsets).clamp(min=0))  # [..., L+2]
         rows, real = [], []
         for level in range(1, self.layout.n_levels):
-            row, has_row = self.prefix_rows(level, keys[..., level + 1])  # the prefix of codes 0..level
+            row, has_row = self.prefix_rows(level, keys[..., level + 1].contiguous())  # the prefix of codes 0..level
             rows.append(row)
             real.append(has_row)
         keep = (items[..., 1:] != 0) & torch.stack(real, dim=-1)  # [..., L]
