@@ -440,26 +440,26 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
             items = F.pad(tokens, (0, -S % L1)).view(tokens.shape[0], -1, L1)  # [B, n, L+1] the input's items
             t = torch.arange(S, device=tokens.device)
             before = torch.arange(items.shape[1], device=tokens.device) < (t // L1 + (t % L1 == L1 - 1))[:, None]
-            logits = logits + self.seen_logits(items, partial, self.next_level[tokens], before)[at]
+            rows, s = at.nonzero(as_tuple=True)  # the decoded states, in the order of tokens[at]
+            logits = logits + self.seen_logits(items, rows, partial[at], self.next_level[last], before[s])
         return logits.view(*tokens.shape, -1) if every else logits
 
-    def seen_logits(self, items: torch.Tensor, partial: torch.Tensor, level: torch.Tensor,
+    def seen_logits(self, items: torch.Tensor, rows: torch.Tensor, partial: torch.Tensor, level: torch.Tensor,
                     before: torch.Tensor | None = None) -> torch.Tensor:
-        """What `seen_bias` adds to the logits of states [B, S] that predict a code of level `level` [B, S] of an
-        item whose tokens so far are `partial` [B, S, L+1] (0 from the level on), given the input's items
-        `items` [B, n, L+1] (tokens, 0 = padding), of which the state sees those where `before` [S, n] (all
-        without it): at each code c of the level, SEEN_BIAS_SCALE * seen_logit[level] times the number of seen
-        items whose codes up to the level are (codes so far, c). -> [B, S, V]"""
-        def at_level(x):  # x [B, n, L+1 or more] -> [B, S, n]: x[b, j, level[b, s]]
-            return x.transpose(1, 2).gather(1, level[..., None].expand(-1, -1, items.shape[1]))
-
+        """What `seen_bias` adds to the logits of N states that read the input items of rows `rows` [N] of `items`
+        [B, n, L+1] (tokens, 0 = padding), of which a state sees those where `before` [N, n] (all without it),
+        and predict a code of level `level` [N] of an item whose tokens so far are `partial` [N, L+1] (0 from the
+        level on): at each code c of the level, SEEN_BIAS_SCALE * seen_logit[level] times the number of seen
+        items whose codes up to the level are (codes so far, c). -> [N, V]"""
+        j = torch.arange(items.shape[1], device=items.device)
         keys = self.layout.prefix_keys((items - self.offsets).clamp(min=0))  # [B, n, L+2]: one number per prefix
-        so_far = self.layout.prefix_keys((partial - self.offsets).clamp(min=0)).gather(2, level[..., None])  # [B, S, 1]
-        seen = (at_level(keys) == so_far) & (items[:, None, :, 0] != 0) & (True if before is None else before)
-        code = at_level(items)  # [B, S, n] each input item's token at the level
-        counts = torch.zeros(*level.shape, self.cfg.vocab_size, device=items.device)
-        counts.scatter_add_(2, code, seen.float())
-        return counts * (SEEN_BIAS_SCALE * self.seen_logit)[level][..., None]
+        so_far = self.layout.prefix_keys((partial - self.offsets).clamp(min=0)).gather(1, level[:, None])  # [N, 1]
+        seen = (keys[rows[:, None], j, level[:, None]] == so_far) & (items[rows, :, 0] != 0)  # [N, n]
+        seen = seen if before is None else seen & before
+        code = items[rows[:, None], j, level[:, None]]  # [N, n] each item's token at the level
+        counts = torch.zeros(len(rows), self.cfg.vocab_size, device=items.device)
+        counts.scatter_add_(1, code, seen.float())
+        return counts * (SEEN_BIAS_SCALE * self.seen_logit)[level][:, None]
 
     def code_states(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens [B, S] -> (z [B, S, d], the code head's input that predicts the token after each position;
@@ -486,16 +486,18 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
 
     def step_seen_logits(self, history: torch.Tensor, generated: torch.Tensor, partial: torch.Tensor,
                          level: torch.Tensor) -> torch.Tensor:
-        """`seen_logits` of K beams per history [B, S] that generated `generated` [B, K, t]: each beam sees the
-        history and the items it completed (in the last max_len items, as the trunk reads them). -> [B, K, V]"""
+        """`seen_logits` of K beams per history [B, S] that generated `generated` [B, K, t] and predict a code of
+        level `level` [B * K] after `partial` [B * K, L+1]: each beam sees the history and the items it completed
+        (in the last max_len items, as the trunk reads them). -> [B * K, V]"""
         B, K, t = generated.shape
         L1 = self.layout.n_levels
         done = t - t % L1  # the generated tokens of completed items
-        if done == 0:  # every beam sees the history alone
-            return self.seen_logits(history.view(B, -1, L1), partial, level)
+        if done == 0:  # every beam sees its history alone
+            rows = torch.arange(B, device=history.device).repeat_interleave(K)
+            return self.seen_logits(history.view(B, -1, L1), rows, partial, level)
         full = torch.cat([history.repeat_interleave(K, dim=0), generated[..., :done].reshape(B * K, -1)], dim=1)
         items = self.clip_history(full).view(B * K, -1, L1)
-        return self.seen_logits(items, partial.view(B * K, 1, -1), level.view(B * K, 1)).view(B, K, -1)
+        return self.seen_logits(items, torch.arange(B * K, device=history.device), partial, level)
 
     def prefill(self, tokens: torch.Tensor) -> ItemCache:
         """Read histories [B, S] (whole items, left-padded) once; the cache holds one beam per row."""
@@ -505,8 +507,8 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
         logits = self.logits(self.decode(z)[:, 0], tokens[:, -1])
         if self.cfg.seen_bias:
             items = tokens.view(tokens.shape[0], -1, self.layout.n_levels)
-            level = tokens.new_zeros(tokens.shape[0], 1)
-            logits = logits + self.seen_logits(items, torch.zeros_like(items[:, :1]), level)[:, 0]
+            rows = torch.arange(tokens.shape[0], device=tokens.device)  # each history's first code
+            logits = logits + self.seen_logits(items, rows, torch.zeros_like(items[:, 0]), torch.zeros_like(rows))
         return ItemCache(tokens, tokens.new_zeros(tokens.shape[0], 1, 0), context, torch.zeros_like(context), logits)
 
     def step(self, last_tokens: torch.Tensor, cache: ItemCache) -> tuple[torch.Tensor, ItemCache]:
@@ -533,6 +535,5 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
         if self.cfg.prefix_logits:
             logits = logits + self.prefix_code_logits(h, partial, self.next_level[last_tokens])
         if self.cfg.seen_bias:
-            logits = logits + self.step_seen_logits(cache.history, generated, partial.view(B, K, -1),
-                                                    self.next_level[tokens]).reshape(B * K, -1)
+            logits = logits + self.step_seen_logits(cache.history, generated, partial, self.next_level[last_tokens])
         return logits, ItemCache(cache.history, generated, context, prefix, logits)
