@@ -6,7 +6,8 @@ policy's tokens (artifact `catalog`: `item_idx`, `item_id`, ...) and the decodin
 model config: `k`, `mask_history`). The policy's tokenization (`recmodels.tokenization`) decodes its
 recommendations: a semantic-ID policy also bundles its semantic IDs (artifact `semantic_ids`) and
 recommends by beam search constrained to real items (exclusion of the history), its scores being the
-probabilities of the generated items under that constrained decoding.
+policy's own probabilities of the generated items (which leave out the history's share, so they sum to less
+than 1 over the unseen items; an atomic policy's are renormalized over them).
 `recmodels` travels with it as code, so serving needs only torch, pandas, pyarrow, numpy and mlflow.
 
 Request: a DataFrame (`{"dataframe_records": [...]}` over HTTP) with one row per user and a column

@@ -37,15 +37,19 @@ def test_constrained_beam_search_only_emits_catalog_items(setup):
     assert (scores[:, :-1] >= scores[:, 1:]).all() and torch.isfinite(scores).all()
 
 
-def test_beam_search_with_all_items_as_beams_is_the_exact_ranking(setup):
+@pytest.mark.parametrize("renormalize", [False, True])
+def test_beam_search_with_all_items_as_beams_is_the_exact_ranking(setup, renormalize):
+    """By default the items are ranked by the policy's own tuple log-probs (no trie: nothing renormalized);
+    with renormalize, by the constrained sampling distribution, a distribution over the items."""
     ids, trie, policy, history, _ = setup
-    tuples, scores = beam_search(policy, history, beam_size=20, trie=trie)
+    tuples, scores = beam_search(policy, history, beam_size=20, trie=trie, renormalize=renormalize)
     catalog = torch.as_tensor(ids.codes[1:]).expand(4, -1, -1)
-    exact = tuple_log_probs(policy, history, catalog, trie=trie).sum(-1)  # [4, 20]
+    exact = tuple_log_probs(policy, history, catalog, trie=trie if renormalize else None).sum(-1)  # [4, 20]
     order = exact.argsort(dim=1, descending=True)
     assert torch.equal(torch.as_tensor(beam_items(tuples, ids)), order + 1)
     torch.testing.assert_close(scores, exact.gather(1, order), atol=1e-5, rtol=1e-5)
-    assert torch.allclose(exact.exp().sum(1), torch.ones(4), atol=1e-5)  # a distribution over the items
+    total = exact.exp().sum(1)
+    assert torch.allclose(total, torch.ones(4), atol=1e-5) if renormalize else (total < 1 - 1e-3).all()
 
 
 @pytest.mark.parametrize("constrained", [True, False])
@@ -84,6 +88,22 @@ def test_excluded_items_are_never_generated_even_when_they_fill_a_whole_prefix(s
         beam_search(policy, history, beam_size=len(keep) + 1, trie=trie, exclude=exclude)
     unconstrained, _ = beam_search(policy, history, beam_size=40, exclude=exclude)
     assert not np.isin(beam_items(unconstrained, ids), under).any()
+
+
+def test_excluding_tuples_hands_their_probability_to_no_other_tuple(setup):
+    """Beam scores are the policy's own tuple log-probs: the excluded tuples drop out and every other tuple keeps
+    its score. Renormalizing each level over what is left (`renormalize=True`, the sampling distribution) would
+    raise the excluded tuples' siblings, which without a trie are mostly tuples of no item."""
+    ids, _, policy, history, _ = setup
+    every = all_tuples().expand(4, -1, -1)
+    exact = tuple_log_probs(policy, history, every).sum(-1)  # [4, every tuple], nothing excluded
+    excluded = torch.as_tensor(ids.codes[1:4])
+    kept = ~(every[0][:, None] == excluded[None]).all(-1).any(-1)
+    n = int(kept.sum())
+    tuples, scores = beam_search(policy, history, beam_size=n, exclude=[excluded.numpy()] * 4)
+    torch.testing.assert_close(scores, exact[:, kept].sort(dim=1, descending=True).values, atol=1e-5, rtol=1e-5)
+    _, renormalized = beam_search(policy, history, beam_size=n, exclude=[excluded.numpy()] * 4, renormalize=True)
+    assert (renormalized.exp().sum(1) > scores.exp().sum(1) + 1e-3).all()
 
 
 def test_samples_follow_the_policy_and_their_log_probs():

@@ -114,9 +114,10 @@ def test_a_semantic_policy_serves_its_constrained_beams_as_original_item_ids(ser
     out = model.predict(request(history, [], k=[10, 2]))
     ranked = list(out["item_ids"][0])
     assert sorted(ranked) == sorted(set(ITEM_IDS) - set(history))  # k capped at the 5 unseen real items
-    assert sum(out["scores"][0]) == pytest.approx(1.0, abs=1e-5)  # probabilities over the unseen catalog
     assert list(out["scores"][0]) == sorted(out["scores"][0], reverse=True)
-    tuples, _ = beam_search(policy, ids.items_to_tokens(torch.tensor([[0, 0, 3, 1]])), 5,
-                            trie=ItemTrie.from_semantic_ids(ids), exclude=[ids.codes[[1, 3]]])
+    assert 0 < sum(out["scores"][0]) < 1  # the policy's own probabilities: the seen items' share is left out
+    tuples, logp = beam_search(policy, ids.items_to_tokens(torch.tensor([[0, 0, 3, 1]])), 5,
+                               trie=ItemTrie.from_semantic_ids(ids), exclude=[ids.codes[[1, 3]]])
     assert ranked == [ITEM_IDS[i - 1] for i in ids.lookup(tuples[0])]
+    np.testing.assert_allclose(out["scores"][0], logp[0].exp().numpy(), atol=1e-6)  # served to 6 decimals
     assert len(out["item_ids"][1]) == 2 and set(out["item_ids"][1]) <= set(ITEM_IDS)

@@ -7,9 +7,13 @@ the policy's level-l codes, restricted to
 - tuples not in `exclude` (per history row, an array [n, L+1] of code tuples, e.g. the codes of the
   user's already-seen items `semantic_ids.codes[seen]`). A code is masked at any level once every
   tuple under the resulting prefix is excluded (for constrained decoding: every *item* under it),
-  so beams never walk into a dead end and the top-K holds K admissible tuples,
-and renormalized over what is left. So log pi(tuple) = sum of the L+1 masked, renormalized code
-log-probs: the same distribution for beam search scores, samples and `tuple_log_probs`.
+  so beams never walk into a dead end and the top-K holds K admissible tuples.
+
+Samples and `tuple_log_probs` renormalize each level over what is left: log pi(tuple) = sum of the L+1
+masked, renormalized code log-probs, a distribution to sample from. Beam search by default ranks by the
+policy's own log-probs instead (each level's softmax over all its codes, the masked ones dropped): renormalizing
+would hand an excluded item's probability to the codes left under its prefix, which in unconstrained decoding
+are tuples of no item (docs/results-semantic-ids.md, "Ranking by the policy's own probabilities").
 
 With `use_cache` the history is prefilled once and each level is one cached step for all beams of
 a row; without it every step re-runs the full forward over history + prefix (same results).
@@ -99,15 +103,19 @@ def admissible_codes(level: int, level_sizes: tuple[int, ...], prefixes: torch.T
     return allowed
 
 
-def level_log_probs(logits: torch.Tensor, offset: int, size: int, allowed: torch.Tensor | None) -> torch.Tensor:
-    """Log-probs [..., size] of one level's codes from token logits [..., V], renormalized over `allowed`.
+def level_log_probs(logits: torch.Tensor, offset: int, size: int, allowed: torch.Tensor | None,
+                    renormalize: bool = True) -> torch.Tensor:
+    """Log-probs [..., size] of one level's codes from token logits [..., V], renormalized over `allowed`
+    (without `renormalize`: the policy's own log-probs over the level, -inf where not allowed).
 
     A row with nothing allowed is all -inf (never NaN).
     """
     x = logits[..., offset:offset + size].float()
+    lse = None if renormalize else torch.logsumexp(x, dim=-1, keepdim=True)
     if allowed is not None:
         x = x.masked_fill(~allowed, float("-inf"))
-    lse = torch.logsumexp(x, dim=-1, keepdim=True)
+    if lse is None:
+        lse = torch.logsumexp(x, dim=-1, keepdim=True)
     return x - torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
 
 
@@ -179,11 +187,12 @@ class _Decoder:
             raise ValueError(f"history row {b} leaves only {self.trie.n_items - int(excluded[b])} admissible items, "
                              f"fewer than {what}")
 
-    def log_probs(self, level: int) -> torch.Tensor:
-        """[B, K, V_level] masked, renormalized log-probs of the next code of every row."""
+    def log_probs(self, level: int, renormalize: bool = True) -> torch.Tensor:
+        """[B, K, V_level] masked (and renormalized) log-probs of the next code of every row."""
         allowed = admissible_codes(level, self.layout.level_sizes, self.prefixes, self.nodes, self.trie, self.exclusion)
         logits = self.logits.view(self.B, self.k, -1)
-        return level_log_probs(logits, self.layout.offsets[level], self.layout.level_sizes[level], allowed)
+        return level_log_probs(logits, self.layout.offsets[level], self.layout.level_sizes[level], allowed,
+                               renormalize)
 
     def append(self, level: int, parents: torch.Tensor, codes: torch.Tensor) -> None:
         """Rows become parents' prefixes [B, K] + codes [B, K]; advance the trie and the policy."""
@@ -202,7 +211,7 @@ class _Decoder:
                 torch.cat([self.flat_history, prefix_tokens.reshape(self.B * self.k, -1)], dim=1))
 
 
-def _top_k_decode(policy, history_tokens, k, trie, exclude, use_cache, generator):
+def _top_k_decode(policy, history_tokens, k, trie, exclude, use_cache, generator, renormalize: bool):
     with eval_mode(policy):
         dec = _Decoder(policy, history_tokens, k, trie, exclude, use_cache)
         dec.check_enough_items(k, f"beam_size={k}" if generator is None else f"n={k} distinct samples")
@@ -211,7 +220,7 @@ def _top_k_decode(policy, history_tokens, k, trie, exclude, use_cache, generator
         scores[:, 0] = 0.0  # one live beam to start from
         keys = scores.clone()
         for level in range(dec.layout.n_levels):
-            cand = scores[..., None] + dec.log_probs(level)  # [B, K, V_level]
+            cand = scores[..., None] + dec.log_probs(level, renormalize)  # [B, K, V_level]
             cand_keys = cand if generator is None else _conditioned_gumbels(keys, cand, generator)
             keys, idx = cand_keys.reshape(B, -1).topk(k, dim=1)
             scores = cand.reshape(B, -1).gather(1, idx)
@@ -221,13 +230,20 @@ def _top_k_decode(policy, history_tokens, k, trie, exclude, use_cache, generator
 
 
 def beam_search(policy, history_tokens: torch.Tensor, beam_size: int, trie: ItemTrie | None = None,
-                use_cache: bool = True, exclude: Sequence | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                use_cache: bool = True, exclude: Sequence | None = None,
+                renormalize: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The `beam_size` best code tuples per history: (tuples [B, K, L+1], log-probs [B, K]), best first.
 
     history_tokens [B, S]: whole items of L+1 tokens, left-padded with 0 (the last max_len items
     are used). With `trie`, only catalog items (constrained decoding); `exclude` as in the module doc.
+    Scores are the policy's own log-probs of the tuples (each level's softmax over all its codes; what is
+    masked is dropped, not handed to the codes left), so the admissible tuples are ranked as the policy ranks
+    them, as a one-token-per-item policy ranks its unseen items: excluding a seen item does not raise its
+    siblings under the same prefix (without a trie, mostly tuples of no item). `renormalize=True` ranks by the
+    sampling distribution instead (each level renormalized over its admissible codes, as `sample_tuples`).
     """
-    return _top_k_decode(policy, history_tokens, beam_size, trie, exclude, use_cache, generator=None)
+    return _top_k_decode(policy, history_tokens, beam_size, trie, exclude, use_cache, generator=None,
+                         renormalize=renormalize)
 
 
 def sample_tuples(policy, history_tokens: torch.Tensor, n: int, generator: torch.Generator,
@@ -240,7 +256,7 @@ def sample_tuples(policy, history_tokens: torch.Tensor, n: int, generator: torch
     Gumbel-top-k, Kool et al. 2019), ordered by their perturbed keys.
     """
     if distinct:
-        return _top_k_decode(policy, history_tokens, n, trie, exclude, True, generator)
+        return _top_k_decode(policy, history_tokens, n, trie, exclude, True, generator, renormalize=True)
     with eval_mode(policy):
         dec = _Decoder(policy, history_tokens, n, trie, exclude, use_cache=True)
         dec.check_enough_items(1, "one")

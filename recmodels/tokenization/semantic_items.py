@@ -20,8 +20,8 @@ so generated tuples may be no item at all (hallucination):
 - Evaluation and promotion: ranks, top 10 and the unmasked protocol from CONSTRAINED beam search
   (`BEAM_SIZE` beams, a target outside them a miss), the hallucination rate from UNCONSTRAINED beam
   search (its top `HALLUCINATION_K` tuples).
-- Serving: constrained beam search, the history excluded; the scores are the probabilities of the
-  generated items under that decoding.
+- Serving: constrained beam search, the history excluded; the scores are the policy's own probabilities of
+  the generated items (`beam_search`: ranked as the policy ranks them, nothing renormalized).
 """
 from __future__ import annotations
 
@@ -259,8 +259,8 @@ class SemanticItems(ItemTokenization):
         return [self._beam_top_k(policy, history[row:row + 1], seen[row], k) for row, k in enumerate(ks)]
 
     def _beam_top_k(self, policy, history: torch.Tensor, seen: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The k most probable unseen items of one history [1, T] by constrained beam search, and their
-        probabilities (k capped at the unseen catalog)."""
+        """The k most probable unseen items of one history [1, T] by constrained beam search, and the policy's
+        probabilities of them (k capped at the unseen catalog)."""
         k = min(k, self.semantic_ids.n_items - len(seen))
         if k < 1:
             return np.zeros(0, np.int64), np.zeros(0)
