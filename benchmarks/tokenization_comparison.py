@@ -19,9 +19,11 @@ What it does, all through the library (the Dagster chain runs the same functions
    unconstrained top-10 for the hallucination rate), HR@10 / NDCG@10 under both protocols (`_masked`:
    history excluded, the primary one; `_unmasked`: RecBole-comparable, history included); with `--out`
    the report (report.md, hr10_vs_hallucination.png, ...) is written there;
-5. with `--wider-beams K ...`: the pretrained semantic policy's masked accuracy again from K constrained beams
+5. every semantic policy's masked accuracy and hallucination again with beams that renormalize each level over
+   the codes left (`renormalized_beams`; how the evaluation ranked before it took the policy's own probabilities);
+6. with `--wider-beams K ...`: the pretrained semantic policy's masked accuracy again from K constrained beams
    (how much of its gap to the atomic policy is search error of beam 20 rather than the model's);
-6. beam-search throughput (users/s at beam 20, cached, constrained and unconstrained) of the
+7. beam-search throughput (users/s at beam 20, cached, constrained and unconstrained) of the
    pretrained semantic policy on the first `--users-for-throughput` test users.
 
 `--set NAME=VALUE` overrides a `PretrainConfig` field for both policies, or a `PolicyConfig` field: for the
@@ -211,6 +213,13 @@ def main() -> None:
         out.setdefault("semantic_wider_beams", {})[str(k)] = {
             **_accuracy(ranks, "masked"), **{f"{key}_vs_atomic": value for key, value in paired.items()},
             "seconds": round(time.perf_counter() - t, 1)}
+    for name, (policy, _) in policies.items():  # the same policies ranked as before: levels renormalized
+        if name == "atomic_pretrained":
+            continue
+        constrained = evaluate_beams(policy, test, ids, beam_size=20, trie=trie, device="cpu", renormalize=True)
+        free = evaluate_beams(policy, test, ids, beam_size=20, device="cpu", renormalize=True).top(10)
+        out.setdefault("renormalized_beams", {})[name] = {
+            **_accuracy(beam_ranks(constrained), "masked"), "hallucination_rate": round(free.hallucination_rate, 4)}
     if args.out:
         report = build_report(evals)
         write_report(report, args.out)

@@ -102,11 +102,12 @@ def _admissible_items(semantic_ids: SemanticIds, exclude: list[np.ndarray]) -> n
 
 def evaluate_beams(policy, examples: EvalExamples, semantic_ids: SemanticIds, beam_size: int = 20,
                    trie: ItemTrie | None = None, batch_size: int = 256, device=None,
-                   use_cache: bool = True, exclude_history: bool = True) -> BeamEvaluation:
+                   use_cache: bool = True, exclude_history: bool = True, renormalize: bool = False) -> BeamEvaluation:
     """Beam-search every example's history (constrained when `trie` is given) and rank its target.
 
     The user's seen items (except the target) are excluded from the beams unless `exclude_history`
-    is False (the unmasked protocol).
+    is False (the unmasked protocol). Beams rank by the policy's own tuple log-probs (`renormalize=True`: by
+    each level renormalized over the codes left, the ranking used before; see `beam_search`).
 
     Under constrained decoding a user whose history leaves fewer than `beam_size` unseen items gets
     as many beams as there are such items; the remaining slots repeat the row's last beam (score
@@ -133,7 +134,8 @@ def evaluate_beams(policy, examples: EvalExamples, semantic_ids: SemanticIds, be
         for k in np.unique(width):  # rows of one beam width decode together (almost always one group)
             group = np.flatnonzero(width == k)
             tuples, s = beam_search(policy, history[torch.as_tensor(group, device=dev)], int(k), trie=trie,
-                                    use_cache=use_cache, exclude=[exclude[i] for i in group])
+                                    use_cache=use_cache, exclude=[exclude[i] for i in group],
+                                    renormalize=renormalize)
             found = beam_items(tuples, semantic_ids)
             batch_items[group, :k] = found
             batch_items[group, k:] = found[:, -1:]  # filler slots repeat the last real beam
