@@ -1,7 +1,5 @@
 """The semantic-ID policy, both trunks (the item trunk with and without prefix embeddings): level-aware logits, the
 decoding cache against the full forward, learning."""
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -24,9 +22,6 @@ VARIANTS = {"items": {"trunk": "items"}, "items_with_prefixes": {"trunk": "items
             # the defaults: item prefix logits, the other-prefix logit and the seen bias
             "items_default": {"trunk": "items", "item_prefixes": True, "n_items": 8, "prefix_logits": True,
                               "other_prefix_logit": True, "seen_bias": True},
-            # the other prefixes' row shared among the codes it scores
-            "items_other_share": {"trunk": "items", "item_prefixes": True, "n_items": 8, "prefix_logits": True,
-                                  "other_prefix_logit": True, "other_prefix_share": True, "seen_bias": True},
             "tokens": {"trunk": "tokens"}}
 assert {v["trunk"] for v in VARIANTS.values()} == set(TRUNKS)
 
@@ -155,16 +150,13 @@ def test_prefix_logits_score_one_code_apart_under_two_prefixes():
             assert logits[0, 4].item() == pytest.approx(expected, abs=1e-5)
 
 
-@pytest.mark.parametrize("other_prefix_logit,other_prefix_share", [(True, False), (True, True), (False, False)])
-def test_item_prefix_logits_score_real_prefixes_by_their_rows_and_the_others_by_row_0(other_prefix_logit,
-                                                                                      other_prefix_share):
+@pytest.mark.parametrize("other_prefix_logit", [True, False])
+def test_item_prefix_logits_score_real_prefixes_by_their_rows_and_the_others_by_row_0(other_prefix_logit):
     """With item_prefixes, a code's logit adds state . (its prefix's row) where the code completes a prefix of one
     of the policy's items; rows are the real prefixes in order, row 0 of a level standing for the others, which
-    add state . (row 0) with other_prefix_logit and nothing without, and with other_prefix_share also -log(n),
-    n the number of such codes under the prefix. Checked at level 1 (scored by one matmul) and level 2 (scored
-    per real child)."""
-    policy = random_policy(item_prefixes=True, n_items=8, prefix_logits=True, other_prefix_logit=other_prefix_logit,
-                           other_prefix_share=other_prefix_share)
+    add state . (row 0) with other_prefix_logit and nothing without. Checked at level 1 (scored by one matmul)
+    and level 2 (scored per real child)."""
+    policy = random_policy(item_prefixes=True, n_items=8, prefix_logits=True, other_prefix_logit=other_prefix_logit)
     codes = hand_ids(n_items=8).codes[1:]
     history = torch.tensor([[1, 4, 7, 2, 5, 8]])
     n_other = 0
@@ -184,8 +176,6 @@ def test_item_prefix_logits_score_real_prefixes_by_their_rows_and_the_others_by_
             elif other_prefix_logit:
                 expected += (h @ policy.prefix_emb.weight[(level - 1) * (8 + 1)]).item()
                 n_other += 1
-                if other_prefix_share:
-                    expected -= math.log(SIZES[level] - sum(p[:level] == tuple(prefix) for p in real))
             assert logits[offset + c].item() == pytest.approx(expected, abs=1e-5)
     assert n_other >= 2 or not other_prefix_logit  # the prefixes above hold other prefixes at both levels
 

@@ -63,10 +63,6 @@ class SemanticPolicyConfig:
     # state . (the level's row 0, learned) instead of nothing, so that training pushes every such code down at once
     # and the policy learns which codes lead to no item (unconstrained hallucination; ignored without both)
     other_prefix_logit: bool = True
-    # other_prefix_logit: row 0 scores "a code that leads to no item" as one outcome, shared by the codes it stands
-    # for under a prefix: each of the n such codes also adds -log(n), so a prefix with many of them does not give
-    # the unconstrained beams many candidates at the shared score (ignored without other_prefix_logit)
-    other_prefix_share: bool = False
     # "items" trunk: per level l, one learned logit added to a code once for each item in the input whose codes
     # 0..l the code would repeat (the atomic policy's seen_bias, over code prefixes; at the last level an item's
     # earlier occurrences), so that the policy can learn not to re-recommend what the user has consumed
@@ -74,11 +70,9 @@ class SemanticPolicyConfig:
     n_items: int = 0  # the items the codes cover (the tokenization's vocabulary fills it; item_prefixes needs it)
 
     # what a saved config without a field means: checkpoints written before `trunk` existed read every token, and
-    # before `prefix_logits` / `item_prefixes` / `other_prefix_logit` / `other_prefix_share` / `seen_bias` existed
-    # had none of them
+    # before `prefix_logits` / `item_prefixes` / `other_prefix_logit` / `seen_bias` existed had none of them
     SAVED_WITHOUT: ClassVar[dict] = {"trunk": "tokens", "prefix_logits": False, "item_prefixes": False,
-                                     "other_prefix_logit": False, "other_prefix_share": False,
-                                     "seen_bias": False}
+                                     "other_prefix_logit": False, "seen_bias": False}
 
     def __post_init__(self):
         self.level_sizes = tuple(int(s) for s in self.level_sizes)
@@ -266,8 +260,7 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
     other prefix, which adds nothing to the input. With `prefix_logits` as well, the logit of a code of level
     l >= 1 adds state . (the row of the prefix it would complete), so that the output, like the input, tells apart
     one code under unrelated prefixes; a code that completes no real prefix adds state . (row 0) with
-    `other_prefix_logit` (learned, so training can push such codes down; with `other_prefix_share`, less the log of
-    their number under the prefix), nothing without. With `seen_bias`, a
+    `other_prefix_logit` (learned, so training can push such codes down), nothing without. With `seen_bias`, a
     code of level l adds a learned logit per level once for each input item whose codes 0..l it would repeat
     (`seen_logits`), as the atomic policy's seen bias does per item.
     """
@@ -382,9 +375,6 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
                     fill = (h[at] @ self.prefix_emb.weight[base]).to(h.dtype) if other else h.new_zeros(len(keys))
                     scores = fill[:, None].expand(keys.shape).clone().index_put(
                         (i, c), (h[at][i] * self.prefix_emb(rows[i, c])).sum(-1))
-                if other and self.cfg.other_prefix_share:  # the n codes of no item share row 0's outcome
-                    n_other = (~real).sum(dim=1, keepdim=True).clamp(min=1)  # [m, 1]
-                    scores = scores - torch.log(n_other.to(scores.dtype)) * ~real
             elif self.exact[l]:  # the level's rows are its prefixes in key order: one matmul, then each its own
                 first = (l - 1) * self.level_rows
                 every = self.prefix_emb.weight[first:first + math.prod(self.layout.level_sizes[:l + 1])]
