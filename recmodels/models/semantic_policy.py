@@ -354,14 +354,13 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
         """States h [n, d] that predict a code of level `level` [n] of an item whose codes so far are the tokens
         `partial` [n, L+1] (0 from `level` on) -> what `prefix_logits` adds to their logits [n, V]: for each code
         c of that level, h . prefix_emb[row of (codes so far, c)] (nothing at level 0)."""
-        codes = (partial - self.offsets).clamp(min=0)
+        before = self.layout.prefix_keys((partial - self.offsets).clamp(min=0))  # [n, L+2]: at l, codes 0..l-1
         out = h.new_zeros(h.shape[0], self.cfg.vocab_size)
-        key = codes[:, 0]  # mixed radix of the codes before the level
         for l, (offset, size) in enumerate(zip(self.layout.offsets, self.layout.level_sizes)):
             if l == 0:
                 continue
             at = level == l
-            keys = key[at, None] * size + torch.arange(size, device=h.device)  # [m, size] the prefixes scored
+            keys = before[at, l, None] * size + torch.arange(size, device=h.device)  # [m, size] the prefixes scored
             if self.item_codes is not None:  # only real items' prefixes have rows of their own
                 rows, real = self.prefix_rows(l, keys)
                 base = (l - 1) * self.level_rows  # row 0 of the level: every other prefix
@@ -382,7 +381,6 @@ class ItemTrunkSemanticPolicy(SemanticPolicy):
             else:
                 scores = torch.einsum("md,mcd->mc", h[at], self.prefix_emb(self.prefix_rows(l, keys)[0]))
             out[at, offset:offset + size] = scores.to(out.dtype)  # under autocast the matmul gives bf16
-            key = key * size + codes[:, l]
         return out
 
     def contexts(self, tokens: torch.Tensor) -> torch.Tensor:
