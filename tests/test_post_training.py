@@ -16,6 +16,7 @@ from recmodels.post_training.loop import MethodContext, PostTrainConfig, post_tr
 from recmodels.post_training.registry import METHODS, PostTrainingMethod, get_method
 from recmodels.post_training.sft import SFTParams, sft_loss, target_nll
 from recmodels.data.sequences import TrainingWindows, build_user_sequences, eval_examples, training_windows
+from recmodels.tokenization.atomic_items import AtomicItems
 from tests.synthetic import cyclic_interactions
 
 N_USERS, N_ITEMS, EVENTS = 20, 12, 8
@@ -236,3 +237,16 @@ def test_unknown_method_and_knobs_rejected(interactions):
 def test_bad_config_rejected():
     with pytest.raises(ValueError, match="steps"):
         PostTrainConfig(steps=0)
+
+
+def test_the_one_pass_valid_check_gives_the_separate_measurements_exactly(interactions, pretrained):
+    """A valid check scores the policy once and the reference once per run; its row must equal the KL and the
+    metrics measured separately, so selection and the reported KL do not change with the shortcut."""
+    valid = eval_examples(build_user_sequences(interactions), "valid", max_len=8)
+    tokens, reference, cpu = AtomicItems(), tiny_policy(seed=3), torch.device("cpu")
+    check = tokens.valid_check(reference, valid, cpu)
+    for policy in (pretrained, tiny_policy(seed=4)):
+        separate = {"kl_to_reference": tokens.kl_to_reference(policy, reference, valid.history, cpu),
+                    **tokens.evaluate(policy, valid, cpu)}
+        assert check(policy) == separate
+    assert check(pretrained)["kl_to_reference"] > 0 and check(pretrained)["valid_ndcg@10"] > 0

@@ -86,7 +86,7 @@ def seen_items_mask(seen: list[np.ndarray], targets: torch.Tensor | None, V: int
     return mask
 
 
-def _scored_batches(policy, history: torch.Tensor, seen: list[np.ndarray], targets: torch.Tensor | None,
+def scored_batches(policy, history: torch.Tensor, seen: list[np.ndarray], targets: torch.Tensor | None,
                     batch_size: int, device) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
     """Yield (row slice, next-item logits [b, V] on CPU with padding at -inf, history mask [b, V]) batch by
     batch, in eval mode, no grad: one forward pass per batch serves both protocols."""
@@ -138,7 +138,7 @@ def score_catalog(policy, history: torch.Tensor, seen: list[np.ndarray], targets
                   batch_size: int = 256, device=None) -> torch.Tensor:
     """Next-item logits [N, V] with each row's seen items (except its target) and padding at -inf."""
     parts = [_masked(logits, mask) for _, logits, mask in
-             _scored_batches(policy, history, seen, targets, batch_size, device)]
+             scored_batches(policy, history, seen, targets, batch_size, device)]
     if not parts:
         raise ValueError("history has no rows: nothing to score")
     return torch.cat(parts)
@@ -153,7 +153,7 @@ def rank_catalog(policy, examples: EvalExamples, k: int = 10, batch_size: int = 
     ranks, ranks_unmasked = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
     top, seen_top10 = np.empty((n, k), dtype=np.int64), np.empty(n, dtype=np.int64)
     draws = tie_draws(n, generator)
-    for rows, logits, mask in _scored_batches(policy, examples.history, examples.seen, examples.targets,
+    for rows, logits, mask in scored_batches(policy, examples.history, examples.seen, examples.targets,
                                               batch_size, device):
         _check_k_in_catalog(k, logits.shape[1])
         masked, targets = _masked(logits, mask), examples.targets[rows].cpu()
@@ -170,7 +170,7 @@ def target_ranks(policy, examples: EvalExamples, batch_size: int = 256, device=N
     """[N] 1-based rank of each target over the masked catalog (ties broken at random, see the module doc)."""
     ranks = np.empty(len(examples), dtype=np.int64)
     draws = tie_draws(len(examples), generator)
-    for rows, logits, mask in _scored_batches(policy, examples.history, examples.seen, examples.targets,
+    for rows, logits, mask in scored_batches(policy, examples.history, examples.seen, examples.targets,
                                               batch_size, device):
         ranks[rows] = ranks_from_scores(_masked(logits, mask), examples.targets[rows].cpu(), draws[rows]).numpy()
     return ranks
@@ -190,7 +190,7 @@ def top_k_items(policy, examples: EvalExamples, k: int, batch_size: int = 256, d
     """[N, k] item_idx of each user's k best-scored items, history masked (target left rankable)."""
     _check_k(k)
     out = np.empty((len(examples), k), dtype=np.int64)
-    for rows, logits, mask in _scored_batches(policy, examples.history, examples.seen, examples.targets,
+    for rows, logits, mask in scored_batches(policy, examples.history, examples.seen, examples.targets,
                                               batch_size, device):
         _check_k_in_catalog(k, logits.shape[1])
         out[rows] = _masked(logits, mask).topk(k, dim=1).indices.numpy()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -234,12 +235,15 @@ class ValidSelection:
         self.history: list[dict] = []
         self.best_step, self.best_ndcg = -1, float("-inf")
 
+    @functools.cached_property
+    def check(self) -> Callable[[nn.Module], dict[str, float]]:
+        """policy -> kl_to_reference, valid_ndcg@10, valid_hr@10; built at the first check (where the reference's
+        part is computed once), so a process that never measures never builds it."""
+        return self.tokenization.valid_check(self.reference, self.valid, self.device)
+
     def measure(self, step: int, epoch: float, telemetry: dict[str, float]) -> dict:
         """The evaluation row of the policy as it is now."""
-        return {"step": step, "epoch": round(epoch, 4), **telemetry,
-                "kl_to_reference": self.tokenization.kl_to_reference(self.policy, self.reference, self.valid.history,
-                                                                     self.device),
-                **self.tokenization.evaluate(self.policy, self.valid, self.device)}
+        return {"step": step, "epoch": round(epoch, 4), **telemetry, **self.check(self.policy)}
 
     def evaluate(self, step: int, epoch: float, telemetry: dict[str, float]) -> None:
         row = self.measure(step, epoch, telemetry)

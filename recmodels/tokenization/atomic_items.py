@@ -6,7 +6,7 @@ rollout is one token and no generated id can be a non-item (the hallucination ra
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -16,14 +16,28 @@ from recmodels.data.sequences import EvalExamples, TrainingWindows
 from recmodels.decoding.rollouts import (Rollouts, history_mask, masked_log_probs, next_item_log_probs,
                                          sample_from_log_probs, top_k_from_log_probs)
 from recmodels.evaluation.hallucination import BEAM_SIZE
-from recmodels.evaluation.ranking import rank_catalog, score_catalog, target_ranks
+from recmodels.evaluation.ranking import (rank_catalog, ranks_from_scores, score_catalog, scored_batches,
+                                         target_ranks, tie_draws)
 from recmodels.models.policy import GenerativePolicy, PolicyConfig
 from recmodels.runtime import eval_mode
 from recmodels.tokenization.interface import (ItemTokenization, Ranking, TokenLogProbs, decoding_record,
-                                              window_cross_entropy)
+                                              valid_metrics, window_cross_entropy)
 
 if TYPE_CHECKING:  # post_training builds on this package: its types are hints only here
     from recmodels.post_training.contexts import RLContexts
+
+
+@torch.no_grad()
+def catalog_log_probs(policy, history: torch.Tensor, device: torch.device, batch_size: int = 256) -> torch.Tensor:
+    """[N, V-1] next-item log-probs over the catalog (padding excluded) after each history [N, T], on the CPU."""
+    with eval_mode(policy):
+        return torch.cat([F.log_softmax(policy.next_item_logits(history[s:s + batch_size].to(device))[:, 1:].float(),
+                                        dim=-1).cpu() for s in range(0, history.shape[0], batch_size)])
+
+
+def summed_kl(logp: torch.Tensor, logq: torch.Tensor) -> float:
+    """Sum over rows of KL(p || q), both given as log-probs [b, V-1]."""
+    return F.kl_div(logq, logp, log_target=True, reduction="sum").item()
 
 
 @torch.no_grad()
@@ -35,8 +49,31 @@ def kl_to_reference(policy, reference, history: torch.Tensor, device: torch.devi
             h = history[s:s + batch_size].to(device)
             logp = F.log_softmax(policy.next_item_logits(h)[:, 1:].float(), dim=-1)  # [b, V-1]
             logq = F.log_softmax(reference.next_item_logits(h)[:, 1:].float(), dim=-1)
-            total += F.kl_div(logq, logp, log_target=True, reduction="sum").item()  # sum of KL(p || q) over rows
+            total += summed_kl(logp, logq)
     return total / history.shape[0]
+
+
+@torch.no_grad()
+def valid_check_from_one_pass(reference, examples: EvalExamples, device: torch.device,
+                              batch_size: int = 256) -> Callable[[GenerativePolicy], dict[str, float]]:
+    """`ItemTokenization.valid_check` in one forward pass per check: the policy's logits serve both the KL and
+    the ranks, and the frozen reference's log-probs are computed here, once. The same numbers as
+    `kl_to_reference` and `target_ranks` (the same batches, the same tie draws)."""
+    reference_logp = catalog_log_probs(reference, examples.history, device, batch_size)  # [N, V-1]
+
+    @torch.no_grad()
+    def check(policy: GenerativePolicy) -> dict[str, float]:
+        ranks = np.empty(len(examples), dtype=np.int64)
+        draws = tie_draws(len(examples))
+        kl = 0.0
+        for rows, logits, mask in scored_batches(policy, examples.history, examples.seen, examples.targets,
+                                                 batch_size, device):  # logits [b, V], padding at -inf
+            kl += summed_kl(F.log_softmax(logits[:, 1:], dim=-1), reference_logp[rows])
+            ranks[rows] = ranks_from_scores(logits.masked_fill(mask, float("-inf")), examples.targets[rows].cpu(),
+                                            draws[rows]).numpy()
+        return {"kl_to_reference": kl / len(examples), **valid_metrics(ranks)}
+
+    return check
 
 
 def _context_log_probs(policy, contexts: RLContexts, mask: torch.Tensor, window_logits=None) -> torch.Tensor:
@@ -153,6 +190,9 @@ class AtomicItems(ItemTokenization):
 
     def kl_to_reference(self, policy, reference, history: torch.Tensor, device: torch.device) -> float:
         return kl_to_reference(policy, reference, history, device)
+
+    def valid_check(self, reference, examples: EvalExamples, device):
+        return valid_check_from_one_pass(reference, examples, device)
 
     # --- serving ------------------------------------------------------------------------------------------------
 

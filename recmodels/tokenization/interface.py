@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -59,6 +59,11 @@ class Ranking:
 
 def accuracy_at_10(ranks: np.ndarray) -> dict[str, float]:
     return {"hr@10": float(hit_rate(ranks, 10).mean()), "ndcg@10": float(ndcg(ranks, 10).mean())}
+
+
+def valid_metrics(ranks: np.ndarray) -> dict[str, float]:
+    """The valid columns of a post-training evaluation row from the valid targets' ranks."""
+    return {"valid_ndcg@10": float(ndcg(ranks, 10).mean()), "valid_hr@10": float(hit_rate(ranks, 10).mean())}
 
 
 def decoding_record(tokenization: str, beam_size: int | None, hallucination_rate: float, ranks: np.ndarray,
@@ -149,7 +154,16 @@ class ItemTokenization:
     def evaluate(self, policy, examples: EvalExamples, device) -> dict[str, float]:
         """The valid metrics of one post-training evaluation row."""
         ranks = self.valid_ranks(policy, examples, device)
-        return {"valid_ndcg@10": float(ndcg(ranks, 10).mean()), "valid_hr@10": float(hit_rate(ranks, 10).mean())}
+        return valid_metrics(ranks)
+
+    def valid_check(self, reference, examples: EvalExamples, device) -> Callable[[Any], dict[str, float]]:
+        """policy -> the measurements of one post-training valid check: `kl_to_reference` on the examples'
+        histories, then `evaluate`'s metrics. Built once per run against the frozen `reference`, so that a
+        tokenization can compute what stays fixed (the reference's distributions) once."""
+        def check(policy) -> dict[str, float]:
+            return {"kl_to_reference": self.kl_to_reference(policy, reference, examples.history, device),
+                    **self.evaluate(policy, examples, device)}
+        return check
 
     # --- evaluation ---------------------------------------------------------------------------------------------
 
