@@ -19,6 +19,7 @@ import dagster as dg
 import pandas as pd
 
 from assets.resources import MlflowTracking, RecalignHome
+from recmodels.runtime import cpu_has_bf16_dot_products
 from recmodels.storage.checkpoints import save_checkpoint
 
 # mlflow (~2.5 s to import) and assets.servable_policy, which imports it, are imported where they are used:
@@ -46,6 +47,15 @@ def library_config(cls: type, overrides: dict[str, Any], **fixed: Any) -> Any:
     """Build a recmodels dataclass config from Dagster config: a field left at None keeps the library default."""
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**fixed, **{k: v for k, v in overrides.items() if v is not None and k in names})
+
+
+def with_cpu_bf16(settings: dict[str, Any]) -> dict[str, Any]:
+    """`settings` with its `cpu_bf16` left empty resolved: bf16 autocast on the CPU where it has bf16 dot products
+    (`recmodels.runtime.cpu_has_bf16_dot_products`), fp32 elsewhere. The library's default stays fp32 (bit for
+    bit); the chain's training steps take the faster kernels where the machine has them."""
+    if settings.get("cpu_bf16") is None:
+        settings = {**settings, "cpu_bf16": cpu_has_bf16_dot_products()}
+    return settings
 
 
 @dataclasses.dataclass

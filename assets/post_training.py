@@ -24,7 +24,8 @@ import dagster as dg
 
 from assets.partitions import DATASET_PARTITIONS
 from assets.metadata import history_table, model_record_metadata
-from assets.model_runs import POST_TRAINED_MODEL, library_config, save_and_register_servable, tracked_training
+from assets.model_runs import (POST_TRAINED_MODEL, library_config, save_and_register_servable, tracked_training,
+                               with_cpu_bf16)
 from assets.records import InteractionsRecord, PostTrainedPolicyRecord, PretrainedPolicyRecord, RankerRewardModelRecord
 from assets.resources import MlflowTracking, RecalignHome
 from assets.torchrun import TorchrunConfig, check_global_batch, n_processes, run_training_job
@@ -58,6 +59,8 @@ class PostTrainAssetConfig(TorchrunConfig):
     # MovieLens-100k every variant of the default chain selects the step a full 200-step run selects
     # (docs/results-movielens-100k.md), with 27% fewer steps
     patience: Optional[int] = 4
+    # bf16 autocast on the CPU too; empty: on where the CPU has bf16 dot products (assets/model_runs.with_cpu_bf16)
+    cpu_bf16: Optional[bool] = None
     method_params: dict[str, Any] = {}
 
 
@@ -90,7 +93,7 @@ def post_trained_asset(variant: str, method: str, fixed: dict[str, Any]) -> dg.A
     def _asset(context: dg.AssetExecutionContext, config: PostTrainAssetConfig, interactions: InteractionsRecord,
                pretrained_policy: PretrainedPolicyRecord, ranker_reward_model: RankerRewardModelRecord,
                home: RecalignHome, mlflow: MlflowTracking) -> dg.Output[PostTrainedPolicyRecord]:
-        settings = config.model_dump()
+        settings = with_cpu_bf16(config.model_dump())
         settings["method_params"] = {**fixed, **settings["method_params"]}
         train_cfg = library_config(PostTrainConfig, settings)
         processes = n_processes(settings, context.asset_key.to_user_string())

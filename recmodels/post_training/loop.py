@@ -75,6 +75,7 @@ class PostTrainConfig:
     # valid checks without a better NDCG@10 before the run stops; None (the default): the whole budget. On the
     # MovieLens-100k chain 3 would keep 10 of 12 selections but not sft's and exp_rw_sft λ=3's (best at step 200)
     patience: int | None = None
+    cpu_bf16: bool = False  # bf16 autocast on the CPU too (on CUDA it is on wherever the GPU supports bf16)
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "eval_every", "max_len", "checkpoint_every"):
@@ -285,9 +286,10 @@ def _method_context(spec: PostTrainingMethod, params: Any, pretrained: nn.Module
 
 
 def _optimizer_step(spec: PostTrainingMethod, policy: nn.Module, batch: TrainingWindows, ctx: MethodContext,
-                    optimizer: torch.optim.Optimizer, grad_clip: float | None) -> dict[str, float]:
+                    optimizer: torch.optim.Optimizer, grad_clip: float | None,
+                    cpu_bf16: bool = False) -> dict[str, float]:
     """One update on the method's loss; returns the loss and the method's telemetry."""
-    with mixed_precision(ctx.device):
+    with mixed_precision(ctx.device, cpu_bf16):
         loss, telemetry = spec.loss(policy, batch, ctx)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"post-training method {spec.name!r}: loss is {loss.item()} at step {ctx.step}")
@@ -357,7 +359,8 @@ def train_steps(spec: PostTrainingMethod, policy: nn.Module, windows: TrainingWi
     `step` replaces the update on the method's loss (the data-parallel step of `distributed.py`);
     `writes_state=False`: this process reads a saved state but leaves the saving to another.
     """
-    step = step or (lambda batch, optimizer: _optimizer_step(spec, policy, batch, ctx, optimizer, config.grad_clip))
+    step = step or (lambda batch, optimizer: _optimizer_step(spec, policy, batch, ctx, optimizer, config.grad_clip,
+                                                                   config.cpu_bf16))
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     saved = load_training_state(state_file, state_key) if state_file is not None else None
     if saved is None:
