@@ -250,3 +250,14 @@ def test_the_one_pass_valid_check_gives_the_separate_measurements_exactly(intera
                     **tokens.evaluate(policy, valid, cpu)}
         assert check(policy) == separate
     assert check(pretrained)["kl_to_reference"] > 0 and check(pretrained)["valid_ndcg@10"] > 0
+
+
+def test_cpu_bf16_post_trains_under_autocast_and_keeps_fp32_weights(interactions, pretrained):
+    """`PostTrainConfig.cpu_bf16` (what the chain sets where the CPU multiplies bf16): the steps run under autocast,
+    so the losses differ from fp32 by bf16 rounding only, and the stored weights stay fp32."""
+    config = PostTrainConfig(steps=10, batch_size=8, lr=1e-3, eval_every=5, method_params={"lambda": 0.5})
+    fp32 = post_train("exp_rw_sft", pretrained, interactions, config, device="cpu")
+    bf16 = post_train("exp_rw_sft", pretrained, interactions, dataclasses.replace(config, cpu_bf16=True), device="cpu")
+    assert bf16.history[1]["loss"] != fp32.history[1]["loss"]  # the flag took effect: bf16 matmuls
+    assert bf16.history[1]["loss"] == pytest.approx(fp32.history[1]["loss"], rel=0.05)
+    assert all(p.dtype == torch.float32 for p in bf16.policy.parameters())

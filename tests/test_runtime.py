@@ -48,3 +48,14 @@ def test_cpu_bf16_autocasts_matmuls_and_a_seen_bias_policy_still_trains_under_it
     assert logits.dtype == torch.float32 and torch.isfinite(loss)
     loss.backward()
     assert policy.seen_logit.grad is not None and policy.seen_logit.grad != 0
+
+
+def test_the_chain_leaves_cpu_bf16_to_the_machine_unless_its_config_names_it(monkeypatch):
+    """An empty `cpu_bf16` in a training asset's config means: bf16 where the CPU multiplies it natively."""
+    from assets import model_runs
+
+    for native in (True, False):
+        monkeypatch.setattr(model_runs, "cpu_has_bf16_dot_products", lambda: native)
+        assert model_runs.with_cpu_bf16({"cpu_bf16": None, "lr": 1e-3}) == {"cpu_bf16": native, "lr": 1e-3}
+        assert model_runs.with_cpu_bf16({"cpu_bf16": False})["cpu_bf16"] is False
+        assert model_runs.with_cpu_bf16({"cpu_bf16": True})["cpu_bf16"] is True
