@@ -52,7 +52,7 @@ def library_config(cls: type, overrides: dict[str, Any], **fixed: Any) -> Any:
 def with_cpu_bf16(settings: dict[str, Any]) -> dict[str, Any]:
     """`settings` with its `cpu_bf16` left empty resolved: bf16 autocast on the CPU where it has bf16 dot products
     (`recmodels.runtime.cpu_has_bf16_dot_products`), fp32 elsewhere. The library's default stays fp32 (bit for
-    bit); the chain's training steps take the faster kernels where the machine has them."""
+    bit); the chain's post-training steps take the faster kernels where the machine has them."""
     if settings.get("cpu_bf16") is None:
         settings = {**settings, "cpu_bf16": cpu_has_bf16_dot_products()}
     return settings

@@ -23,7 +23,7 @@ import dagster as dg
 
 from assets.partitions import DATASET_PARTITIONS
 from assets.metadata import history_table, model_record_metadata
-from assets.model_runs import (POLICY_MODEL, RANKER_MODEL, library_config, save_and_register, with_cpu_bf16,
+from assets.model_runs import (POLICY_MODEL, RANKER_MODEL, library_config, save_and_register,
                                tracked_training)
 from assets.records import InteractionsRecord, ItemTokensRecord, PretrainedPolicyRecord, RankerRewardModelRecord
 from assets.resources import MlflowTracking, RecalignHome
@@ -51,7 +51,8 @@ class PretrainAssetConfig(TorchrunConfig):
     n_layers: Optional[int] = None
     n_heads: Optional[int] = None
     dropout: Optional[float] = None
-    # bf16 autocast on the CPU too; empty: on where the CPU has bf16 dot products (assets/model_runs.with_cpu_bf16)
+    # bf16 autocast on the CPU too (empty: fp32). Opt-in here, unlike post-training: on MovieLens-100k it trained
+    # 1.4x faster but scored lower test NDCG@10 on both seeds tried (docs/experiments-pretraining.md)
     cpu_bf16: Optional[bool] = None
     checkpoint_every: Optional[int] = None  # epochs between two saves of the resumable training state
 
@@ -109,7 +110,7 @@ def pretrained_policy(context: dg.AssetExecutionContext, config: PretrainAssetCo
                       mlflow: MlflowTracking) -> dg.Output[PretrainedPolicyRecord]:
     """Causal transformer trained with next-item NLL (atomic) or next-code NLL (semantic IDs), early-stopped
     on valid NDCG@10."""
-    settings = with_cpu_bf16(config.model_dump())
+    settings = config.model_dump()
     if settings["tokenization"] not in TOKENIZATIONS:
         raise dg.Failure(f"pretrained_policy config 'tokenization' must be one of {list(TOKENIZATIONS)}, "
                          f"got {settings['tokenization']!r}")
