@@ -10,7 +10,8 @@ use where the CPU multiplies bf16 natively). Reported per variant and precision:
 (loss, backward, update), seconds per valid check (what the run took besides its steps, over its checks, the
 step-0 check and the run's setup included) and the valid NDCG@10 of each check, so that a speed-up is seen
 next to what it does to model selection; and, once, the seconds of one valid check of the pretrained policy in
-one pass (what the loop runs) against the three passes it replaced. `--threads 1` is what each of the chain's two post-training step processes gets on 2 cores.
+one pass (what the loop runs) against the three passes it replaced. `--threads 1` is what each of the chain's
+two post-training step processes gets on 2 cores.
 """
 from __future__ import annotations
 
@@ -98,7 +99,8 @@ def main() -> None:
         variants[name] = {"fp32": fp32, "cpu_bf16": bf16,
                           "step_speedup": round(fp32["step_s"] / bf16["step_s"], 2)}
     report = {"run_dir": str(run_dir), "steps": args.steps, "eval_every": args.eval_every,
-              "valid_check": time_valid_checks(run_dir), "variants": variants, "threads": args.threads, "cpu_bf16_native": cpu_has_bf16_dot_products(),
+              "valid_check": time_valid_checks(run_dir), "variants": variants, "threads": args.threads,
+              "cpu_bf16_native": cpu_has_bf16_dot_products(),
               "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}
     text = json.dumps(report, indent=2)
     print(text)

@@ -39,8 +39,8 @@ def cpu_has_bf16_dot_products() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX tiles), where bf16 autocast pays (1.7-1.9x
     faster MovieLens-100k post-training steps on such a 2-core machine, docs/results-movielens-100k.md).
     Elsewhere autocast would convert to fp32 and gain nothing."""
-    cpu = torch.cpu
-    return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own CPU-feature checks
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
 
 def available_cores() -> int:

@@ -87,7 +87,7 @@ def seen_items_mask(seen: list[np.ndarray], targets: torch.Tensor | None, V: int
 
 
 def scored_batches(policy, history: torch.Tensor, seen: list[np.ndarray], targets: torch.Tensor | None,
-                    batch_size: int, device) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
+                   batch_size: int, device) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
     """Yield (row slice, next-item logits [b, V] on CPU with padding at -inf, history mask [b, V]) batch by
     batch, in eval mode, no grad: one forward pass per batch serves both protocols."""
     _check_inputs(history, seen, targets)
@@ -154,7 +154,7 @@ def rank_catalog(policy, examples: EvalExamples, k: int = 10, batch_size: int = 
     top, seen_top10 = np.empty((n, k), dtype=np.int64), np.empty(n, dtype=np.int64)
     draws = tie_draws(n, generator)
     for rows, logits, mask in scored_batches(policy, examples.history, examples.seen, examples.targets,
-                                              batch_size, device):
+                                             batch_size, device):
         _check_k_in_catalog(k, logits.shape[1])
         masked, targets = _masked(logits, mask), examples.targets[rows].cpu()
         ranks[rows] = ranks_from_scores(masked, targets, draws[rows]).numpy()
@@ -171,7 +171,7 @@ def target_ranks(policy, examples: EvalExamples, batch_size: int = 256, device=N
     ranks = np.empty(len(examples), dtype=np.int64)
     draws = tie_draws(len(examples), generator)
     for rows, logits, mask in scored_batches(policy, examples.history, examples.seen, examples.targets,
-                                              batch_size, device):
+                                             batch_size, device):
         ranks[rows] = ranks_from_scores(_masked(logits, mask), examples.targets[rows].cpu(), draws[rows]).numpy()
     return ranks
 
@@ -191,7 +191,7 @@ def top_k_items(policy, examples: EvalExamples, k: int, batch_size: int = 256, d
     _check_k(k)
     out = np.empty((len(examples), k), dtype=np.int64)
     for rows, logits, mask in scored_batches(policy, examples.history, examples.seen, examples.targets,
-                                              batch_size, device):
+                                             batch_size, device):
         _check_k_in_catalog(k, logits.shape[1])
         out[rows] = _masked(logits, mask).topk(k, dim=1).indices.numpy()
     return out

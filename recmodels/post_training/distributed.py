@@ -86,7 +86,7 @@ def data_parallel_step(spec: PostTrainingMethod, model: DistributedDataParallel,
         scale = group.world_size / float(total) if total > 0 else 0.0
         if len(rows) == 0:  # a batch smaller than the world: join the all-reduce with zero gradients
             rows, scale = rows.new_zeros(1), 0.0
-        with mixed_precision(group.device, config.cpu_bf16):  # bf16 on CUDA (and on the CPU when asked), as one process trains
+        with mixed_precision(group.device, config.cpu_bf16):  # as one process trains: bf16 on CUDA, on the CPU if asked
             nll = model(map_windows(batch, lambda t: t[rows])).float()  # [b, T], 0 at padding
         loss = (weights[rows] * nll).sum() * scale
         # the global batch's loss and NLL sum, in every process (so that all stop together on a bad loss)

@@ -360,7 +360,7 @@ def train_steps(spec: PostTrainingMethod, policy: nn.Module, windows: TrainingWi
     `writes_state=False`: this process reads a saved state but leaves the saving to another.
     """
     step = step or (lambda batch, optimizer: _optimizer_step(spec, policy, batch, ctx, optimizer, config.grad_clip,
-                                                                   config.cpu_bf16))
+                                                             config.cpu_bf16))
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     saved = load_training_state(state_file, state_key) if state_file is not None else None
     if saved is None:
