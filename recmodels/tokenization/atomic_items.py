@@ -40,17 +40,12 @@ def summed_kl(logp: torch.Tensor, logq: torch.Tensor) -> float:
     return F.kl_div(logq, logp, log_target=True, reduction="sum").item()
 
 
-@torch.no_grad()
 def kl_to_reference(policy, reference, history: torch.Tensor, device: torch.device, batch_size: int = 256) -> float:
     """Mean KL(pi || pi_ref) of the next-item distributions over the catalog (padding excluded)."""
-    total = 0.0
-    with eval_mode(policy):
-        for s in range(0, history.shape[0], batch_size):
-            h = history[s:s + batch_size].to(device)
-            logp = F.log_softmax(policy.next_item_logits(h)[:, 1:].float(), dim=-1)  # [b, V-1]
-            logq = F.log_softmax(reference.next_item_logits(h)[:, 1:].float(), dim=-1)
-            total += summed_kl(logp, logq)
-    return total / history.shape[0]
+    logp = catalog_log_probs(policy, history, device, batch_size)  # [N, V-1]
+    logq = catalog_log_probs(reference, history, device, batch_size)
+    return sum(summed_kl(logp[s:s + batch_size], logq[s:s + batch_size])
+               for s in range(0, history.shape[0], batch_size)) / history.shape[0]
 
 
 @torch.no_grad()

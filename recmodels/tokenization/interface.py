@@ -63,7 +63,8 @@ def accuracy_at_10(ranks: np.ndarray) -> dict[str, float]:
 
 def valid_metrics(ranks: np.ndarray) -> dict[str, float]:
     """The valid columns of a post-training evaluation row from the valid targets' ranks."""
-    return {"valid_ndcg@10": float(ndcg(ranks, 10).mean()), "valid_hr@10": float(hit_rate(ranks, 10).mean())}
+    accuracy = accuracy_at_10(ranks)
+    return {"valid_ndcg@10": accuracy["ndcg@10"], "valid_hr@10": accuracy["hr@10"]}
 
 
 def decoding_record(tokenization: str, beam_size: int | None, hallucination_rate: float, ranks: np.ndarray,
