@@ -58,6 +58,13 @@ def with_cpu_bf16(settings: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
+def with_preset(settings: dict[str, Any], preset: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(`settings` with each knob left empty taken from `preset`, the knobs taken): a data set's measured settings
+    (`recmodels.training.presets`) fill what the run config does not name; a value the run config names wins."""
+    taken = {name: value for name, value in preset.items() if settings.get(name) is None}
+    return {**settings, **taken}, taken
+
+
 @dataclasses.dataclass
 class TrainingRun:
     """What an asset body fills in while it trains inside `tracked_training`."""

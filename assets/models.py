@@ -24,7 +24,7 @@ import dagster as dg
 from assets.partitions import DATASET_PARTITIONS
 from assets.metadata import history_table, model_record_metadata
 from assets.model_runs import (POLICY_MODEL, RANKER_MODEL, library_config, save_and_register,
-                               tracked_training)
+                               tracked_training, with_preset)
 from assets.records import InteractionsRecord, ItemTokensRecord, PretrainedPolicyRecord, RankerRewardModelRecord
 from assets.resources import MlflowTracking, RecalignHome
 from assets.torchrun import TorchrunConfig, check_global_batch, n_processes, run_training_job
@@ -32,13 +32,15 @@ from recmodels.data.tables import read_parquet
 from recmodels.storage.checkpoints import clear_training_state
 from recmodels.storage.model_io import load_policy
 from recmodels.tokenization.items import DEFAULT_TOKENIZATION, TOKENIZATIONS, tokenization_class
+from recmodels.training.presets import pretrain_preset
 from recmodels.training.pretraining import PretrainConfig, PretrainResult, pretrain_policy
 from recmodels.training.ranker_training import RankerTrainConfig, train_ranker
 
 
 class PretrainAssetConfig(TorchrunConfig):
-    """Knobs of the pretrained policy; a field left empty keeps the library default. `tokenization`:
-    "atomic" (one token per item) or "semantic" (the item_tokens semantic IDs)."""
+    """Knobs of the pretrained policy; a field left empty keeps the data set's measured setting where it has one
+    (`recmodels.training.presets`: MovieLens-1M), else the library default. `tokenization`: "atomic" (one token
+    per item) or "semantic" (the item_tokens semantic IDs)."""
 
     tokenization: str = DEFAULT_TOKENIZATION
     epochs: Optional[int] = None
@@ -51,8 +53,9 @@ class PretrainAssetConfig(TorchrunConfig):
     n_layers: Optional[int] = None
     n_heads: Optional[int] = None
     dropout: Optional[float] = None
-    # bf16 autocast on the CPU too (empty: fp32). Opt-in here, unlike post-training: on MovieLens-100k it trained
-    # 1.4x faster but scored lower test NDCG@10 on both seeds tried (docs/experiments-pretraining.md)
+    # bf16 autocast on the CPU too (empty: fp32, or the data set's preset). Opt-in here, unlike post-training: on
+    # MovieLens-100k it trained 1.4x faster but scored lower test NDCG@10 on both seeds tried; on MovieLens-1M it
+    # cost no accuracy (docs/experiments-pretraining.md)
     cpu_bf16: Optional[bool] = None
     checkpoint_every: Optional[int] = None  # epochs between two saves of the resumable training state
 
@@ -115,6 +118,10 @@ def pretrained_policy(context: dg.AssetExecutionContext, config: PretrainAssetCo
         raise dg.Failure(f"pretrained_policy config 'tokenization' must be one of {list(TOKENIZATIONS)}, "
                          f"got {settings['tokenization']!r}")
     tokenization = settings["tokenization"]
+    settings, preset = with_preset(settings, pretrain_preset(interactions.dataset, tokenization))
+    if preset:
+        context.log.info(f"{interactions.dataset}: the data set's measured pretraining settings for the knobs the "
+                         f"run config leaves empty: {preset} (recmodels/training/presets.py)")
     parallel = n_processes(settings, "pretrained_policy") > 1
     resume_dir = home.resume_dir(interactions.dataset, context)
     distributed_metadata = {}
@@ -143,6 +150,7 @@ def pretrained_policy(context: dg.AssetExecutionContext, config: PretrainAssetCo
     context.add_output_metadata({**model_record_metadata(record), "tokenization": tokenization,
                                  "best_epoch": result.best_epoch, "best_valid_ndcg@10": result.best_valid_ndcg10,
                                  "sequences_per_s": record.sequences_per_s,
+                                 "dataset_preset": dg.MetadataValue.json(preset),
                                  "history": history_table(result.history)})
     if result.resumed_from_epoch is not None:
         context.add_output_metadata({"resumed_from_epoch": result.resumed_from_epoch})
