@@ -59,6 +59,10 @@ class PostTrainAssetConfig(TorchrunConfig):
     # MovieLens-100k every variant of the default chain selects the step a full 200-step run selects
     # (docs/results-movielens-100k.md), with 27% fewer steps
     patience: Optional[int] = 4
+    # stop at the first valid check under this fraction of the pretrained start's valid NDCG@10 (null: never). 0.5:
+    # on MovieLens-100k dpo, ppo, grpo and nll_grpo α >= 0.3 stop at the check they select anyway
+    # (docs/results-movielens-100k.md, "Post-training patience")
+    collapse_ratio: Optional[float] = 0.5
     # bf16 autocast on the CPU too; empty: on where the CPU has bf16 dot products (assets/model_runs.with_cpu_bf16)
     cpu_bf16: Optional[bool] = None
     method_params: dict[str, Any] = {}

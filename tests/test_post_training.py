@@ -206,6 +206,32 @@ def test_patience_ends_the_run_once_the_selection_is_settled(interactions, pretr
         PostTrainConfig(patience=0)
 
 
+def test_a_collapsed_method_stops_at_its_first_check_under_the_ratio_of_the_start(interactions, pretrained,
+                                                                                   monkeypatch):
+    """The unlearning loss collapses: the run ends at the first check whose valid NDCG@10 is under half the
+    pretrained start's, with the best check up to there; plain SFT never collapses and runs its whole budget."""
+    def unlearn(policy, batch, ctx):
+        loss, _ = sft_loss(policy, batch, ctx)
+        return -loss, {"nll": loss.item()}
+
+    monkeypatch.setitem(METHODS, "unlearn", PostTrainingMethod("unlearn", SFTParams, unlearn))
+    cfg = PostTrainConfig(steps=40, batch_size=8, lr=1e-2, eval_every=5, collapse_ratio=0.5)
+    whole = post_train("unlearn", pretrained, interactions, dataclasses.replace(cfg, collapse_ratio=None),
+                       device="cpu")
+    start = whole.history[0]["valid_ndcg@10"]
+    first_collapse = next(r["step"] for r in whole.history[1:] if r["valid_ndcg@10"] < 0.5 * start)
+    assert first_collapse < 40  # the loss does collapse within the budget
+    stopped = post_train("unlearn", pretrained, interactions, cfg, device="cpu")
+    assert stopped.steps == first_collapse and stopped.history == whole.history[:len(stopped.history)]
+    best = max(stopped.history[1:], key=lambda r: r["valid_ndcg@10"])
+    assert stopped.best_step == best["step"]
+    healthy = post_train("sft", pretrained, interactions, cfg, device="cpu")
+    assert healthy.steps == 40 and min(r["valid_ndcg@10"] for r in healthy.history) >= 0.5 * start
+    for bad in (0.0, 1.0):
+        with pytest.raises(ValueError, match=f"PostTrainConfig.collapse_ratio must be in \\(0, 1\\) or None, got {bad}"):
+            PostTrainConfig(collapse_ratio=bad)
+
+
 def test_post_train_is_seeded(interactions):
     cfg = PostTrainConfig(steps=6, batch_size=8, lr=1e-2, eval_every=3, method_params={"lambda": 0.3})
     a = post_train("exp_rw_sft", tiny_policy(), interactions, cfg, device="cpu").history

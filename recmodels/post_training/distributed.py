@@ -128,7 +128,8 @@ def post_train_distributed(method: str, pretrained: nn.Module, interactions: pd.
     is_lead = group.rank == lead
     model = wrap_data_parallel(WindowNll(run.policy, run.tokenization), group)
     selection = LeadValidSelection(run.policy, run.ctx.reference, run.valid, run.tokenization, run.ctx.device,
-                                   callback if is_lead else None, config.patience, group=group, lead=lead)
+                                   callback if is_lead else None, config.patience, config.collapse_ratio, group=group,
+                                   lead=lead)
     loop = train_steps(run.spec, run.policy, run.windows, run.ctx, config, run.generator, selection, run.state_file,
                   run.state_key, step=data_parallel_step(spec, model, run.policy, run.ctx, config, group),
                   writes_state=is_lead)
