@@ -20,6 +20,7 @@ import pandas as pd
 from assets.partitions import DATASET_PARTITIONS
 from assets.metadata import markdown_table
 from assets.model_runs import POST_TRAINED_MODEL, registered_model_name
+from assets.models import ALL_CORES_TAG
 from assets.post_training import post_trained_policies
 from assets.records import ChampionRecord, EvaluationReportRecord, InteractionsRecord, PostTrainedPolicyRecord
 from assets.registry import (CHALLENGER, CHAMPION, RegistryError, alias_version, download_policy_artifacts,
@@ -114,7 +115,8 @@ def build_champion_asset(upstream: Sequence[dg.AssetsDefinition | dg.AssetChecks
     known_checks = [spec for definition in upstream for spec in definition.check_specs]
 
     @dg.asset(name="champion", group_name="promotion", kinds={"mlflow"}, partitions_def=DATASET_PARTITIONS,
-              ins={"interactions": dg.AssetIn(), "evaluation_report": dg.AssetIn(), **POST_TRAINED_INPUTS})
+              ins={"interactions": dg.AssetIn(), "evaluation_report": dg.AssetIn(), **POST_TRAINED_INPUTS},
+              op_tags={ALL_CORES_TAG: "true"})
     def champion(context: dg.AssetExecutionContext, config: ChampionConfig, home: RecalignHome,
                  mlflow: MlflowTracking, interactions: InteractionsRecord, evaluation_report: EvaluationReportRecord,
                  **post_trained: PostTrainedPolicyRecord) -> ChampionRecord:

@@ -9,6 +9,7 @@ import dagster as dg
 
 from assets.partitions import DATASET_PARTITIONS
 from assets.metadata import image, markdown_table
+from assets.models import ALL_CORES_TAG
 from assets.post_training import post_trained_policies
 from assets.records import (EvaluationReportRecord, InteractionsRecord, PostTrainedPolicyRecord,
                             PretrainedPolicyRecord, RankerRewardModelRecord)
@@ -73,7 +74,7 @@ def build_evaluation_report_asset(post_trained_assets) -> dg.AssetsDefinition:
 
     @dg.asset(name="evaluation_report", group_name="evaluation", kinds={"mlflow"}, partitions_def=DATASET_PARTITIONS,
               ins={"interactions": dg.AssetIn(), "pretrained_policy": dg.AssetIn(),
-                   "ranker_reward_model": dg.AssetIn(), **post_trained_inputs})
+                   "ranker_reward_model": dg.AssetIn(), **post_trained_inputs}, op_tags={ALL_CORES_TAG: "true"})
     def _evaluation_report(context: dg.AssetExecutionContext, home: RecalignHome, mlflow: MlflowTracking,
                            interactions: InteractionsRecord, pretrained_policy: PretrainedPolicyRecord,
                            ranker_reward_model: RankerRewardModelRecord,

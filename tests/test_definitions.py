@@ -128,6 +128,16 @@ def test_a_step_process_takes_its_share_of_the_cores(monkeypatch):
     assert threads_per_process(2, cores=8) == 4
 
 
+def test_the_steps_that_run_alone_keep_every_core_and_the_variants_share_them():
+    """`StepProcessThreads` gives every core to the steps whose op carries ALL_CORES_TAG: the pretrained policy
+    (only the short ranker beside it), the evaluation report and the champion (each after every other step)."""
+    from assets.models import ALL_CORES_TAG
+
+    graph = defs.resolve_job_def("full_chain").graph
+    alone = {node.name for node in graph.nodes if ALL_CORES_TAG in node.tags}
+    assert alone == {"pretrained_policy", "evaluation_report", "champion"}
+
+
 def test_steps_run_in_the_run_process_keep_torch_threads():
     import torch
 

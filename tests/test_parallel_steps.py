@@ -107,6 +107,8 @@ def test_two_step_processes_train_the_weights_of_one_process(tmp_path, monkeypat
         assert f"step post_trained_sft ran in process {pids['post_trained_sft']}, torch threads: {threads}" in logs
         # the chain's longest step, which only the ranker runs beside, keeps every core (ALL_CORES_TAG)
         assert f"step pretrained_policy ran in process {pids['pretrained_policy']}, torch threads: {cores}" in logs
+        for alone in ("evaluation_report", "champion"):  # the chain's last two steps, each after all others
+            assert f"step {alone} ran in process {pids[alone]}, torch threads: {cores}" in logs
 
         stored = {name: pickle.loads((home / "asset_outputs" / name / f"{run_id}.pickle").read_bytes())
                   for name in MODELS}
