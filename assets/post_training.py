@@ -144,6 +144,7 @@ def post_trained_asset(variant: str, method: str, fixed: dict[str, Any]) -> dg.A
                                          best_valid_ndcg10=result.best_valid_ndcg10, history=result.history)
         context.add_output_metadata({**model_record_metadata(record), "method": method, "params": result.params,
                                      "best_step": result.best_step, "best_valid_ndcg@10": result.best_valid_ndcg10,
+                                     "steps": result.steps, "stopped_by": result.stopped_by,
                                      "steps_per_s": record.steps_per_s,
                                      "history": history_table(result.history), **distributed_metadata})
         if result.resumed_from_step is not None:

@@ -83,6 +83,8 @@ def test_report_holds_every_policy_with_intervals(chain):
     ips = result.output_for_node("post_trained_ips")
     assert ips.is_skipped and ips.skipped == report["skipped"]["ips"] and ips.model_version is None
     assert not result.output_for_node("post_trained_sft").is_skipped
+    (sft,) = result.asset_materializations_for_node("post_trained_sft")  # 4 steps, checks at 2 and 4: no stop early
+    assert sft.metadata["steps"].value == 4 and sft.metadata["stopped_by"].value == "budget"
     text = json.dumps(report)
     assert "ndcg@10" in text and "hr@10" in text
 

@@ -199,7 +199,7 @@ def test_patience_ends_the_run_once_the_selection_is_settled(interactions, pretr
     cfg = PostTrainConfig(steps=40, batch_size=8, lr=1e-2, eval_every=5, patience=2)
     stopped = post_train("unlearn", pretrained, interactions, cfg, device="cpu")
     assert [r["step"] for r in stopped.history] == [0, 5, 10, 15] and stopped.steps == 15
-    assert stopped.best_step == 5
+    assert stopped.best_step == 5 and stopped.stopped_by == "patience"
     whole = post_train("unlearn", pretrained, interactions, dataclasses.replace(cfg, patience=None), device="cpu")
     assert whole.steps == 40 and whole.history[:4] == stopped.history[:4] and whole.best_step == 5
     with pytest.raises(ValueError, match="PostTrainConfig.patience must be >= 1 or None, got 0"):
@@ -223,6 +223,7 @@ def test_a_collapsed_method_stops_at_its_first_check_under_the_ratio_of_the_star
     assert first_collapse < 40  # the loss does collapse within the budget
     stopped = post_train("unlearn", pretrained, interactions, cfg, device="cpu")
     assert stopped.steps == first_collapse and stopped.history == whole.history[:len(stopped.history)]
+    assert (stopped.stopped_by, whole.stopped_by) == ("collapse", "budget")
     best = max(stopped.history[1:], key=lambda r: r["valid_ndcg@10"])
     assert stopped.best_step == best["step"]
     healthy = post_train("sft", pretrained, interactions, cfg, device="cpu")

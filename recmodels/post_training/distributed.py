@@ -24,7 +24,7 @@ rollouts sampled from the policy, whose sharing between processes this module do
 """
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -174,9 +174,7 @@ def run_job(spec: Mapping[str, Any], callback: Callable[[dict], None] | None = N
 
 def result_summary(result: PostTrainResult) -> dict[str, Any]:
     """The JSON-able part of a result (all but the policy)."""
-    return {"method": result.method, "history": result.history, "best_step": result.best_step,
-            "best_valid_ndcg10": result.best_valid_ndcg10, "params": result.params, "steps": result.steps,
-            "train_seconds": result.train_seconds, "resumed_from_step": result.resumed_from_step}
+    return {f.name: getattr(result, f.name) for f in fields(result) if f.name != "policy"}
 
 
 def main(argv: list[str] | None = None) -> None:

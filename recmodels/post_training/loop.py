@@ -139,6 +139,7 @@ class PostTrainResult:
     steps: int = 0  # optimizer steps taken
     train_seconds: float = 0.0  # wall time of those steps (loss, backward, update), evaluations excluded
     resumed_from_step: int | None = None  # the step of the saved state this run continued from, if any
+    stopped_by: str = "budget"  # why the steps ended: "budget" (all run), "patience" or "collapse"
 
     @property
     def steps_per_s(self) -> float:
@@ -277,6 +278,11 @@ class ValidSelection:
             return False
         start, latest = self.history[0], self.history[-1]
         return latest["valid_ndcg@10"] < self.collapse_ratio * start["valid_ndcg@10"]
+
+    @property
+    def stopped_by(self) -> str:
+        """Why a loop that ends now ends: "collapse", "patience", or "budget" (not settled: every step ran)."""
+        return "collapse" if self.collapsed else "patience" if self.best.should_stop else "budget"
 
     def state_dict(self) -> dict:
         return {"history": self.history, "best_step": self.best_step, "best_ndcg": self.best_ndcg,
@@ -506,4 +512,5 @@ def finish_run(run: PreparedRun, selection: ValidSelection, loop: LoopState) -> 
     return PostTrainResult(policy=run.policy, method=run.spec.name, history=selection.history,
                            best_step=selection.best_step, best_valid_ndcg10=selection.best_ndcg,
                            params=_knobs_as_used(run.spec, run.ctx), steps=loop.step,
-                           train_seconds=loop.train_seconds, resumed_from_step=loop.resumed_from_step)
+                           train_seconds=loop.train_seconds, resumed_from_step=loop.resumed_from_step,
+                           stopped_by=selection.stopped_by)
