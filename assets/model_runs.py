@@ -49,20 +49,18 @@ def library_config(cls: type, overrides: dict[str, Any], **fixed: Any) -> Any:
     return cls(**fixed, **{k: v for k, v in overrides.items() if v is not None and k in names})
 
 
-def with_cpu_bf16(settings: dict[str, Any]) -> dict[str, Any]:
-    """`settings` with its `cpu_bf16` left empty resolved: bf16 autocast on the CPU where it has bf16 dot products
-    (`recmodels.runtime.cpu_has_bf16_dot_products`), fp32 elsewhere. The library's default stays fp32 (bit for
-    bit); the chain's post-training steps take the faster kernels where the machine has them."""
-    if settings.get("cpu_bf16") is None:
-        settings = {**settings, "cpu_bf16": cpu_has_bf16_dot_products()}
-    return settings
-
-
 def with_preset(settings: dict[str, Any], preset: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(`settings` with each knob left empty taken from `preset`, the knobs taken): a data set's measured settings
     (`recmodels.training.presets`) fill what the run config does not name; a value the run config names wins."""
     taken = {name: value for name, value in preset.items() if settings.get(name) is None}
     return {**settings, **taken}, taken
+
+
+def with_cpu_bf16(settings: dict[str, Any]) -> dict[str, Any]:
+    """`settings` with its `cpu_bf16` left empty resolved: bf16 autocast on the CPU where it has bf16 dot products
+    (`recmodels.runtime.cpu_has_bf16_dot_products`), fp32 elsewhere. The library's default stays fp32 (bit for
+    bit); the chain's post-training steps take the faster kernels where the machine has them."""
+    return with_preset(settings, {"cpu_bf16": cpu_has_bf16_dot_products()})[0]
 
 
 @dataclasses.dataclass

@@ -61,7 +61,7 @@ class PostTrainAssetConfig(TorchrunConfig):
     patience: Optional[int] = 4
     # stop at the first valid check under this fraction of the pretrained start's valid NDCG@10 (null: never). 0.5:
     # on MovieLens-100k dpo, ppo, grpo and nll_grpo α >= 0.3 stop at the check they select anyway
-    # (docs/results-movielens-100k.md, "Post-training patience")
+    # (docs/results-movielens-100k.md, "Collapse")
     collapse_ratio: Optional[float] = 0.5
     # bf16 autocast on the CPU too; empty: on where the CPU has bf16 dot products (assets/model_runs.with_cpu_bf16)
     cpu_bf16: Optional[bool] = None

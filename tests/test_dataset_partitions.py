@@ -10,20 +10,17 @@ import dagster as dg
 import pytest
 
 from assets import ALL_ASSETS, ALL_CHECKS
-from assets.resources import MlflowTracking, RecalignHome
 from assets.studies import cross_dataset_summary
 from assets.io_manager import RunScopedIOManager
 from scripts.ui_check import SMALL_RUN_PARTITION, small_run_config
+from tests.local_stores import local_resources
 from tests.synthetic import make_synthetic_logs
 
 pytestmark = pytest.mark.integration
 
 
 def resources(tmp: Path) -> dict:
-    return {"home": RecalignHome(root=str(tmp / "home")),
-            "mlflow": MlflowTracking(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}",
-                                     artifact_root=str(tmp / "artifacts")),
-            "io_manager": RunScopedIOManager(base_dir=str(tmp / "home" / "asset_outputs"))}
+    return {**local_resources(tmp), "io_manager": RunScopedIOManager(base_dir=str(tmp / "home" / "asset_outputs"))}
 
 
 def materialize(tmp: Path, instance: dg.DagsterInstance, partition: str, run_config: dict,

@@ -18,7 +18,6 @@ from assets.item_tokens import item_tokens
 from assets.model_runs import POLICY_MODEL, registered_model_name
 from assets.models import pretrained_policy
 from assets.torchrun import torchrun_command
-from assets.resources import MlflowTracking, RecalignHome
 from recmodels.data.sequences import build_user_sequences, eval_examples
 from recmodels.evaluation.metrics import ndcg
 from recmodels.evaluation.ranking import target_ranks
@@ -26,6 +25,7 @@ from recmodels.models.policy import PolicyConfig
 from recmodels.storage.model_io import load_policy
 from recmodels.training.distributed import job_spec
 from recmodels.training.pretraining import PretrainConfig, pretrain_policy
+from tests.local_stores import local_resources, local_tracking_uri
 from tests.synthetic import cyclic_interactions, write_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,9 +124,7 @@ def test_the_asset_trains_in_two_processes_through_dagster_pipes(tmp_path):
            "item_tokens": {"config": {"n_levels": 2, "codebook_size": 4, "svd_dim": 8, "seed": 1}},
            "pretrained_policy": {"config": {"epochs": 3, "d_model": 16, "n_heads": 1, "n_layers": 1, "max_len": 10,
                                             "batch_size": 32, "nproc_per_node": 2}}}
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    resources = {"home": RecalignHome(root=str(tmp_path / "home")),
-                 "mlflow": MlflowTracking(tracking_uri=tracking_uri, artifact_root=str(tmp_path / "artifacts"))}
+    tracking_uri, resources = local_tracking_uri(tmp_path), local_resources(tmp_path)
     (tmp_path / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
         result = dg.materialize([raw_logs, interactions, item_tokens, pretrained_policy], instance=instance,

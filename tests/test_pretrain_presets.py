@@ -9,9 +9,9 @@ from assets.data import interactions, raw_logs
 from assets.item_tokens import item_tokens
 from assets.model_runs import with_preset
 from assets.models import pretrained_policy
-from assets.resources import MlflowTracking, RecalignHome
 from recmodels.storage.model_io import load_policy
 from recmodels.training import presets
+from tests.local_stores import local_resources, local_tracking_uri
 from tests.synthetic import write_synthetic_dataset
 
 
@@ -48,9 +48,7 @@ def test_the_pretrained_policy_asset_trains_with_the_data_sets_preset(tmp_path, 
            # the run config names epochs (it wins over the preset's 8) and leaves dropout empty (the preset's 0)
            "pretrained_policy": {"config": {"epochs": 2, "d_model": 16, "n_heads": 1, "n_layers": 1, "max_len": 10,
                                             "batch_size": 32, "cpu_bf16": False}}}
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    resources = {"home": RecalignHome(root=str(tmp_path / "home")),
-                 "mlflow": MlflowTracking(tracking_uri=tracking_uri, artifact_root=str(tmp_path / "artifacts"))}
+    tracking_uri, resources = local_tracking_uri(tmp_path), local_resources(tmp_path)
     (tmp_path / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
         result = dg.materialize([raw_logs, interactions, item_tokens, pretrained_policy], instance=instance,

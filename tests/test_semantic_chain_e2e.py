@@ -15,7 +15,7 @@ from assets.item_tokens import item_tokens, item_tokens_bijection
 from assets.model_runs import POLICY_MODEL, POST_TRAINED_MODEL, registered_model_name
 from assets.models import pretrained_policy, ranker_reward_model
 from assets.post_training import post_trained_asset
-from assets.resources import MlflowTracking, RecalignHome
+from tests.local_stores import local_resources
 from tests.synthetic import write_synthetic_dataset
 
 pytestmark = pytest.mark.integration
@@ -35,11 +35,6 @@ def run_config(logs: Path, catalog: Path, tokenization: str = "semantic") -> dic
         "post_trained_sft": {"config": {"steps": 2, "eval_every": 2, "batch_size": 16}}}}
 
 
-def resources(tmp: Path) -> dict:
-    return {"home": RecalignHome(root=str(tmp / "home")),
-            "mlflow": MlflowTracking(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", artifact_root=str(tmp / "artifacts"))}
-
-
 def dagster_dir(tmp: Path) -> str:
     path = tmp / "dagster"
     path.mkdir(exist_ok=True)
@@ -51,7 +46,7 @@ def chain(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("semantic_chain")
     logs, catalog = write_synthetic_dataset(tmp / "data", n_users=40, n_items=40, seed=5)
     with dg.instance_for_test(temp_dir=dagster_dir(tmp)) as instance:
-        result = dg.materialize(CHAIN, instance=instance, resources=resources(tmp),
+        result = dg.materialize(CHAIN, instance=instance, resources=local_resources(tmp),
                                 run_config=run_config(logs, catalog), partition_key="file")
         yield tmp, result
 
@@ -108,7 +103,7 @@ def test_the_report_has_decoding_accuracy_and_hallucination_per_policy(chain):
 def test_an_unknown_tokenization_fails_naming_the_choices(tmp_path):
     logs, catalog = write_synthetic_dataset(tmp_path / "data", n_users=12, n_items=10, seed=6)
     with dg.instance_for_test(temp_dir=dagster_dir(tmp_path)) as instance:
-        result = dg.materialize(CHAIN[:5], instance=instance, resources=resources(tmp_path),
+        result = dg.materialize(CHAIN[:5], instance=instance, resources=local_resources(tmp_path),
                                 run_config={"ops": {k: v for k, v in run_config(logs, catalog, "bpe")["ops"].items()
                                                     if k in ("raw_logs", "item_tokens", "pretrained_policy")}},
                                 raise_on_error=False, partition_key="file")

@@ -11,6 +11,7 @@ from recmodels.data.rewards import RewardSpec
 from recmodels.post_training.loop import PostTrainConfig
 from recmodels.studies.tuning import TuningConfig, run_tuning, write_tuning
 from recmodels.training.ranker_training import RankerTrainConfig
+from tests.local_stores import local_resources, local_tracking_uri
 from tests.synthetic import make_synthetic_logs
 
 TINY = dict(pretrain=dict(epochs=1, d_model=16, n_layers=1, n_heads=1, max_len=10, batch_size=32),
@@ -84,7 +85,6 @@ def test_the_tuning_job_runs_on_a_real_instance_and_store(tmp_path):
     import mlflow
     import yaml
 
-    from assets.resources import MlflowTracking, RecalignHome
     from pipelines.definitions import defs
 
     job = defs.resolve_job_def("tuning_study_job")
@@ -96,9 +96,7 @@ def test_the_tuning_job_runs_on_a_real_instance_and_store(tmp_path):
               "pretrain": {"epochs": 1, "d_model": 16, "n_layers": 1, "n_heads": 1, "max_len": 10},
               "ranker_epochs": 1, "steps": 4, "eval_every": 2, "early_eval_every": 1, "early_eval_until": 2,
               "batch_size": 16, "n_boot": 50}
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    resources = {"home": RecalignHome(root=str(tmp_path / "home")),
-                 "mlflow": MlflowTracking(tracking_uri=tracking_uri, artifact_root=str(tmp_path / "artifacts"))}
+    tracking_uri, resources = local_tracking_uri(tmp_path), local_resources(tmp_path)
     (tmp_path / "dagster").mkdir()
     from assets.studies import tuning_study
 

@@ -103,7 +103,7 @@ def scored_batches(policy, history: torch.Tensor, seen: list[np.ndarray], target
             yield rows, logits, seen_items_mask(seen[rows], row_targets, logits.shape[1])
 
 
-def _masked(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """A copy of `logits` with the masked items at -inf."""
     return logits.masked_fill(mask, float("-inf"))
 
@@ -137,7 +137,7 @@ def seen_in_top_k(scores: torch.Tensor, mask: torch.Tensor, k: int = SEEN_TOP_K)
 def score_catalog(policy, history: torch.Tensor, seen: list[np.ndarray], targets: torch.Tensor | None = None,
                   batch_size: int = 256, device=None) -> torch.Tensor:
     """Next-item logits [N, V] with each row's seen items (except its target) and padding at -inf."""
-    parts = [_masked(logits, mask) for _, logits, mask in
+    parts = [masked_logits(logits, mask) for _, logits, mask in
              scored_batches(policy, history, seen, targets, batch_size, device)]
     if not parts:
         raise ValueError("history has no rows: nothing to score")
@@ -156,7 +156,7 @@ def rank_catalog(policy, examples: EvalExamples, k: int = 10, batch_size: int = 
     for rows, logits, mask in scored_batches(policy, examples.history, examples.seen, examples.targets,
                                              batch_size, device):
         _check_k_in_catalog(k, logits.shape[1])
-        masked, targets = _masked(logits, mask), examples.targets[rows].cpu()
+        masked, targets = masked_logits(logits, mask), examples.targets[rows].cpu()
         ranks[rows] = ranks_from_scores(masked, targets, draws[rows]).numpy()
         ranks_unmasked[rows] = ranks_from_scores(logits, targets, draws[rows]).numpy()
         top[rows] = masked.topk(k, dim=1).indices.numpy()
@@ -172,7 +172,7 @@ def target_ranks(policy, examples: EvalExamples, batch_size: int = 256, device=N
     draws = tie_draws(len(examples), generator)
     for rows, logits, mask in scored_batches(policy, examples.history, examples.seen, examples.targets,
                                              batch_size, device):
-        ranks[rows] = ranks_from_scores(_masked(logits, mask), examples.targets[rows].cpu(), draws[rows]).numpy()
+        ranks[rows] = ranks_from_scores(masked_logits(logits, mask), examples.targets[rows].cpu(), draws[rows]).numpy()
     return ranks
 
 
@@ -193,5 +193,5 @@ def top_k_items(policy, examples: EvalExamples, k: int, batch_size: int = 256, d
     for rows, logits, mask in scored_batches(policy, examples.history, examples.seen, examples.targets,
                                              batch_size, device):
         _check_k_in_catalog(k, logits.shape[1])
-        out[rows] = _masked(logits, mask).topk(k, dim=1).indices.numpy()
+        out[rows] = masked_logits(logits, mask).topk(k, dim=1).indices.numpy()
     return out

@@ -16,8 +16,8 @@ from recmodels.data.sequences import EvalExamples, TrainingWindows
 from recmodels.decoding.rollouts import (Rollouts, history_mask, masked_log_probs, next_item_log_probs,
                                          sample_from_log_probs, top_k_from_log_probs)
 from recmodels.evaluation.hallucination import BEAM_SIZE
-from recmodels.evaluation.ranking import (rank_catalog, ranks_from_scores, score_catalog, scored_batches,
-                                         target_ranks, tie_draws)
+from recmodels.evaluation.ranking import (masked_logits, rank_catalog, ranks_from_scores, score_catalog,
+                                         scored_batches, target_ranks, tie_draws)
 from recmodels.models.policy import GenerativePolicy, PolicyConfig
 from recmodels.runtime import eval_mode
 from recmodels.tokenization.interface import (ItemTokenization, Ranking, TokenLogProbs, decoding_record,
@@ -64,7 +64,7 @@ def valid_check_from_one_pass(reference, examples: EvalExamples, device: torch.d
         for rows, logits, mask in scored_batches(policy, examples.history, examples.seen, examples.targets,
                                                  batch_size, device):  # logits [b, V], padding at -inf
             kl += summed_kl(F.log_softmax(logits[:, 1:], dim=-1), reference_logp[rows])
-            ranks[rows] = ranks_from_scores(logits.masked_fill(mask, float("-inf")), examples.targets[rows].cpu(),
+            ranks[rows] = ranks_from_scores(masked_logits(logits, mask), examples.targets[rows].cpu(),
                                             draws[rows]).numpy()
         return {"kl_to_reference": kl / len(examples), **valid_metrics(ranks)}
 
