@@ -3,7 +3,7 @@
     python benchmarks/tokenization_comparison.py --dataset movielens-100k --epochs 20 \
         [--post-train-steps 100] [--item-vectors atomic-policy|titles] [--quantizer balanced_tree]
         [--users-for-throughput 256] [--threads 1] [--set cpu_bf16=true --set dropout=0.0 ...]
-        [--semantic-set d_model=256 ...] [--wider-beams 50 100] [--out DIR]
+        [--semantic-set d_model=256 ...] [--semantic-warm-start] [--wider-beams 50 100] [--out DIR]
 
 What it does, all through the library (the Dagster chain runs the same functions):
 1. the atomic policy pretrained, then semantic IDs (built by `--quantizer`, library defaults otherwise)
@@ -11,7 +11,8 @@ What it does, all through the library (the Dagster chain runs the same functions
    (`atomic-policy`) or from text embeddings of the catalog (`titles`, needs the text extra);
 2. the semantic-ID policy pretrained with the atomic policy's `PretrainConfig` (epochs cap
    `--epochs`, patience 10, library defaults otherwise), each early-stopped on its own valid NDCG@10
-   (atomic: full-catalog ranking; semantic: constrained beam 10);
+   (atomic: full-catalog ranking; semantic: constrained beam 10); with `--semantic-warm-start` the semantic
+   policy starts from the atomic one's trunk, item embeddings and seen bias (`recmodels.models.warm_start`);
 3. with `--post-train-steps N > 0`: the ranker, then the semantic policy post-trained with
    `nll_grpo` at alpha 0.1 / 0.3 / 1.0 and `adagrpo` with the seed's difficulty test and with
    `hard: entropy_quantile` (N steps each, library defaults otherwise; selected step and gate rates in the JSON);
@@ -109,6 +110,8 @@ def main() -> None:
                         help="override a PretrainConfig or PolicyConfig field, both policies (repeatable)")
     parser.add_argument("--semantic-set", action="append", default=[], metavar="NAME=VALUE",
                         help="override a SemanticPolicyConfig field, the semantic policy only (repeatable)")
+    parser.add_argument("--semantic-warm-start", action="store_true",
+                        help="start the semantic policy from the atomic one (recmodels.models.warm_start)")
     parser.add_argument("--out", default=None, help="folder for the report (report.md, plots)")
     parser.add_argument("--cache-dir", default=str(Path(__file__).resolve().parents[1] / ".recalign" / "cache"))
     args = parser.parse_args()
@@ -153,7 +156,7 @@ def main() -> None:
         vectors = build_item_vectors(table, data.catalog, data.n_items)
     ids = build_semantic_ids(vectors.vectors, SemanticIdConfig(quantizer=args.quantizer))
     out: dict = {"dataset": args.dataset, "n_users": data.n_users, "n_items": data.n_items, "overrides": args.set,
-                 "semantic_overrides": args.semantic_set,
+                 "semantic_overrides": args.semantic_set, "semantic_warm_start": args.semantic_warm_start,
                  "item_vectors": args.item_vectors, "quantizer": args.quantizer, "level_sizes": list(ids.level_sizes),
                  "semantic_ids": ids.stats}
     progress("pretraining the semantic-ID policy")
@@ -164,7 +167,8 @@ def main() -> None:
     semantic_config = SemanticPolicyConfig(level_sizes=ids.level_sizes, n_items=data.n_items, **semantic_set)
     out["semantic_policy"] = {k: v for k, v in asdict(semantic_config).items() if k != "level_sizes"}
     semantic = pretrain_policy(table, data.n_items, semantic_config, config=cfg, device="cpu",
-                               tokenization=SemanticItems(ids))
+                               tokenization=SemanticItems(ids),
+                               start_from=atomic.policy if args.semantic_warm_start else None)
     timings["semantic_pretrain_s"] = round(time.perf_counter() - t, 1)
     out["pretraining"] = {
         name: {"epochs": len(r.history), "best_epoch": r.best_epoch,

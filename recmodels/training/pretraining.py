@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from recmodels.data.sequences import EvalExamples, build_user_sequences, eval_examples, training_windows
 from recmodels.evaluation.metrics import hit_rate, ndcg
+from recmodels.models.warm_start import start_from_atomic
 from recmodels.runtime import default_device, mixed_precision, seed_everything
 from recmodels.storage.checkpoints import fingerprint, load_training_state, save_training_state, set_rng_state, \
     training_state_path
@@ -151,11 +152,14 @@ def pretrain_policy(interactions: pd.DataFrame, n_items: int, policy_config: Any
                     config: PretrainConfig | None = None, callback: Callable[[dict], None] | None = None,
                     device: torch.device | str | None = None,
                     tokenization: ItemTokenization | None = None,
-                    resume_dir: str | Path | None = None) -> PretrainResult:
+                    resume_dir: str | Path | None = None,
+                    start_from: torch.nn.Module | None = None) -> PretrainResult:
     """Train the policy of `tokenization` (default: atomic items, a GenerativePolicy) on the train split;
     early-stop on valid NDCG@10, keep the best weights. `policy_config` defaults to the tokenization's
     vocabulary with the library's knobs. With `resume_dir`, a resumable state is saved there every
     `config.checkpoint_every` epochs, and a state found there is resumed (see the module docstring).
+    `start_from`: a trained atomic policy the (semantic-ID) policy starts from instead of its fresh weights
+    (`recmodels.models.warm_start.start_from_atomic`).
     `recmodels.training.distributed.pretrain_distributed` is the same training in several processes."""
     data = prepare_pretraining(interactions, n_items, policy_config, config, tokenization)
     config, policy_config, tokenization = data.config, data.policy_config, data.tokenization
@@ -163,7 +167,10 @@ def pretrain_policy(interactions: pd.DataFrame, n_items: int, policy_config: Any
     device = torch.device(device) if device is not None else default_device()
 
     gen = seed_everything(config.seed)
-    policy = tokenization.build_policy(policy_config).to(device)
+    policy = tokenization.build_policy(policy_config)
+    if start_from is not None:
+        start_from_atomic(policy, start_from)
+    policy = policy.to(device)
     result = PretrainResult(policy=policy, policy_config=policy_config)
 
     on_device = tokens.to(device), targets.to(device)  # once: no copy per batch on a GPU
@@ -179,7 +186,7 @@ def pretrain_policy(interactions: pd.DataFrame, n_items: int, policy_config: Any
     state_key = ""
     if resume_dir is not None:
         state_key = pretrain_fingerprint(interactions, n_items, policy_config, config, tokenization, tokens,
-                                         targets, device)
+                                         targets, device, start_from)
     return run_epochs(policy, data.n_windows, batch_loss, evaluate, config, gen, result, callback,
                       resume_dir=resume_dir, state_key=state_key)
 
@@ -217,12 +224,14 @@ def prepare_pretraining(interactions: pd.DataFrame, n_items: int, policy_config:
 
 def pretrain_fingerprint(interactions: pd.DataFrame, n_items: int, policy_config: Any, config: PretrainConfig,
                          tokenization: ItemTokenization, tokens: torch.Tensor, targets: torch.Tensor,
-                         device: torch.device) -> str:
+                         device: torch.device, start_from: torch.nn.Module | None = None) -> str:
     """What a resumable pretraining state must match: every knob but `checkpoint_every`, the policy config, the
-    tokenization, the interactions, the token windows (semantic IDs included) and the device type."""
+    tokenization, the interactions, the token windows (semantic IDs included), the device type and the weights
+    of the policy a warm start starts from."""
     knobs = {k: v for k, v in asdict(config).items() if k != "checkpoint_every"}
+    warm = [start_from.state_dict()] if start_from is not None else []  # a cold start keeps its former key
     return fingerprint("pretraining", knobs, n_items, policy_config, type(tokenization).__name__, interactions,
-                       tokens, targets, device.type)
+                       tokens, targets, device.type, *warm)
 
 
 @dataclass(frozen=True)
