@@ -31,11 +31,11 @@ def start_from_atomic(semantic: torch.nn.Module, atomic: torch.nn.Module) -> Non
     items are `atomic`'s catalog and whose sizes match."""
     if not isinstance(atomic, GenerativePolicy):
         raise ValueError(f"a warm start needs an atomic GenerativePolicy to start from, got {type(atomic).__name__}")
-    if not isinstance(semantic, ItemTrunkSemanticPolicy) or not semantic.cfg.item_prefixes:
+    item_prefixes = getattr(getattr(semantic, "cfg", None), "item_prefixes", None)
+    if not isinstance(semantic, ItemTrunkSemanticPolicy) or not item_prefixes:
         raise ValueError("a warm start needs a semantic policy with trunk='items' and item_prefixes=True "
-                         f"(one row per item to take the atomic embedding), got {type(semantic).__name__}"
-                         + (f" with item_prefixes={semantic.cfg.item_prefixes}"
-                            if isinstance(semantic, ItemTrunkSemanticPolicy) else ""))
+                         f"(one row per item to take the atomic embedding), got {type(semantic).__name__} "
+                         f"with item_prefixes={item_prefixes}")
     differ = {k: (getattr(semantic.cfg, k), getattr(atomic.cfg, k)) for k in SHARED_SIZES
               if getattr(semantic.cfg, k) != getattr(atomic.cfg, k)}
     if differ:
