@@ -3,7 +3,8 @@
     python benchmarks/tokenization_comparison.py --dataset movielens-100k --epochs 20 \
         [--post-train-steps 100] [--item-vectors atomic-policy|titles] [--quantizer balanced_tree]
         [--users-for-throughput 256] [--threads 1] [--set cpu_bf16=true --set dropout=0.0 ...]
-        [--semantic-set d_model=256 ...] [--semantic-warm-start] [--wider-beams 50 100] [--out DIR]
+        [--semantic-set d_model=256 ...] [--semantic-warm-start] [--semantic-distill 0.5] [--wider-beams 50 100]
+        [--out DIR]
 
 What it does, all through the library (the Dagster chain runs the same functions):
 1. the atomic policy pretrained, then semantic IDs (built by `--quantizer`, library defaults otherwise)
@@ -13,6 +14,8 @@ What it does, all through the library (the Dagster chain runs the same functions
    `--epochs`, patience 10, library defaults otherwise), each early-stopped on its own valid NDCG@10
    (atomic: full-catalog ranking; semantic: constrained beam 10); with `--semantic-warm-start` the semantic
    policy starts from the atomic one's trunk, item embeddings and seen bias (`recmodels.models.warm_start`);
+   with `--semantic-distill W` it also learns the atomic policy's next-item distributions, W the share of its
+   loss (`recmodels.training.distillation`);
 3. with `--post-train-steps N > 0`: the ranker, then the semantic policy post-trained with
    `nll_grpo` at alpha 0.1 / 0.3 / 1.0 and `adagrpo` with the seed's difficulty test and with
    `hard: entropy_quantile` (N steps each, library defaults otherwise; selected step and gate rates in the JSON);
@@ -41,7 +44,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 from pretrain_protocols import overrides, semantic_overrides  # beside this file
@@ -112,6 +115,9 @@ def main() -> None:
                         help="override a SemanticPolicyConfig field, the semantic policy only (repeatable)")
     parser.add_argument("--semantic-warm-start", action="store_true",
                         help="start the semantic policy from the atomic one (recmodels.models.warm_start)")
+    parser.add_argument("--semantic-distill", type=float, default=0.0, metavar="WEIGHT",
+                        help="the semantic policy also learns the atomic policy's next-item distributions, WEIGHT the "
+                             "share of its loss (recmodels.training.distillation); 0: none")
     parser.add_argument("--out", default=None, help="folder for the report (report.md, plots)")
     parser.add_argument("--cache-dir", default=str(Path(__file__).resolve().parents[1] / ".recalign" / "cache"))
     args = parser.parse_args()
@@ -157,6 +163,7 @@ def main() -> None:
     ids = build_semantic_ids(vectors.vectors, SemanticIdConfig(quantizer=args.quantizer))
     out: dict = {"dataset": args.dataset, "n_users": data.n_users, "n_items": data.n_items, "overrides": args.set,
                  "semantic_overrides": args.semantic_set, "semantic_warm_start": args.semantic_warm_start,
+                 "semantic_distill": args.semantic_distill,
                  "item_vectors": args.item_vectors, "quantizer": args.quantizer, "level_sizes": list(ids.level_sizes),
                  "semantic_ids": ids.stats}
     progress("pretraining the semantic-ID policy")
@@ -166,9 +173,11 @@ def main() -> None:
     semantic_set |= semantic_only
     semantic_config = SemanticPolicyConfig(level_sizes=ids.level_sizes, n_items=data.n_items, **semantic_set)
     out["semantic_policy"] = {k: v for k, v in asdict(semantic_config).items() if k != "level_sizes"}
-    semantic = pretrain_policy(table, data.n_items, semantic_config, config=cfg, device="cpu",
+    semantic_cfg = replace(cfg, distill_weight=args.semantic_distill)
+    semantic = pretrain_policy(table, data.n_items, semantic_config, config=semantic_cfg, device="cpu",
                                tokenization=SemanticItems(ids),
-                               start_from=atomic.policy if args.semantic_warm_start else None)
+                               start_from=atomic.policy if args.semantic_warm_start else None,
+                               teacher=atomic.policy if args.semantic_distill else None)
     timings["semantic_pretrain_s"] = round(time.perf_counter() - t, 1)
     out["pretraining"] = {
         name: {"epochs": len(r.history), "best_epoch": r.best_epoch,

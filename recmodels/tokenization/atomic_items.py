@@ -114,6 +114,10 @@ class AtomicItems(ItemTokenization):
     def window_tokens(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return inputs, targets
 
+    def distillation_targets(self, item_probs: torch.Tensor, target_items: torch.Tensor) -> torch.Tensor:
+        """One token per item: the teacher's item distributions themselves."""
+        return item_probs
+
     def window_nll(self, policy, batch: TrainingWindows):
         """-log pi(a_t | x_<=t) [B, T], real-target mask [B, T] and the window logits [B, T, V]."""
         logits, _ = policy(batch.inputs)  # [B, T, V]

@@ -8,6 +8,7 @@ none of them asks which tokenization it holds:
                  vocabulary(n_items), check_config(config, n_items), build_policy(config), check(policy, interactions),
                  n_items(policy)
     training     window_tokens(inputs, targets) -> the token windows of the next-token NLL (pretraining);
+                 distillation_targets(item_probs, target_items) -> a teacher's distributions over these tokens;
                  window_nll(policy, batch) -> per-item NLL [B, T] (post-training)
     selection    valid_ranks(policy, examples, device); evaluate(...) -> a post-training evaluation row
     evaluation   rank(policy, examples, beam_size, unmasked) -> Ranking: both protocols, top 10, decoding record
@@ -144,6 +145,12 @@ class ItemTokenization:
 
     def window_nll(self, policy, batch: TrainingWindows):
         """-log pi(a_t | x_<=t) [B, T], real-target mask [B, T] and the window logits [B, T, V] (or None)."""
+        raise NotImplementedError
+
+    def distillation_targets(self, item_probs: torch.Tensor, target_items: torch.Tensor) -> torch.Tensor:
+        """A teacher's next-item distributions [n, n_items + 1] at n target items [n] -> what the policy's
+        next-token distributions at those items' target tokens learn (`recmodels.training.distillation`):
+        [n * tokens per item, V], in the order of `window_tokens`' non-zero targets."""
         raise NotImplementedError
 
     # --- model selection ----------------------------------------------------------------------------------------

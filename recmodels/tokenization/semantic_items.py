@@ -127,6 +127,21 @@ class SemanticItems(ItemTokenization):
         """Every item of the windows [N, T] becomes its L+1 codes: [N, (T+1)(L+1) - 1] tokens and targets."""
         return self.semantic_ids.window_tokens(inputs, targets)
 
+    def distillation_targets(self, item_probs: torch.Tensor, target_items: torch.Tensor) -> torch.Tensor:
+        """At code level l of each target item, the teacher's probability of each code among the items that share
+        the target's codes 0..l-1 (the true prefix the policy reads there), renormalized: [n * (L+1), V]."""
+        layout = self.semantic_ids.layout
+        codes = torch.as_tensor(self.semantic_ids.codes, device=item_probs.device)  # [n_items + 1, L+1]
+        keys = layout.prefix_keys(codes)  # [n_items + 1, L+2]: at l, codes 0..l-1
+        item_probs = item_probs.clone()
+        item_probs[:, 0] = 0.0  # the padding row is no item
+        n = len(target_items)
+        out = item_probs.new_zeros(n, layout.n_levels, layout.vocab_size)
+        for level, offset in enumerate(layout.offsets):
+            same_prefix = keys[None, :, level] == keys[target_items, level][:, None]  # [n, n_items + 1]
+            out[:, level].scatter_add_(1, (codes[:, level] + offset).expand(n, -1), item_probs * same_prefix)
+        return (out / out.sum(dim=-1, keepdim=True).clamp_min(1e-12)).view(n * layout.n_levels, -1)
+
     def window_nll(self, policy, batch: TrainingWindows):
         """Per-item NLL [B, T] = sum of the item's L+1 code NLLs, from ONE forward over the window's tokens."""
         tokens, targets = self.window_tokens(batch.inputs, batch.targets)  # [B, (T+1)(L+1) - 1]

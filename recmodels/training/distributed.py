@@ -163,6 +163,9 @@ def pretrain_distributed(interactions: pd.DataFrame, n_items: int, policy_config
     group = group or init_from_env()
     data = prepare_pretraining(interactions, n_items, policy_config, config, tokenization)
     config, policy_config, tokenization = data.config, data.policy_config, data.tokenization
+    if config.distill_weight:
+        raise ValueError("PretrainConfig.distill_weight > 0: distillation runs in one process "
+                         "(recmodels.training.pretraining.pretrain_policy with a teacher)")
     if config.batch_size < group.world_size:
         raise ValueError(f"PretrainConfig.batch_size={config.batch_size} is the global batch: it must be at least "
                          f"the number of processes ({group.world_size})")

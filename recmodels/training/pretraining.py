@@ -38,6 +38,7 @@ from recmodels.runtime import default_device, mixed_precision, seed_everything
 from recmodels.storage.checkpoints import fingerprint, load_training_state, save_training_state, set_rng_state, \
     training_state_path
 from recmodels.tokenization.items import AtomicItems, ItemTokenization
+from recmodels.training.distillation import check_teacher, distilled_nll, teacher_item_probs
 from recmodels.training.early_stopping import BestWeights
 
 REQUIRED_COLUMNS = ("user_idx", "item_idx", "reward", "split")
@@ -58,6 +59,10 @@ class PretrainConfig:
     warmup_epochs: float = 0.0  # the learning rate rises linearly from 0 to lr over these epochs
     schedule: str = "constant"  # after warmup: "constant" lr, or "cosine" decay to lr/10 at the last epoch
     cpu_bf16: bool = False  # bf16 autocast on the CPU too (on CUDA it is on wherever the GPU supports bf16)
+    # share of the loss that is the cross-entropy to a teacher's distributions (`pretrain_policy(teacher=...)`,
+    # `recmodels.training.distillation`); 0: the plain next-token NLL
+    distill_weight: float = 0.0
+    distill_temperature: float = 1.0  # the teacher's logits are divided by it before the softmax
 
 
 SCHEDULES = ("constant", "cosine")
@@ -144,6 +149,10 @@ def check_pretrain_config(config: PretrainConfig) -> None:
         raise ValueError(f"PretrainConfig.schedule must be one of {list(SCHEDULES)}, got {config.schedule!r}")
     if config.warmup_epochs < 0:
         raise ValueError(f"PretrainConfig.warmup_epochs must be >= 0, got {config.warmup_epochs}")
+    if not 0.0 <= config.distill_weight <= 1.0:
+        raise ValueError(f"PretrainConfig.distill_weight must lie in [0, 1], got {config.distill_weight}")
+    if config.distill_temperature <= 0:
+        raise ValueError(f"PretrainConfig.distill_temperature must be > 0, got {config.distill_temperature}")
     if config.stride is not None and not 1 <= config.stride <= config.max_len:
         raise ValueError(f"PretrainConfig.stride must lie in 1..max_len={config.max_len}, got {config.stride}")
 
@@ -153,18 +162,28 @@ def pretrain_policy(interactions: pd.DataFrame, n_items: int, policy_config: Any
                     device: torch.device | str | None = None,
                     tokenization: ItemTokenization | None = None,
                     resume_dir: str | Path | None = None,
-                    start_from: torch.nn.Module | None = None) -> PretrainResult:
+                    start_from: torch.nn.Module | None = None,
+                    teacher: torch.nn.Module | None = None) -> PretrainResult:
     """Train the policy of `tokenization` (default: atomic items, a GenerativePolicy) on the train split;
     early-stop on valid NDCG@10, keep the best weights. `policy_config` defaults to the tokenization's
     vocabulary with the library's knobs. With `resume_dir`, a resumable state is saved there every
     `config.checkpoint_every` epochs, and a state found there is resumed (see the module docstring).
     `start_from`: a trained atomic policy the (semantic-ID) policy starts from instead of its fresh weights
     (`recmodels.models.warm_start.start_from_atomic`).
+    `teacher`: a trained atomic policy whose distributions the policy also learns, with `config.distill_weight`
+    > 0 (`recmodels.training.distillation`).
     `recmodels.training.distributed.pretrain_distributed` is the same training in several processes."""
     data = prepare_pretraining(interactions, n_items, policy_config, config, tokenization)
     config, policy_config, tokenization = data.config, data.policy_config, data.tokenization
     tokens, targets, valid = data.tokens, data.targets, data.valid
+    if (teacher is None) != (config.distill_weight == 0):
+        raise ValueError("distillation needs both a teacher and PretrainConfig.distill_weight > 0, got "
+                         f"teacher={'a policy' if teacher is not None else None} and "
+                         f"distill_weight={config.distill_weight}")
     device = torch.device(device) if device is not None else default_device()
+    if teacher is not None:
+        check_teacher(teacher, n_items)
+        teacher = teacher.to(device)
 
     gen = seed_everything(config.seed)
     policy = tokenization.build_policy(policy_config)
@@ -174,11 +193,19 @@ def pretrain_policy(interactions: pd.DataFrame, n_items: int, policy_config: Any
     result = PretrainResult(policy=policy, policy_config=policy_config)
 
     on_device = tokens.to(device), targets.to(device)  # once: no copy per batch on a GPU
+    item_windows = data.item_inputs.to(device), data.item_targets.to(device)
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
         idx = idx.to(device)
         with mixed_precision(device, config.cpu_bf16):
-            return window_nll(policy, on_device[0][idx], on_device[1][idx])
+            if teacher is None:
+                return window_nll(policy, on_device[0][idx], on_device[1][idx])
+            inputs, item_targets = item_windows[0][idx], item_windows[1][idx]
+            probs = teacher_item_probs(teacher, inputs, item_targets, config.distill_temperature)
+            soft = tokenization.distillation_targets(probs, item_targets[item_targets != 0])
+            batch_targets = on_device[1][idx]
+            logits = policy.target_logits(on_device[0][idx], batch_targets)
+            return distilled_nll(logits, batch_targets[batch_targets != 0], soft, config.distill_weight)
 
     def evaluate() -> dict[str, float]:
         return evaluate_valid(policy, valid, device, tokenization)
@@ -186,7 +213,7 @@ def pretrain_policy(interactions: pd.DataFrame, n_items: int, policy_config: Any
     state_key = ""
     if resume_dir is not None:
         state_key = pretrain_fingerprint(interactions, n_items, policy_config, config, tokenization, tokens,
-                                         targets, device, start_from)
+                                         targets, device, start_from, teacher)
     return run_epochs(policy, data.n_windows, batch_loss, evaluate, config, gen, result, callback,
                       resume_dir=resume_dir, state_key=state_key)
 
@@ -200,6 +227,8 @@ class PretrainData:
     tokenization: ItemTokenization
     tokens: torch.Tensor  # [n_windows, S] token windows of the train split
     targets: torch.Tensor  # [n_windows, S] their next-token targets (0 = none)
+    item_inputs: torch.Tensor  # [n_windows, T] the same windows as items (a distillation teacher reads them)
+    item_targets: torch.Tensor  # [n_windows, T] their next items (0 = none)
     valid: EvalExamples  # the valid items ranked by model selection
 
     @property
@@ -219,17 +248,21 @@ def prepare_pretraining(interactions: pd.DataFrame, n_items: int, policy_config:
     windows = training_windows(seqs, config.max_len, config.stride)
     tokens, targets = tokenization.window_tokens(windows.inputs, windows.targets)
     valid = eval_examples(seqs, "valid", config.max_len)
-    return PretrainData(config, policy_config, tokenization, tokens, targets, valid)
+    return PretrainData(config, policy_config, tokenization, tokens, targets, windows.inputs, windows.targets, valid)
 
 
 def pretrain_fingerprint(interactions: pd.DataFrame, n_items: int, policy_config: Any, config: PretrainConfig,
                          tokenization: ItemTokenization, tokens: torch.Tensor, targets: torch.Tensor,
-                         device: torch.device, start_from: torch.nn.Module | None = None) -> str:
+                         device: torch.device, start_from: torch.nn.Module | None = None,
+                         teacher: torch.nn.Module | None = None) -> str:
     """What a resumable pretraining state must match: every knob but `checkpoint_every`, the policy config, the
     tokenization, the interactions, the token windows (semantic IDs included), the device type and the weights
-    of the policy a warm start starts from."""
+    of the policy a warm start starts from and of a distillation teacher."""
     knobs = {k: v for k, v in asdict(config).items() if k != "checkpoint_every"}
+    if not config.distill_weight:  # a run without distillation keeps the key it had before the knobs existed
+        knobs = {k: v for k, v in knobs.items() if not k.startswith("distill_")}
     warm = [start_from.state_dict()] if start_from is not None else []  # a cold start keeps its former key
+    warm += [{"teacher": teacher.state_dict()}] if teacher is not None else []
     return fingerprint("pretraining", knobs, n_items, policy_config, type(tokenization).__name__, interactions,
                        tokens, targets, device.type, *warm)
 
