@@ -4,7 +4,7 @@
         [--post-train-steps 100] [--item-vectors atomic-policy|titles] [--quantizer balanced_tree]
         [--users-for-throughput 256] [--threads 1] [--set cpu_bf16=true --set dropout=0.0 ...]
         [--semantic-set d_model=256 ...] [--semantic-warm-start] [--semantic-distill 0.5] [--wider-beams 50 100]
-        [--out DIR]
+        [--resume-dir DIR] [--out DIR]
 
 What it does, all through the library (the Dagster chain runs the same functions):
 1. the atomic policy pretrained, then semantic IDs (built by `--quantizer`, library defaults otherwise)
@@ -93,6 +93,11 @@ def _paired(semantic: dict, atomic: dict) -> dict:
     return out
 
 
+def _state_dir(root: str | None, policy: str) -> Path | None:
+    """Where `--resume-dir` keeps a policy's resumable pretraining state (None: nowhere)."""
+    return Path(root) / policy if root else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=DATASETS, default="movielens-100k")
@@ -118,6 +123,10 @@ def main() -> None:
     parser.add_argument("--semantic-distill", type=float, default=0.0, metavar="WEIGHT",
                         help="the semantic policy also learns the atomic policy's next-item distributions, WEIGHT the "
                              "share of its loss (recmodels.training.distillation); 0: none")
+    parser.add_argument("--resume-dir", default=None, metavar="DIR",
+                        help="keep each policy's resumable pretraining state in DIR/atomic and DIR/semantic: a rerun "
+                             "with the same data and settings resumes it, or loads it at once when it had finished "
+                             "(runs that vary the semantic policy alone then train the atomic one once)")
     parser.add_argument("--out", default=None, help="folder for the report (report.md, plots)")
     parser.add_argument("--cache-dir", default=str(Path(__file__).resolve().parents[1] / ".recalign" / "cache"))
     args = parser.parse_args()
@@ -152,7 +161,7 @@ def main() -> None:
     progress(f"{args.dataset}: {data.n_users} users, {data.n_items} items; pretraining the atomic policy")
     t = time.perf_counter()
     atomic = pretrain_policy(table, data.n_items, PolicyConfig(vocab_size=data.n_items + 1, **policy_set), config=cfg,
-                             device="cpu")
+                             device="cpu", resume_dir=_state_dir(args.resume_dir, "atomic"))
     timings["atomic_pretrain_s"] = round(time.perf_counter() - t, 1)
     if args.item_vectors == "atomic-policy":
         vectors = embedding_item_vectors(atomic.policy.tok_emb.weight.detach().cpu().numpy())
@@ -177,7 +186,8 @@ def main() -> None:
     semantic = pretrain_policy(table, data.n_items, semantic_config, config=semantic_cfg, device="cpu",
                                tokenization=SemanticItems(ids),
                                start_from=atomic.policy if args.semantic_warm_start else None,
-                               teacher=atomic.policy if args.semantic_distill else None)
+                               teacher=atomic.policy if args.semantic_distill else None,
+                               resume_dir=_state_dir(args.resume_dir, "semantic"))
     timings["semantic_pretrain_s"] = round(time.perf_counter() - t, 1)
     out["pretraining"] = {
         name: {"epochs": len(r.history), "best_epoch": r.best_epoch,
