@@ -47,3 +47,13 @@ def distilled_nll(logits: torch.Tensor, targets: torch.Tensor, soft: torch.Tenso
     nll = F.nll_loss(logp, targets)
     soft_ce = -torch.where(soft > 0, soft * logp, 0.0).sum(dim=-1).mean()
     return (1.0 - weight) * nll + weight * soft_ce
+
+
+def distilled_window_loss(policy, teacher: GenerativePolicy, tokenization, tokens: torch.Tensor,
+                          targets: torch.Tensor, items: torch.Tensor, item_targets: torch.Tensor, weight: float,
+                          temperature: float = 1.0) -> torch.Tensor:
+    """The loss of a batch of train windows with a teacher: tokens / targets [B, S] the windows as the policy
+    reads them (`tokenization.window_tokens`), items / item_targets [B, T] the same windows as items."""
+    probs = teacher_item_probs(teacher, items, item_targets, temperature)
+    soft = tokenization.distillation_targets(probs, item_targets[item_targets != 0])
+    return distilled_nll(policy.target_logits(tokens, targets), targets[targets != 0], soft, weight)

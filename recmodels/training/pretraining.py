@@ -38,7 +38,7 @@ from recmodels.runtime import default_device, mixed_precision, seed_everything
 from recmodels.storage.checkpoints import fingerprint, load_training_state, save_training_state, set_rng_state, \
     training_state_path
 from recmodels.tokenization.items import AtomicItems, ItemTokenization
-from recmodels.training.distillation import check_teacher, distilled_nll, teacher_item_probs
+from recmodels.training.distillation import check_teacher, distilled_window_loss
 from recmodels.training.early_stopping import BestWeights
 
 REQUIRED_COLUMNS = ("user_idx", "item_idx", "reward", "split")
@@ -200,12 +200,9 @@ def pretrain_policy(interactions: pd.DataFrame, n_items: int, policy_config: Any
         with mixed_precision(device, config.cpu_bf16):
             if teacher is None:
                 return window_nll(policy, on_device[0][idx], on_device[1][idx])
-            inputs, item_targets = item_windows[0][idx], item_windows[1][idx]
-            probs = teacher_item_probs(teacher, inputs, item_targets, config.distill_temperature)
-            soft = tokenization.distillation_targets(probs, item_targets[item_targets != 0])
-            batch_targets = on_device[1][idx]
-            logits = policy.target_logits(on_device[0][idx], batch_targets)
-            return distilled_nll(logits, batch_targets[batch_targets != 0], soft, config.distill_weight)
+            return distilled_window_loss(policy, teacher, tokenization, on_device[0][idx], on_device[1][idx],
+                                         item_windows[0][idx], item_windows[1][idx], config.distill_weight,
+                                         config.distill_temperature)
 
     def evaluate() -> dict[str, float]:
         return evaluate_valid(policy, valid, device, tokenization)
