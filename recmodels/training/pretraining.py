@@ -193,7 +193,8 @@ def pretrain_policy(interactions: pd.DataFrame, n_items: int, policy_config: Any
     result = PretrainResult(policy=policy, policy_config=policy_config)
 
     on_device = tokens.to(device), targets.to(device)  # once: no copy per batch on a GPU
-    item_windows = data.item_inputs.to(device), data.item_targets.to(device)
+    if teacher is not None:  # the teacher reads the windows as items
+        item_windows = data.item_inputs.to(device), data.item_targets.to(device)
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
         idx = idx.to(device)
