@@ -117,12 +117,22 @@ class MlflowTracking(dg.ConfigurableResource):
         return Path(self.artifact_root, dataset).resolve().as_uri()
 
     def experiment_id(self, dataset: str) -> str:
+        """The id of `dataset`'s experiment, created on first use. Two steps may create it at once (the ranker
+        and the pretrained policy start together, as do two runs on a new store): the one that loses reads
+        the winner's."""
+        from mlflow.exceptions import MlflowException
+
         client = self._client()
         name = f"{self.experiment_prefix}/{dataset}"
         exp = client.get_experiment_by_name(name)
         if exp is not None:
             return exp.experiment_id
-        return client.create_experiment(name, artifact_location=self.artifact_location(dataset))
+        try:
+            return client.create_experiment(name, artifact_location=self.artifact_location(dataset))
+        except MlflowException as exc:
+            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+                raise
+            return client.get_experiment_by_name(name).experiment_id
 
     @contextmanager
     def start_run(self, context: dg.AssetExecutionContext, dataset: str, data_digest: str,
