@@ -16,6 +16,9 @@ LOGS ?=
 COLUMNS ?=
 TOKENIZATION ?= atomic
 WORKERS ?=
+# TEST_WORKERS (make test): how many pytest processes share the test files (pytest-xdist `-n`, whole files
+# each); default one per core; 0 runs the suite in pytest's own process.
+TEST_WORKERS ?= logical
 # DEVICE (make bench): cpu or cuda; empty = CUDA when present (RECALIGN_DEVICE, recmodels/runtime.py)
 DEVICE ?=
 RUN_CONFIG = $(RECALIGN_HOME)/run_config.yaml
@@ -56,7 +59,7 @@ DAGSTER_YAML := $(CURDIR)/dagster.yaml
 PROFILE_VARS := RECALIGN_PROFILE RECALIGN_HOME DAGSTER_HOME
 PROFILE_INSTALL :=
 PROFILE_CHECK :=
-TEST_ARGS :=
+TEST_ARGS := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 else ifeq ($(RECALIGN_PROFILE),services)
 export DAGSTER_HOME := $(RECALIGN_HOME)/dagster-services
 DAGSTER_YAML := $(CURDIR)/deploy/services/dagster.yaml
@@ -67,6 +70,7 @@ PROFILE_VARS := RECALIGN_PROFILE RECALIGN_HOME DAGSTER_HOME MLFLOW_TRACKING_URI 
 PROFILE_INSTALL := $(BIN)/.services-installed
 PROFILE_CHECK := curl -fsS --noproxy '*' -m 5 -o /dev/null $(MLFLOW_TRACKING_URI)/health || \
 	{ echo "RECALIGN_PROFILE=services: no MLflow server answers $(MLFLOW_TRACKING_URI)/health; run make services" >&2; exit 1; }
+# one pytest process: the services tests share one Postgres and one MLflow server
 TEST_ARGS := -m services
 else
 $(error RECALIGN_PROFILE=$(RECALIGN_PROFILE) is not a profile: use embedded (the default) or services)
