@@ -60,6 +60,11 @@ def _metric_key(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z_\-. /]", "_", name.replace("@", "_at_"))
 
 
+def already_exists(exc: Exception) -> bool:
+    """Whether MLflow refused to create something because another process created it first."""
+    return "RESOURCE_ALREADY_EXISTS" in str(getattr(exc, "error_code", ""))
+
+
 def sqlite_path(tracking_uri: str) -> Path | None:
     """The database file of a `sqlite:///` tracking URI; None for a server or another database."""
     return Path(tracking_uri[len("sqlite:///"):]) if tracking_uri.startswith("sqlite:///") else None
@@ -130,7 +135,7 @@ class MlflowTracking(dg.ConfigurableResource):
         try:
             return client.create_experiment(name, artifact_location=self.artifact_location(dataset))
         except MlflowException as exc:
-            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+            if not already_exists(exc):
                 raise
             return client.get_experiment_by_name(name).experiment_id
 
@@ -185,7 +190,7 @@ class MlflowTracking(dg.ConfigurableResource):
         try:
             client.create_registered_model(model_name)
         except MlflowException as exc:
-            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+            if not already_exists(exc):
                 raise
 
     def register(self, run: Any, artifact_path: str, model_name: str, tags: dict[str, str]) -> str:
