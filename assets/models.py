@@ -102,7 +102,7 @@ def _train_policy_distributed(context: dg.AssetExecutionContext, settings: dict,
 
 
 # An op tag: the step runs (almost) alone, so in a step process of its own it takes every core (pipelines/definitions.py
-# `StepProcessThreads`) instead of its share of them: the pretrained policy (only the short ranker beside it), and the
+# `StepProcessRuntime`) instead of its share of them: the pretrained policy (only the short ranker beside it), and the
 # evaluation report and the champion, which wait for every post-trained policy and for each other
 ALL_CORES_TAG = "recalign/all_cores"
 

@@ -60,9 +60,11 @@ def main() -> None:
     from recmodels.training.pretraining import PretrainConfig, pretrain_policy
     from recmodels.tokenization.items import SemanticItems, tokenization_class
     from recmodels.data.sequences import build_user_sequences, eval_examples
+    from recmodels.runtime import retain_freed_memory
     from recmodels.tokenization import ItemTrie, SemanticIds, build_item_vectors, build_semantic_ids
 
     torch.set_num_threads(args.threads)
+    retains_freed_memory = retain_freed_memory()  # as the chain's step processes do (recmodels.runtime)
     data = movielens_interactions(Path(args.cache_dir))
     out = {"data": "movielens-100k", "n_items": data.n_items, "users": args.users, "beam": args.beam}
     if args.checkpoint:
@@ -107,7 +109,8 @@ def main() -> None:
                 "hallucination_rate_top10": round(result.top(10).hallucination_rate, 4),
                 "hr@10": round(float((result.ranks <= 10).mean()), 4)}
     out["beam_search"] = runs
-    out.update(torch_threads=torch.get_num_threads(), cpu_count=os.cpu_count(), python=platform.python_version(),
+    out.update(torch_threads=torch.get_num_threads(), retains_freed_memory=retains_freed_memory, cpu_count=os.cpu_count(),
+               python=platform.python_version(),
                torch=torch.__version__)
     print(json.dumps(out, indent=2))
 

@@ -89,9 +89,10 @@ def main() -> None:
                      ".recalign/datasets/<data set>/runs/<run id> folder holds them)")
 
     import torch
-    from recmodels.runtime import cpu_has_bf16_dot_products
+    from recmodels.runtime import cpu_has_bf16_dot_products, retain_freed_memory
 
     torch.set_num_threads(args.threads)
+    retains_freed_memory = retain_freed_memory()  # as the chain's step processes do (recmodels.runtime)
     variants = {}
     for name in args.variants:
         fp32 = run_variant(run_dir, name, args.steps, args.eval_every, cpu_bf16=False)
@@ -101,7 +102,8 @@ def main() -> None:
     report = {"run_dir": str(run_dir), "steps": args.steps, "eval_every": args.eval_every,
               "valid_check": time_valid_checks(run_dir), "variants": variants, "threads": args.threads,
               "cpu_bf16_native": cpu_has_bf16_dot_products(),
-              "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}
+              "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+              "retains_freed_memory": retains_freed_memory}
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

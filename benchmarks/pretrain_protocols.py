@@ -112,10 +112,11 @@ def main() -> None:
     from recmodels.evaluation.ranking import rank_catalog
     from recmodels.models.policy import PolicyConfig
     from recmodels.training.pretraining import PretrainConfig, prepare_pretraining, pretrain_policy
-    from recmodels.runtime import default_device
+    from recmodels.runtime import default_device, retain_freed_memory
     from recmodels.data.sequences import build_user_sequences, eval_examples
 
     device = torch.device(args.device) if args.device else default_device()
+    retains_freed_memory = retain_freed_memory()  # as the chain's step processes do (recmodels.runtime)
     data = build_interactions(load_raw_logs(args.dataset, cache_dir=Path(args.cache_dir)), RewardSpec())
     train_set, policy_set = overrides(args.set)
     config = PretrainConfig(**({"epochs": args.epochs} if args.epochs else {}), **train_set)
@@ -144,8 +145,8 @@ def main() -> None:
         "windows_per_s": round(sum(h["sequences_per_s"] for h in result.history) / len(result.history), 1),
         "curve": curve(result.history),
         "device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-        "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-        "python": platform.python_version(), "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(), "retains_freed_memory": retains_freed_memory,
+        "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
     }
     if result.policy.seen_bias_logit is not None:
         report["seen_bias_logit"] = round(result.policy.seen_bias_logit, 3)

@@ -131,7 +131,11 @@ def main() -> None:
         import torch
         torch.set_num_threads(args.threads)
     if args.one:
-        print(json.dumps(measure(args.one[0], int(args.one[1]), args.post_steps, Path(args.cache_dir))))
+        from recmodels.runtime import retain_freed_memory
+
+        retains_freed_memory = retain_freed_memory()  # as the chain's step processes do (recmodels.runtime)
+        row = measure(args.one[0], int(args.one[1]), args.post_steps, Path(args.cache_dir))
+        print(json.dumps({**row, "retains_freed_memory": retains_freed_memory}))
         return
     rows = []
     for source in args.sources:

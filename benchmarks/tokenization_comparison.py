@@ -145,12 +145,14 @@ def main() -> None:
     from recmodels.training.ranker_training import RankerTrainConfig, train_ranker
     from recmodels.tokenization.items import SemanticItems
     from recmodels.models.policy import PolicyConfig
+    from recmodels.runtime import retain_freed_memory
     from recmodels.models.semantic_policy import SemanticPolicyConfig
     from recmodels.data.sequences import build_user_sequences, eval_examples
     from recmodels.tokenization import (ItemTrie, build_item_vectors, build_semantic_ids, embedding_item_vectors,
                                         text_item_vectors)
 
     torch.set_num_threads(args.threads)
+    retains_freed_memory = retain_freed_memory()  # as the chain's step processes do (recmodels.runtime)
     started = time.perf_counter()
     data = build_interactions(load_raw_logs(args.dataset, cache_dir=Path(args.cache_dir)), RewardSpec())
     table = data.table
@@ -257,7 +259,8 @@ def main() -> None:
         evaluate_beams(semantic.policy, subset, ids, beam_size=20, trie=constraint, use_cache=True, device="cpu")
         out["beam20_users_per_s"][mode] = round(n / (time.perf_counter() - t), 1)
     timings["total_s"] = round(time.perf_counter() - started, 1)
-    out.update(timings=timings, torch_threads=torch.get_num_threads(), cpu_count=os.cpu_count(),
+    out.update(timings=timings, torch_threads=torch.get_num_threads(), retains_freed_memory=retains_freed_memory,
+               cpu_count=os.cpu_count(),
                python=platform.python_version(), torch=torch.__version__)
     print(json.dumps(out, indent=2))
 

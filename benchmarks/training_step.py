@@ -41,6 +41,8 @@ def main() -> None:
 
     import torch
 
+    from recmodels.runtime import retain_freed_memory
+
     from beam_search_benchmark import movielens_interactions  # beside this file
     from recmodels.models.policy import PolicyConfig
     from recmodels.models.semantic_policy import SemanticPolicyConfig
@@ -49,6 +51,7 @@ def main() -> None:
     from recmodels.training.pretraining import window_nll
 
     torch.set_num_threads(args.threads)
+    retains_freed_memory = retain_freed_memory()  # as the chain's step processes do (recmodels.runtime)
     data = movielens_interactions(Path(args.cache_dir))
     ids = build_semantic_ids(build_item_vectors(data.table, data.catalog, data.n_items).vectors)
     T = PolicyConfig.max_len
@@ -92,7 +95,7 @@ def main() -> None:
                                "median_seconds_per_step": round(statistics.median(seconds[name]), 4),
                                "throughput_vs_atomic": round(atomic / statistics.median(seconds[name]), 3)}
                         for name in steps},
-           "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+           "torch_threads": torch.get_num_threads(), "retains_freed_memory": retains_freed_memory, "cpu_count": os.cpu_count(),
            "python": platform.python_version(), "torch": torch.__version__}
     print(json.dumps(out, indent=2))
 

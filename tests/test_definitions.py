@@ -110,7 +110,7 @@ def test_full_chain_runs_each_step_in_its_own_process_one_per_core_by_default():
     assert next(iter(one["execution"].values()))["multiprocess"]["max_concurrent"] == 1
     assert dg.validate_run_config(job, {"execution": {"config": {"in_process": {}}}})
     assert job.run_tags[HOST_TAG] == this_host()  # a run is this host's from its start, not from its first model step
-    assert {hook.name for hook in job.hook_defs} == {"step_process_threads"}
+    assert {hook.name for hook in job.hook_defs} == {"step_process_runtime"}
 
 
 def test_a_step_process_takes_its_share_of_the_cores(monkeypatch):
@@ -129,7 +129,7 @@ def test_a_step_process_takes_its_share_of_the_cores(monkeypatch):
 
 
 def test_the_steps_that_run_alone_keep_every_core_and_the_variants_share_them():
-    """`StepProcessThreads` gives every core to the steps whose op carries ALL_CORES_TAG: the pretrained policy
+    """`StepProcessRuntime` gives every core to the steps whose op carries ALL_CORES_TAG: the pretrained policy
     (only the short ranker beside it), the evaluation report and the champion (each after every other step)."""
     from assets.models import ALL_CORES_TAG
 
@@ -141,15 +141,15 @@ def test_the_steps_that_run_alone_keep_every_core_and_the_variants_share_them():
 def test_steps_run_in_the_run_process_keep_torch_threads():
     import torch
 
-    from pipelines.definitions import StepProcessThreads, step_process_threads
+    from pipelines.definitions import StepProcessRuntime, step_process_runtime
     from recmodels.runtime import set_threads
 
     @dg.asset
     def tiny() -> int:
         return torch.get_num_threads()
 
-    job = dg.define_asset_job("tiny_job", selection=[tiny], hooks={step_process_threads})
-    tiny_defs = dg.Definitions(assets=[tiny], jobs=[job], resources={"step_threads": StepProcessThreads()})
+    job = dg.define_asset_job("tiny_job", selection=[tiny], hooks={step_process_runtime})
+    tiny_defs = dg.Definitions(assets=[tiny], jobs=[job], resources={"step_runtime": StepProcessRuntime()})
     previous = set_threads(3)
     try:
         result = tiny_defs.resolve_job_def("tiny_job").execute_in_process()
