@@ -28,6 +28,7 @@ import time
 from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, PipesContext, open_dagster_pipes
 
 from recmodels.post_training.registry import MethodNotApplicable
+from recmodels.runtime import retain_freed_memory
 from recmodels.training import distributed
 
 # job -> the module of its `job_spec`, `run_job(spec, callback, group, lead)` and `result_summary(result)`
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
                                                  "Dagster Pipes, under torchrun.")
     parser.add_argument("job", choices=sorted(JOBS))
     job = parser.parse_args(argv).job
+    retain_freed_memory()  # as every step process of the chain (pipelines/definitions.py StepProcessRuntime)
     group = distributed.init_from_env()
     try:
         reporter = os.environ.get("LOCAL_RANK") == "0" and DAGSTER_PIPES_CONTEXT_ENV_VAR in os.environ
