@@ -102,8 +102,8 @@ def retain_freed_memory() -> bool:
 
     By default glibc serves each block above its mmap threshold (at most 32 MiB; a MovieLens-100k pretraining
     batch's logits alone are 43 MB) with a new mapping and unmaps it when freed, so every training step faults
-    its largest tensors in again, page by page, zero-filled by the kernel: a fifth of a CPU training step's time
-    went to the kernel (`docs/results-movielens-100k.md`, "Speed of the chain"). With no mmap and the heap
+    its largest tensors in again, page by page, zero-filled by the kernel: about a fifth of a CPU training step's
+    time went to the kernel (`docs/results-movielens-100k.md`, "Freed memory kept for reuse"). With no mmap and the heap
     trimmed only above 2 GiB free, a step reuses the blocks of the step before. Only where memory comes from
     changes, not what is computed: the numbers stay the same to the bit; peak memory grows a little. It applies
     to the whole process and to the processes it forks afterwards; call it where a process starts its work."""
