@@ -26,6 +26,34 @@ def test_forward_shapes_padding_logit_and_loss():
     assert policy.next_item_logits(items).shape == (2, 12)
 
 
+@pytest.mark.parametrize("bf16", [False, True])
+def test_padding_bias_gives_the_logits_and_gradients_of_masking_column_0(bf16):
+    """The output projection's -inf bias on padding equals projecting, then setting column 0 to -inf."""
+    policy = tiny_policy(dropout=0.0)
+    with torch.no_grad():
+        policy.seen_logit.fill_(-0.3)
+    items = torch.tensor([[0, 0, 3, 4, 3, 6], [1, 2, 3, 4, 5, 6]])
+    targets = torch.tensor([[0, 0, 4, 5, 6, 7], [2, 3, 4, 5, 6, 7]])
+
+    def masked_after(hidden, seen):
+        logits = (hidden @ policy.tok_emb.weight.T).float()
+        logits.scatter_add_(-1, seen, (SEEN_BIAS_SCALE * policy.seen_logit).expand(seen.shape))
+        logits[..., 0] = float("-inf")
+        return logits
+
+    results = []
+    for logits_of in (policy.logits, masked_after):
+        policy.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = logits_of(policy.hidden(items), policy._seen_so_far(items))
+        torch.nn.functional.cross_entropy(logits[targets != 0], targets[targets != 0]).backward()
+        results.append((logits.detach(), [p.grad.clone() for p in policy.parameters()]))
+    (logits, grads), (expected_logits, expected_grads) = results
+    assert torch.equal(logits, expected_logits) and torch.isneginf(logits[..., 0]).all()
+    assert all(torch.equal(g, e) for g, e in zip(grads, expected_grads))
+    assert "padding_bias" not in policy.state_dict()  # rebuilt from the config, not saved
+
+
 def test_padded_rows_are_finite_in_eval_mode():
     """Left padding (and an all-padding row) must not turn attention into NaN at inference."""
     policy = tiny_policy().eval()

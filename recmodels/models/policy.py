@@ -97,6 +97,10 @@ class GenerativePolicy(nn.Module):
         self.apply(init_weights)
         if cfg.seen_bias:  # SEEN_BIAS_SCALE * seen_logit is the logit added; scaled so that AdamW moves it
             self.seen_logit = nn.Parameter(torch.zeros(()))  # at a logit's pace, not 1e-3 per step
+        # added by the output projection: -inf for padding 0, never a next item (not saved with the weights)
+        padding_bias = torch.zeros(cfg.vocab_size)
+        padding_bias[0] = float("-inf")
+        self.register_buffer("padding_bias", padding_bias, persistent=False)
 
     @property
     def seen_bias_logit(self) -> float | None:
@@ -120,10 +124,11 @@ class GenerativePolicy(nn.Module):
     def logits(self, hidden: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
         """hidden [..., d] -> item logits [..., V] through the tied embedding; padding is never a next item.
         `seen` [..., S] (item ids, 0 = none): the items already consumed at each row, given the seen bias."""
-        logits = (hidden @ self.tok_emb.weight.T).float()  # fp32 under bf16 autocast too: the bias adds in fp32
+        # padding's -inf comes in through the projection's bias: the same logits and gradients as setting
+        # column 0 afterwards, without that assignment's copy of the [..., V] gradient in backward
+        logits = F.linear(hidden, self.tok_emb.weight, self.padding_bias).float()  # fp32 under bf16 autocast too
         if seen is not None and self.cfg.seen_bias:  # the bias once per earlier consumption of the item
             logits.scatter_add_(-1, seen, (SEEN_BIAS_SCALE * self.seen_logit).expand(seen.shape))
-        logits[..., 0] = float("-inf")
         return logits
 
     def target_logits(self, items: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
