@@ -107,6 +107,28 @@ def test_window_nll_equals_the_policy_loss():
     torch.testing.assert_close(window_nll(policy, x, y), policy(x, y)[1])
 
 
+def test_label_smoothing_spreads_over_the_items_and_not_padding(tmp_path):
+    """PyTorch's label smoothing over the real items (columns 1..V), finite although padding's logit is -inf."""
+    from recmodels.models.policy import GenerativePolicy
+
+    torch.manual_seed(0)
+    policy = GenerativePolicy(TINY).eval()
+    x = torch.tensor([[0, 0, 0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11, 12, 13]])
+    y = torch.tensor([[0, 0, 0, 2, 3, 4, 5, 6], [0, 8, 9, 10, 11, 12, 13, 14]])
+    logits = policy.target_logits(x, y)
+    expected = torch.nn.functional.cross_entropy(logits[:, 1:], y[y != 0] - 1, label_smoothing=0.2)
+    torch.testing.assert_close(window_nll(policy, x, y, label_smoothing=0.2), expected)
+
+    df = cyclic_interactions()
+    smoothed = pretrain_policy(df, N_ITEMS, TINY, PretrainConfig(epochs=2, batch_size=16, label_smoothing=0.1))
+    plain = pretrain_policy(df, N_ITEMS, TINY, PretrainConfig(epochs=2, batch_size=16))
+    assert smoothed.history[0]["train_loss"] != plain.history[0]["train_loss"]  # the knob reaches the loss
+    with pytest.raises(ValueError, match=r"label_smoothing must lie in \[0, 1\), got 1.0"):
+        pretrain_policy(df, N_ITEMS, TINY, PretrainConfig(label_smoothing=1.0))
+    with pytest.raises(ValueError, match="label_smoothing and distill_weight are both > 0"):
+        pretrain_policy(df, N_ITEMS, TINY, PretrainConfig(label_smoothing=0.1, distill_weight=0.5))
+
+
 def test_bad_input_is_rejected_with_the_reason():
     df = cyclic_interactions()
     with pytest.raises(ValueError, match="missing column"):

@@ -166,6 +166,9 @@ def pretrain_distributed(interactions: pd.DataFrame, n_items: int, policy_config
     if config.distill_weight:
         raise ValueError("PretrainConfig.distill_weight > 0: distillation runs in one process "
                          "(recmodels.training.pretraining.pretrain_policy with a teacher)")
+    if config.label_smoothing:
+        raise ValueError("PretrainConfig.label_smoothing > 0: label-smoothed pretraining runs in one process "
+                         "(recmodels.training.pretraining.pretrain_policy)")
     if config.batch_size < group.world_size:
         raise ValueError(f"PretrainConfig.batch_size={config.batch_size} is the global batch: it must be at least "
                          f"the number of processes ({group.world_size})")

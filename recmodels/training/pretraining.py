@@ -63,6 +63,9 @@ class PretrainConfig:
     # `recmodels.training.distillation`); 0: the plain next-token NLL
     distill_weight: float = 0.0
     distill_temperature: float = 1.0  # the teacher's logits are divided by it before the softmax
+    # share of each target's probability spread evenly over the tokens the policy may predict there (those with a
+    # finite logit: never padding); 0: the plain next-token NLL
+    label_smoothing: float = 0.0
 
 
 SCHEDULES = ("constant", "cosine")
@@ -112,10 +115,19 @@ def check_interactions(interactions: pd.DataFrame, n_items: int) -> None:
         raise ValueError("column reward holds NaN or infinite values")
 
 
-def window_nll(policy, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def window_nll(policy, tokens: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """Mean next-token NLL over the non-zero targets; equals `policy(tokens, targets)[1]` but only projects
-    the positions that have a target (`policy.target_logits`: windows are often mostly padding)."""
-    return F.cross_entropy(policy.target_logits(tokens, targets), targets[targets != 0])
+    the positions that have a target (`policy.target_logits`: windows are often mostly padding). With
+    `label_smoothing` e > 0: (1 - e) NLL + e times the mean NLL of the tokens with a finite logit (PyTorch's
+    `label_smoothing` spreads over every class, and a -inf logit, padding's, would make it infinite)."""
+    logits, wanted = policy.target_logits(tokens, targets), targets[targets != 0]  # [n, V], [n]
+    if not label_smoothing:
+        return F.cross_entropy(logits, wanted)
+    log_p = F.log_softmax(logits.float(), dim=-1)  # [n, V]
+    allowed = torch.isfinite(logits)
+    uniform_nll = -log_p.masked_fill(~allowed, 0.0).sum(-1) / allowed.sum(-1)  # [n]
+    nll = -log_p.gather(-1, wanted[:, None]).squeeze(-1)  # [n]
+    return ((1.0 - label_smoothing) * nll + label_smoothing * uniform_nll).mean()
 
 
 def evaluate_valid(policy, examples: EvalExamples, device: torch.device,
@@ -153,6 +165,11 @@ def check_pretrain_config(config: PretrainConfig) -> None:
         raise ValueError(f"PretrainConfig.distill_weight must lie in [0, 1], got {config.distill_weight}")
     if config.distill_temperature <= 0:
         raise ValueError(f"PretrainConfig.distill_temperature must be > 0, got {config.distill_temperature}")
+    if not 0.0 <= config.label_smoothing < 1.0:
+        raise ValueError(f"PretrainConfig.label_smoothing must lie in [0, 1), got {config.label_smoothing}")
+    if config.label_smoothing and config.distill_weight:
+        raise ValueError("PretrainConfig.label_smoothing and distill_weight are both > 0: the distillation loss "
+                         "has no label smoothing; set one of them")
     if config.stride is not None and not 1 <= config.stride <= config.max_len:
         raise ValueError(f"PretrainConfig.stride must lie in 1..max_len={config.max_len}, got {config.stride}")
 
@@ -200,7 +217,7 @@ def pretrain_policy(interactions: pd.DataFrame, n_items: int, policy_config: Any
         idx = idx.to(device)
         with mixed_precision(device, config.cpu_bf16):
             if teacher is None:
-                return window_nll(policy, on_device[0][idx], on_device[1][idx])
+                return window_nll(policy, on_device[0][idx], on_device[1][idx], config.label_smoothing)
             return distilled_window_loss(policy, teacher, tokenization, on_device[0][idx], on_device[1][idx],
                                          item_windows[0][idx], item_windows[1][idx], config.distill_weight,
                                          config.distill_temperature)
@@ -259,6 +276,8 @@ def pretrain_fingerprint(interactions: pd.DataFrame, n_items: int, policy_config
     knobs = {k: v for k, v in asdict(config).items() if k != "checkpoint_every"}
     if not config.distill_weight:  # a run without distillation keeps the key it had before the knobs existed
         knobs = {k: v for k, v in knobs.items() if not k.startswith("distill_")}
+    if not config.label_smoothing:  # as does a run without label smoothing
+        knobs.pop("label_smoothing")
     warm = [start_from.state_dict()] if start_from is not None else []  # a cold start keeps its former key
     warm += [{"teacher": teacher.state_dict()}] if teacher is not None else []
     return fingerprint("pretraining", knobs, n_items, policy_config, type(tokenization).__name__, interactions,
