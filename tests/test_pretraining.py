@@ -107,7 +107,7 @@ def test_window_nll_equals_the_policy_loss():
     torch.testing.assert_close(window_nll(policy, x, y), policy(x, y)[1])
 
 
-def test_label_smoothing_spreads_over_the_items_and_not_padding(tmp_path):
+def test_label_smoothing_spreads_over_the_items_and_not_padding():
     """PyTorch's label smoothing over the real items (columns 1..V), finite although padding's logit is -inf."""
     from recmodels.models.policy import GenerativePolicy
 
