@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from recmodels.storage.checkpoints import load_checkpoint, save_checkpoint
-from recmodels.models.policy import SEEN_BIAS_SCALE, GenerativePolicy, PolicyConfig
+from recmodels.models.policy import SEEN_BIAS_SCALE, GenerativePolicy, PolicyConfig, rotary_angles, rotate
 
 
 def tiny_policy(seed=0, **overrides):
@@ -12,8 +12,9 @@ def tiny_policy(seed=0, **overrides):
     return GenerativePolicy(PolicyConfig(**{**cfg, **overrides}))
 
 
-def test_forward_shapes_padding_logit_and_loss():
-    policy = tiny_policy()
+@pytest.mark.parametrize("positions", ["learned", "rotary"])
+def test_forward_shapes_padding_logit_and_loss(positions):
+    policy = tiny_policy(positions=positions)
     items = torch.tensor([[0, 0, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]])
     targets = torch.tensor([[0, 0, 4, 5, 6, 7], [2, 3, 4, 5, 6, 7]])
     logits, loss = policy(items, targets)
@@ -63,8 +64,9 @@ def test_padded_rows_are_finite_in_eval_mode():
     assert torch.isfinite(logits[..., 1:]).all()
 
 
-def test_left_padding_does_not_change_the_next_item_logits():
-    policy = tiny_policy().eval()
+@pytest.mark.parametrize("positions", ["learned", "rotary"])
+def test_left_padding_does_not_change_the_next_item_logits(positions):
+    policy = tiny_policy(positions=positions).eval()
     with torch.no_grad():
         short = policy.next_item_logits(torch.tensor([[3, 4, 5]]))
         padded = policy.next_item_logits(torch.tensor([[0, 0, 0, 3, 4, 5]]))
@@ -73,8 +75,9 @@ def test_left_padding_does_not_change_the_next_item_logits():
     assert torch.isfinite(longer[:, 1:]).all()
 
 
-def test_checkpoint_round_trip_gives_the_same_outputs(tmp_path):
-    policy = tiny_policy(seed=1).eval()
+@pytest.mark.parametrize("positions", ["learned", "rotary"])
+def test_checkpoint_round_trip_gives_the_same_outputs(tmp_path, positions):
+    policy = tiny_policy(seed=1, positions=positions).eval()
     path = save_checkpoint(tmp_path / "policy.pt", policy, policy.cfg)
     payload = load_checkpoint(path)
     fresh = GenerativePolicy(PolicyConfig(**payload["config"]))
@@ -89,6 +92,36 @@ def test_checkpoint_round_trip_gives_the_same_outputs(tmp_path):
 def test_bad_head_count_is_rejected():
     with pytest.raises(ValueError, match="d_model=10 is not divisible by n_heads=4"):
         tiny_policy(d_model=10, n_heads=4)
+
+
+def test_unknown_positions_and_odd_rotary_heads_are_rejected():
+    with pytest.raises(ValueError, match="positions must be one of .* got 'sinusoidal'"):
+        tiny_policy(positions="sinusoidal")
+    with pytest.raises(ValueError, match="even head width"):
+        tiny_policy(positions="rotary", d_model=6, n_heads=2)
+
+
+def test_rotary_scores_depend_on_the_distance_between_query_and_key_alone():
+    """q at m, k at n: <rotate(q, m), rotate(k, n)> is the same for every shift of both, and changes with m - n."""
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 8)
+    cos, sin = rotary_angles(12, 8, torch.device("cpu"))
+
+    def score(m, n):
+        rq = rotate(q.view(1, 1, 1, 8), cos[m:m + 1], sin[m:m + 1])
+        rk = rotate(k.view(1, 1, 1, 8), cos[n:n + 1], sin[n:n + 1])
+        return (rq * rk).sum()
+
+    torch.testing.assert_close(score(5, 2), score(9, 6))
+    torch.testing.assert_close(score(3, 3), q @ k)  # no distance, no rotation
+    assert not torch.allclose(score(5, 2), score(5, 4))
+    rq = rotate(q.view(1, 1, 1, 8), cos[7:8], sin[7:8])
+    torch.testing.assert_close(rq.norm(), q.norm())  # a rotation keeps lengths
+
+
+def test_a_rotary_policy_has_no_position_embedding():
+    assert hasattr(tiny_policy(), "pos_emb")
+    assert not hasattr(tiny_policy(positions="rotary"), "pos_emb")
 
 
 def test_seen_bias_moves_the_items_already_in_the_window_once_per_occurrence():

@@ -158,3 +158,23 @@ def test_the_seen_bias_learns_not_to_repeat_where_users_never_repeat():
                              PretrainConfig(epochs=10, batch_size=16, lr=1e-2, weight_decay=0.0, patience=10),
                              device="cpu")
     assert SEEN_BIAS_SCALE * result.policy.seen_logit.item() < -2.0
+
+
+def test_rotary_positions_train_and_learned_ones_keep_the_resume_key_they_had():
+    """A policy with rotary positions pretrains; adding the `positions` knob left a learned-position run's resumable
+    state key as it was (the key below was computed before the knob existed)."""
+    from recmodels.tokenization.items import AtomicItems
+    from recmodels.training.pretraining import pretrain_fingerprint
+    from tests.synthetic import cyclic_interactions as synthetic_interactions
+
+    rotary = replace(TINY, positions="rotary")
+    result = pretrain_policy(cyclic_interactions(), N_ITEMS, rotary, PretrainConfig(epochs=3, batch_size=16))
+    losses = [row["train_loss"] for row in result.history]
+    assert losses[-1] < losses[0]
+
+    data = synthetic_interactions(n_users=10, n_items=N_ITEMS, events=6, rewards=(1.0,), seed=0)
+    windows = torch.arange(16).view(2, 8)
+    key = lambda cfg: pretrain_fingerprint(data, N_ITEMS, cfg, PretrainConfig(), AtomicItems(),  # noqa: E731
+                                           windows, windows, torch.device("cpu"))
+    assert key(TINY) == "a045fb8d4ffbc679b8e480cca2f6a8971c332a37d9a8adab9d8458883eb0b7c2"
+    assert key(rotary) != key(TINY)

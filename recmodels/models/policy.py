@@ -1,6 +1,7 @@
 """The generative recommender: a decoder-only causal transformer over item tokens.
 
-nanoGPT-style: pre-LN blocks, learned positions, input and output embeddings tied. With the
+nanoGPT-style: pre-LN blocks, learned positions (or rotary ones, `positions="rotary"`), input and output
+embeddings tied. With the
 atomic tokenization each item is one token (item_idx 1..n_items, 0 = padding), so the next-item
 distribution is a softmax over the whole catalog and no generated id can be a non-item.
 
@@ -29,6 +30,23 @@ def init_weights(m: nn.Module) -> None:
 
 
 SEEN_BIAS_SCALE = 10.0
+POSITIONS = ("learned", "rotary")
+ROTARY_BASE = 10_000.0  # RoFormer's
+
+
+def rotary_angles(T: int, head_dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [T, head_dim / 2] of the rotary position embedding (RoFormer) at positions 0..T-1."""
+    inv_freq = ROTARY_BASE ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    angles = torch.arange(T, device=device, dtype=torch.float32)[:, None] * inv_freq  # [T, head_dim / 2]
+    return angles.cos(), angles.sin()
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, H, T, dh] -> x with channel pairs (i, i + dh/2) rotated by their position's angle, so that a query at
+    position m and a key at n meet through m - n alone."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
 @dataclass
@@ -40,9 +58,17 @@ class PolicyConfig:
     n_heads: int = 2
     dropout: float = 0.2
     seen_bias: bool = True  # learn one logit added to the items already in the window (module doc)
+    positions: str = "learned"  # "learned": an embedding per window position; "rotary": q, k rotated (RoFormer)
 
     # what a saved config without a field means: checkpoints written before `seen_bias` existed have no bias
     SAVED_WITHOUT: ClassVar[dict] = {"seen_bias": False}
+
+    def __post_init__(self):
+        if self.positions not in POSITIONS:
+            raise ValueError(f"PolicyConfig.positions must be one of {POSITIONS}, got {self.positions!r}")
+        if self.positions == "rotary" and (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"rotary positions need an even head width, got d_model={self.d_model} / "
+                             f"n_heads={self.n_heads}")
 
 
 class CausalSelfAttention(nn.Module):
@@ -58,10 +84,14 @@ class CausalSelfAttention(nn.Module):
         self.dropout = cfg.dropout
         self.resid_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor,
+                rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """`rotary`: (cos, sin) of `rotary_angles` to rotate queries and keys by, or None (learned positions)."""
         B, T, D = x.shape
         q, k, v = self.qkv(x).split(D, dim=2)
         q, k, v = (t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))  # [B, H, T, d]
+        if rotary is not None:
+            q, k = rotate(q, *rotary), rotate(k, *rotary)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, T, D)))
@@ -80,8 +110,9 @@ class Block(nn.Module):
             nn.Linear(4 * cfg.d_model, cfg.d_model), nn.Dropout(cfg.dropout),
         )
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), allowed)
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor,
+                rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), allowed, rotary)
         return x + self.mlp(self.ln2(x))
 
 
@@ -90,7 +121,8 @@ class GenerativePolicy(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=0)
-        self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
+        if cfg.positions == "learned":
+            self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
@@ -110,15 +142,20 @@ class GenerativePolicy(nn.Module):
     def hidden(self, items: torch.Tensor) -> torch.Tensor:
         """items [B, T] (left-padded with 0) -> hidden states [B, T, d]."""
         B, T = items.shape
-        pos = torch.arange(T, device=items.device)
-        x = self.drop(self.tok_emb(items) + self.pos_emb(pos + self.cfg.max_len - T))
+        x = self.tok_emb(items)
+        rotary = None
+        if self.cfg.positions == "learned":  # right-aligned: the last position always has embedding max_len - 1
+            x = x + self.pos_emb(torch.arange(T, device=items.device) + self.cfg.max_len - T)
+        else:
+            rotary = rotary_angles(T, self.cfg.d_model // self.cfg.n_heads, items.device)
+        x = self.drop(x)
         # query t may see real keys s <= t; every query also sees itself, so that a padded
         # position never has an empty row (which would turn attention into NaN)
         causal = torch.tril(torch.ones(T, T, dtype=torch.bool, device=items.device))
         allowed = causal & (items != 0)[:, None, :]  # [B, T, T]
         allowed = (allowed | torch.eye(T, dtype=torch.bool, device=items.device))[:, None]  # [B, 1, T, T]
         for block in self.blocks:
-            x = block(x, allowed)
+            x = block(x, allowed, rotary)
         return self.ln_f(x)
 
     def logits(self, hidden: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:

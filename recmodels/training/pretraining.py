@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -278,9 +278,12 @@ def pretrain_fingerprint(interactions: pd.DataFrame, n_items: int, policy_config
         knobs = {k: v for k, v in knobs.items() if not k.startswith("distill_")}
     if not config.label_smoothing:  # as does a run without label smoothing
         knobs.pop("label_smoothing")
+    policy_knobs = {f.name: getattr(policy_config, f.name) for f in fields(policy_config)}
+    if policy_knobs.get("positions") == "learned":  # as does a policy with learned positions
+        policy_knobs.pop("positions")
     warm = [start_from.state_dict()] if start_from is not None else []  # a cold start keeps its former key
     warm += [{"teacher": teacher.state_dict()}] if teacher is not None else []
-    return fingerprint("pretraining", knobs, n_items, policy_config, type(tokenization).__name__, interactions,
+    return fingerprint("pretraining", knobs, n_items, policy_knobs, type(tokenization).__name__, interactions,
                        tokens, targets, device.type, *warm)
 
 
