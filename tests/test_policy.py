@@ -12,9 +12,12 @@ def tiny_policy(seed=0, **overrides):
     return GenerativePolicy(PolicyConfig(**{**cfg, **overrides}))
 
 
-@pytest.mark.parametrize("positions", ["learned", "rotary"])
-def test_forward_shapes_padding_logit_and_loss(positions):
-    policy = tiny_policy(positions=positions)
+ARCHITECTURES = [{"positions": "learned"}, {"positions": "rotary"}, {"block": "hstu"}]
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_forward_shapes_padding_logit_and_loss(architecture):
+    policy = tiny_policy(**architecture)
     items = torch.tensor([[0, 0, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]])
     targets = torch.tensor([[0, 0, 4, 5, 6, 7], [2, 3, 4, 5, 6, 7]])
     logits, loss = policy(items, targets)
@@ -64,9 +67,9 @@ def test_padded_rows_are_finite_in_eval_mode():
     assert torch.isfinite(logits[..., 1:]).all()
 
 
-@pytest.mark.parametrize("positions", ["learned", "rotary"])
-def test_left_padding_does_not_change_the_next_item_logits(positions):
-    policy = tiny_policy(positions=positions).eval()
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_left_padding_does_not_change_the_next_item_logits(architecture):
+    policy = tiny_policy(**architecture).eval()
     with torch.no_grad():
         short = policy.next_item_logits(torch.tensor([[3, 4, 5]]))
         padded = policy.next_item_logits(torch.tensor([[0, 0, 0, 3, 4, 5]]))
@@ -75,9 +78,9 @@ def test_left_padding_does_not_change_the_next_item_logits(positions):
     assert torch.isfinite(longer[:, 1:]).all()
 
 
-@pytest.mark.parametrize("positions", ["learned", "rotary"])
-def test_checkpoint_round_trip_gives_the_same_outputs(tmp_path, positions):
-    policy = tiny_policy(seed=1, positions=positions).eval()
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_checkpoint_round_trip_gives_the_same_outputs(tmp_path, architecture):
+    policy = tiny_policy(seed=1, **architecture).eval()
     path = save_checkpoint(tmp_path / "policy.pt", policy, policy.cfg)
     payload = load_checkpoint(path)
     fresh = GenerativePolicy(PolicyConfig(**payload["config"]))
@@ -94,9 +97,11 @@ def test_bad_head_count_is_rejected():
         tiny_policy(d_model=10, n_heads=4)
 
 
-def test_unknown_positions_and_odd_rotary_heads_are_rejected():
+def test_unknown_positions_blocks_and_odd_rotary_heads_are_rejected():
     with pytest.raises(ValueError, match="positions must be one of .* got 'sinusoidal'"):
         tiny_policy(positions="sinusoidal")
+    with pytest.raises(ValueError, match="block must be one of .* got 'mamba'"):
+        tiny_policy(block="mamba")
     with pytest.raises(ValueError, match="even head width"):
         tiny_policy(positions="rotary", d_model=6, n_heads=2)
 
@@ -117,6 +122,28 @@ def test_rotary_scores_depend_on_the_distance_between_query_and_key_alone():
     assert not torch.allclose(score(5, 2), score(5, 4))
     rq = rotate(q.view(1, 1, 1, 8), cos[7:8], sin[7:8])
     torch.testing.assert_close(rq.norm(), q.norm())  # a rotation keeps lengths
+
+
+def test_an_hstu_block_attends_with_silu_weights_to_the_keys_it_may_see():
+    """By hand for one head: SiLU(q.k + distance bias) / max_len over the allowed keys, gated by u after ln."""
+    torch.manual_seed(0)
+    policy = tiny_policy(block="hstu", n_heads=1, dropout=0.0).eval()
+    block = policy.blocks[0]
+    with torch.no_grad():
+        block.distance_bias.copy_(torch.linspace(-1, 1, 6))
+        x = torch.randn(1, 4, 16)
+        allowed = torch.tril(torch.ones(4, 4, dtype=torch.bool))
+        allowed[:, 1] = False  # position 1 is padding: no query sees it ...
+        allowed[1, 1] = True  # ... but itself
+        u, v, q, k = torch.nn.functional.silu(block.uvqk(block.ln(x[0]))).split(16, dim=1)
+        expected = torch.zeros(4, 16)
+        for t in range(4):
+            for s in range(4):
+                if allowed[t, s]:
+                    w = torch.nn.functional.silu(q[t] @ k[s] + block.distance_bias[t - s]) / 6
+                    expected[t] += w * v[s]
+        expected = x[0] + block.proj(block.ln_attn(expected) * u)
+        torch.testing.assert_close(block(x, allowed[None, None]), expected[None])
 
 
 def test_a_rotary_policy_has_no_position_embedding():

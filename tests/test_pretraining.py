@@ -160,8 +160,8 @@ def test_the_seen_bias_learns_not_to_repeat_where_users_never_repeat():
     assert SEEN_BIAS_SCALE * result.policy.seen_logit.item() < -2.0
 
 
-def test_rotary_positions_train_and_learned_ones_keep_the_resume_key_they_had():
-    """A policy with rotary positions pretrains; adding the `positions` knob left a learned-position run's resumable
+def test_rotary_positions_train_and_former_architectures_keep_the_resume_key_they_had():
+    """A policy with rotary positions pretrains; adding the `positions` and `block` knobs left a former run's resumable
     state key as it was (the key below was computed before the knob existed)."""
     from recmodels.tokenization.items import AtomicItems
     from recmodels.training.pretraining import pretrain_fingerprint
@@ -177,4 +177,4 @@ def test_rotary_positions_train_and_learned_ones_keep_the_resume_key_they_had():
     key = lambda cfg: pretrain_fingerprint(data, N_ITEMS, cfg, PretrainConfig(), AtomicItems(),  # noqa: E731
                                            windows, windows, torch.device("cpu"))
     assert key(TINY) == "a045fb8d4ffbc679b8e480cca2f6a8971c332a37d9a8adab9d8458883eb0b7c2"
-    assert key(rotary) != key(TINY)
+    assert key(rotary) != key(TINY) != key(replace(TINY, block="hstu"))

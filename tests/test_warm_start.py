@@ -63,6 +63,7 @@ def test_the_warm_started_trunk_reads_a_window_as_the_atomic_policy_did():
     ({}, {"d_model": 16}, "d_model 32 vs 16"),
     ({"item_prefixes": False, "prefix_logits": False}, {}, "item_prefixes=False"),
     ({}, {"positions": "rotary"}, "positions='rotary'"),
+    ({}, {"block": "hstu"}, "block='hstu'"),
 ])
 def test_a_policy_it_cannot_start_from_is_refused_and_left_as_it_was(changes, atomic_size, message):
     semantic = semantic_policy(shuffled_ids(), **changes)

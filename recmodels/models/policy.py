@@ -1,7 +1,7 @@
 """The generative recommender: a decoder-only causal transformer over item tokens.
 
 nanoGPT-style: pre-LN blocks, learned positions (or rotary ones, `positions="rotary"`), input and output
-embeddings tied. With the
+embeddings tied. `block="hstu"` swaps the transformer blocks for HSTU's (module `HSTUBlock`). With the
 atomic tokenization each item is one token (item_idx 1..n_items, 0 = padding), so the next-item
 distribution is a softmax over the whole catalog and no generated id can be a non-item.
 
@@ -31,6 +31,7 @@ def init_weights(m: nn.Module) -> None:
 
 SEEN_BIAS_SCALE = 10.0
 POSITIONS = ("learned", "rotary")
+BLOCKS = ("transformer", "hstu")
 ROTARY_BASE = 10_000.0  # RoFormer's
 
 
@@ -59,6 +60,7 @@ class PolicyConfig:
     dropout: float = 0.2
     seen_bias: bool = True  # learn one logit added to the items already in the window (module doc)
     positions: str = "learned"  # "learned": an embedding per window position; "rotary": q, k rotated (RoFormer)
+    block: str = "transformer"  # "transformer": attention + MLP (SASRec's); "hstu": HSTU's gated SiLU attention
 
     # what a saved config without a field means: checkpoints written before `seen_bias` existed have no bias
     SAVED_WITHOUT: ClassVar[dict] = {"seen_bias": False}
@@ -66,6 +68,8 @@ class PolicyConfig:
     def __post_init__(self):
         if self.positions not in POSITIONS:
             raise ValueError(f"PolicyConfig.positions must be one of {POSITIONS}, got {self.positions!r}")
+        if self.block not in BLOCKS:
+            raise ValueError(f"PolicyConfig.block must be one of {BLOCKS}, got {self.block!r}")
         if self.positions == "rotary" and (self.d_model // self.n_heads) % 2:
             raise ValueError(f"rotary positions need an even head width, got d_model={self.d_model} / "
                              f"n_heads={self.n_heads}")
@@ -116,6 +120,39 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
+class HSTUBlock(nn.Module):
+    """One HSTU layer (Zhai et al., 2024, "Actions speak louder than words"), dense form: from ln(x), one projection
+    to u, v, q, k (SiLU); attention weights SiLU(q.k + relative position bias) / max_len, not a softmax, zero where a key
+    may not be seen; the output ln(attention @ v) gated by u, projected, added to x. No MLP."""
+
+    def __init__(self, cfg: PolicyConfig):
+        super().__init__()
+        if cfg.d_model % cfg.n_heads:
+            raise ValueError(f"d_model={cfg.d_model} is not divisible by n_heads={cfg.n_heads}")
+        self.n_heads = cfg.n_heads
+        self.ln = nn.LayerNorm(cfg.d_model)
+        self.uvqk = nn.Linear(cfg.d_model, 4 * cfg.d_model)
+        self.ln_attn = nn.LayerNorm(cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.distance_bias = nn.Parameter(torch.zeros(cfg.max_len))  # by how far back the key is (0 = itself)
+        self.scale = 1.0 / cfg.max_len  # HSTU's 1 / n: the same for every window length, so left padding is neutral
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor,
+                rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        B, T, D = x.shape
+        u, v, q, k = F.silu(self.uvqk(self.ln(x))).split(D, dim=2)
+        v, q, k = (t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (v, q, k))  # [B, H, T, d]
+        if rotary is not None:
+            q, k = rotate(q, *rotary), rotate(k, *rotary)
+        pos = torch.arange(T, device=x.device)
+        distance = (pos[:, None] - pos[None, :]).clamp(min=0)  # [T, T]; keys after the query are masked anyway
+        weights = F.silu(q @ k.transpose(-2, -1) + self.distance_bias[distance]) * self.scale  # [B, H, T, T]
+        y = (weights * allowed) @ v  # [B, H, T, d]
+        y = self.ln_attn(y.transpose(1, 2).reshape(B, T, D)) * u
+        return x + self.proj(self.drop(y))
+
+
 class GenerativePolicy(nn.Module):
     def __init__(self, cfg: PolicyConfig):
         super().__init__()
@@ -124,7 +161,8 @@ class GenerativePolicy(nn.Module):
         if cfg.positions == "learned":
             self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        block = HSTUBlock if cfg.block == "hstu" else Block
+        self.blocks = nn.ModuleList(block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.apply(init_weights)
         if cfg.seen_bias:  # SEEN_BIAS_SCALE * seen_logit is the logit added; scaled so that AdamW moves it

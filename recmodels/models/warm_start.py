@@ -36,9 +36,9 @@ def start_from_atomic(semantic: torch.nn.Module, atomic: torch.nn.Module) -> Non
         raise ValueError("a warm start needs a semantic policy with trunk='items' and item_prefixes=True "
                          f"(one row per item to take the atomic embedding), got {type(semantic).__name__} "
                          f"with item_prefixes={item_prefixes}")
-    if atomic.cfg.positions != "learned":
-        raise ValueError(f"a warm start copies the atomic policy's learned positions; it has "
-                         f"positions={atomic.cfg.positions!r}")
+    if (atomic.cfg.positions, atomic.cfg.block) != ("learned", "transformer"):
+        raise ValueError("a warm start copies learned positions and transformer blocks; the atomic policy has "
+                         f"positions={atomic.cfg.positions!r}, block={atomic.cfg.block!r}")
     differ = {k: (getattr(semantic.cfg, k), getattr(atomic.cfg, k)) for k in SHARED_SIZES
               if getattr(semantic.cfg, k) != getattr(atomic.cfg, k)}
     if differ:

@@ -279,8 +279,9 @@ def pretrain_fingerprint(interactions: pd.DataFrame, n_items: int, policy_config
     if not config.label_smoothing:  # as does a run without label smoothing
         knobs.pop("label_smoothing")
     policy_knobs = {f.name: getattr(policy_config, f.name) for f in fields(policy_config)}
-    if policy_knobs.get("positions") == "learned":  # as does a policy with learned positions
-        policy_knobs.pop("positions")
+    for knob, former in (("positions", "learned"), ("block", "transformer")):  # as does a policy without them
+        if policy_knobs.get(knob) == former:
+            policy_knobs.pop(knob)
     warm = [start_from.state_dict()] if start_from is not None else []  # a cold start keeps its former key
     warm += [{"teacher": teacher.state_dict()}] if teacher is not None else []
     return fingerprint("pretraining", knobs, n_items, policy_knobs, type(tokenization).__name__, interactions,
