@@ -162,7 +162,7 @@ def test_the_seen_bias_learns_not_to_repeat_where_users_never_repeat():
 
 def test_rotary_positions_train_and_former_architectures_keep_the_resume_key_they_had():
     """A policy with rotary positions pretrains; adding the `positions` and `block` knobs left a former run's resumable
-    state key as it was (the key below was computed before the knob existed)."""
+    state key as it was (the key below was computed before the knobs existed)."""
     from recmodels.tokenization.items import AtomicItems
     from recmodels.training.pretraining import pretrain_fingerprint
     from tests.synthetic import cyclic_interactions as synthetic_interactions
