@@ -1,7 +1,7 @@
 """Seconds per pretraining step of the atomic and the semantic-ID policies on MovieLens-100k's catalog, as JSON.
 
     python benchmarks/training_step.py [--batch 128] [--steps 8] [--rounds 3] [--threads 1]
-        [--variant NAME:FIELD=VALUE,FIELD=VALUE ...] [--cache-dir DIR]
+        [--variant NAME:FIELD=VALUE,FIELD=VALUE ...] [--atomic-variant NAME:FIELD=VALUE,...] [--cache-dir DIR]
 
 One step is what pretraining does per batch: the tokenization's window tokens, `window_nll`, backward and an
 AdamW update, on `--batch` full windows of max_len items drawn at random from the catalog (the cost depends on
@@ -10,7 +10,8 @@ policies are built by their tokenization at the library's default size. Each var
 after two untimed ones, the variants in turn, `--rounds` times; the JSON gives each variant's median seconds per
 step and its throughput relative to the atomic policy (the issue's speed goal: semantic >= 50% of atomic).
 Variants: `atomic`, `semantic` (the library defaults: item prefix logits), then each `--variant`
-(SemanticPolicyConfig fields; default: the plain code head, and prefix logits over 2,048 hashed rows per level).
+(SemanticPolicyConfig fields; default: the plain code head, and prefix logits over 2,048 hashed rows per level),
+and each `--atomic-variant` (PolicyConfig fields, e.g. `hstu:block=hstu`).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import statistics
 import time
 from pathlib import Path
 
-from pretrain_protocols import semantic_overrides  # beside this file
+from pretrain_protocols import overrides, semantic_overrides  # beside this file
 
 DEFAULT_VARIANTS = ["plain_code_head:item_prefixes=false,prefix_logits=false",
                     "hashed_prefix_logits:item_prefixes=false,prefix_buckets=2048"]
@@ -36,6 +37,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--variant", action="append", default=None, metavar="NAME:FIELD=VALUE,...",
                         help="a semantic policy with these SemanticPolicyConfig fields; repeatable")
+    parser.add_argument("--atomic-variant", action="append", default=[], metavar="NAME:FIELD=VALUE,...",
+                        help="an atomic policy with these PolicyConfig fields; repeatable")
     parser.add_argument("--cache-dir", default=str(Path(__file__).resolve().parents[1] / ".recalign" / "cache"))
     args = parser.parse_args()
 
@@ -65,6 +68,12 @@ def main() -> None:
         fields = semantic_overrides([p for p in pairs.split(",") if p])
         setups[name] = (SemanticItems(ids), SemanticPolicyConfig(level_sizes=ids.level_sizes, n_items=data.n_items,
                                                                  **fields))
+    for spec in args.atomic_variant:
+        name, _, pairs = spec.partition(":")
+        training, fields = overrides([p for p in pairs.split(",") if p])
+        if training:
+            raise SystemExit(f"--atomic-variant {spec}: {sorted(training)} are training knobs, not PolicyConfig fields")
+        setups[name] = (AtomicItems(), PolicyConfig(vocab_size=data.n_items + 1, **fields))
     steps = {}
     for name, (tokenization, config) in setups.items():
         torch.manual_seed(0)

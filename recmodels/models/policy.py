@@ -121,9 +121,10 @@ class Block(nn.Module):
 
 
 class HSTUBlock(nn.Module):
-    """One HSTU layer (Zhai et al., 2024, "Actions speak louder than words"), dense form: from ln(x), one projection
-    to u, v, q, k (SiLU); attention weights SiLU(q.k + relative position bias) / max_len, not a softmax, zero where a key
-    may not be seen; the output ln(attention @ v) gated by u, projected, added to x. No MLP."""
+    """One HSTU layer (Zhai et al., 2024, "Actions speak louder than words"), dense form: from ln(x), one
+    projection to u, v, q, k (SiLU); attention weights SiLU(q.k + relative position bias) / max_len, not a
+    softmax, zero where a key may not be seen; the output ln(attention @ v) gated by u, projected, added to x.
+    No MLP."""
 
     def __init__(self, cfg: PolicyConfig):
         super().__init__()
