@@ -75,13 +75,18 @@ class PolicyConfig:
                              f"n_heads={self.n_heads}")
 
 
+def check_heads(cfg) -> None:
+    """Raise ValueError unless d_model splits into n_heads heads (every attention of both policies needs it)."""
+    if cfg.d_model % cfg.n_heads:
+        raise ValueError(f"d_model={cfg.d_model} is not divisible by n_heads={cfg.n_heads}")
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention under a boolean mask (True = may attend)."""
 
     def __init__(self, cfg: PolicyConfig):
         super().__init__()
-        if cfg.d_model % cfg.n_heads:
-            raise ValueError(f"d_model={cfg.d_model} is not divisible by n_heads={cfg.n_heads}")
+        check_heads(cfg)
         self.n_heads = cfg.n_heads
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
@@ -128,8 +133,7 @@ class HSTUBlock(nn.Module):
 
     def __init__(self, cfg: PolicyConfig):
         super().__init__()
-        if cfg.d_model % cfg.n_heads:
-            raise ValueError(f"d_model={cfg.d_model} is not divisible by n_heads={cfg.n_heads}")
+        check_heads(cfg)
         self.n_heads = cfg.n_heads
         self.ln = nn.LayerNorm(cfg.d_model)
         self.uvqk = nn.Linear(cfg.d_model, 4 * cfg.d_model)
