@@ -3,16 +3,17 @@ print JSON.
 
     python benchmarks/ddp_step.py [--steps 40] [--warmup 5] [--batch-size 128] [--repeat 3] [--out ddp_step.json]
 
-Three runs on the same windows and the same sequence of global batches, one thread per process
-(OMP_NUM_THREADS=1):
+Four runs on the same windows and the same sequence of global batches, one thread per process
+(OMP_NUM_THREADS=1) but in `plain-2t`:
 
-    plain   one process, the step of `pretrain_policy` (mean NLL of the batch, no process group)
+    plain     one process, the step of `pretrain_policy` (mean NLL of the batch, no process group)
+    plain-2t  the same with two torch threads: the chain's pretraining step on a 2-core machine
     ddp-1   torchrun --nproc_per_node 1: the data-parallel step of `recmodels.training.distributed` (gloo)
     ddp-2   torchrun --nproc_per_node 2: each process half of every global batch, gradients all-reduced (gloo)
 
 The windows are those of MovieLens-100k when its wheel is in the cache (`make fetch-data`), else of a synthetic
 table of its size (943 users, 1,682 items, 100,000 events, per-user counts spread like MovieLens-100k's);
-default `PretrainConfig` / `PolicyConfig` (max_len 50, d_model 64, 2 layers, 2 heads, dropout 0.2).
+default `PretrainConfig` / `PolicyConfig` (the JSON's "model").
 Seconds per step: the mean over `--steps` timed steps after `--warmup` untimed ones (rank 0's clock; the
 processes keep in step through the all-reduce), of the fastest of `--repeat` interleaved runs of each kind;
 windows/s = global batch / seconds per step; rank0_cpu_s_per_step: rank 0's CPU time per step (its share of
@@ -91,7 +92,7 @@ def worker(args) -> None:
     from recmodels.runtime import seed_everything
     from recmodels.training.pretraining import PretrainConfig, prepare_pretraining, window_nll
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     meta = json.loads(Path(args.data, "meta.json").read_text())
     data = prepare_pretraining(pd.read_parquet(Path(args.data, "interactions.parquet")), meta["n_items"],
                                config=PretrainConfig(batch_size=args.batch_size))
@@ -132,15 +133,15 @@ def worker(args) -> None:
     if rank == 0:
         mean = sum(seconds) / len(seconds)
         Path(args.out).write_text(json.dumps({
-            "processes": world, "s_per_step": round(mean, 5), "s_per_step_median": round(statistics.median(seconds), 5),
+            "processes": world, "threads": torch.get_num_threads(), "s_per_step": round(mean, 5), "s_per_step_median": round(statistics.median(seconds), 5),
             "windows_per_s": round(args.batch_size / mean, 1), "per_process_batch": args.batch_size // world,
             "rank0_cpu_s_per_step": round(cpu_per_step, 5)}))
     if args.worker == "ddp":
         distributed.close()
 
 
-def run(command: list[str], out: Path) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def run(command: list[str], out: Path, threads: int = 1) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
@@ -157,6 +158,7 @@ def main() -> None:
     parser.add_argument("--out", help="also write the JSON here")
     parser.add_argument("--worker", choices=("plain", "ddp"), help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
@@ -173,10 +175,12 @@ def main() -> None:
         data = prepare_pretraining(table, n_items, config=PretrainConfig(batch_size=args.batch_size))
         common = [str(Path(__file__).resolve()), "--data", tmp, "--steps", str(args.steps), "--warmup",
                   str(args.warmup), "--batch-size", str(args.batch_size)]
-        trials = {"plain": [], "ddp-1": [], "ddp-2": []}
+        trials = {"plain": [], "plain-2t": [], "ddp-1": [], "ddp-2": []}
         out = Path(tmp, "out.json")
         for _ in range(args.repeat):  # interleaved, so that a burst of other work hits every kind alike
             trials["plain"].append(run([sys.executable, *common, "--worker", "plain", "--out", str(out)], out))
+            trials["plain-2t"].append(run([sys.executable, *common, "--worker", "plain", "--threads", "2",
+                                           "--out", str(out)], out, threads=2))
             for nproc in (1, 2):
                 trials[f"ddp-{nproc}"].append(run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                    "--nproc_per_node", str(nproc), *common, "--worker", "ddp",
@@ -186,11 +190,12 @@ def main() -> None:
         "load_average_before": load_before, "load_average_after": round(os.getloadavg()[0], 2),
         "data": source, "windows": data.n_windows, "max_len": data.config.max_len, "global_batch": args.batch_size,
         "model": {k: v for k, v in vars(data.policy_config).items() if k != "vocab_size"},
-        "steps_timed": args.steps, "warmup_steps": args.warmup, "threads_per_process": 1, "backend": "gloo",
+        "steps_timed": args.steps, "warmup_steps": args.warmup, "threads_per_process": "1 (plain-2t: 2)", "backend": "gloo",
         "torch": torch.__version__, "cpu_cores": os.cpu_count(), "machine": platform.processor() or platform.machine(),
         "repeats": args.repeat, "runs": runs,
         "s_per_step_of_each_repeat": {kind: [r["s_per_step"] for r in results] for kind, results in trials.items()},
         "speedup_ddp2_vs_plain": round(runs["plain"]["s_per_step"] / runs["ddp-2"]["s_per_step"], 3),
+        "speedup_ddp2_vs_plain_2t": round(runs["plain-2t"]["s_per_step"] / runs["ddp-2"]["s_per_step"], 3),
         "speedup_ddp2_vs_ddp1": round(runs["ddp-1"]["s_per_step"] / runs["ddp-2"]["s_per_step"], 3),
     }
     text = json.dumps(report, indent=1)
