@@ -1,7 +1,7 @@
 """Pretrain the atomic policy on one data set and print its test accuracy under both protocols as JSON.
 
     python benchmarks/pretrain_protocols.py --dataset movielens-1m [--epochs 100] [--max-len 50] [--device cuda]
-        [--set seen_bias=true --set lr=0.002 ...] [--out result.json]
+        [--nproc-per-node 2] [--set seen_bias=true --set lr=0.002 ...] [--out result.json]
 
 `--set NAME=VALUE` overrides one field of `PretrainConfig` or `PolicyConfig` (an experiment: one change at a
 time against the defaults); the JSON names every override.
@@ -11,7 +11,9 @@ then the test split ranked once over the full catalog: masked (history excluded,
 primary protocol, and the one of the HSTU repository's tables) and unmasked (history included,
 RecBole's protocol for sequential models), HR@10 / NDCG@10 with 95% bootstrap intervals, and the
 mean number of already-seen items in the unmasked top 10, and the MFU of a training step (`mfu.py`).
-Runs on CUDA when present.
+Runs on CUDA when present. `--nproc-per-node N` (N > 1) pretrains data-parallel instead, as the chain's
+`pretrained_policy` does with that config: `torchrun --nproc_per_node N -m recmodels.training.distributed` on a
+job spec, the cores shared among the processes (`OMP_NUM_THREADS`), then ranks the lead's checkpoint here.
 """
 from __future__ import annotations
 
@@ -19,6 +21,9 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -92,6 +97,35 @@ def overrides(pairs: list[str]) -> tuple[dict, dict]:
     return train, policy
 
 
+def pretrain_data_parallel(table, n_items: int, policy_config, config, nproc: int):
+    """Pretrain in `nproc` torchrun processes on this machine's cores; return a result like `pretrain_policy`'s
+    (policy, history, best epoch and valid NDCG@10) with the lead's checkpoint loaded on the CPU."""
+    from types import SimpleNamespace
+
+    from recmodels.runtime import threads_per_process
+    from recmodels.storage.model_io import load_policy
+    from recmodels.training.distributed import job_spec
+
+    threads = threads_per_process(nproc)
+    with tempfile.TemporaryDirectory(prefix="pretrain-protocols-") as tmp:
+        table.to_parquet(Path(tmp, "interactions.parquet"), index=False)
+        spec = job_spec(Path(tmp, "interactions.parquet"), n_items, "atomic", config, policy_config,
+                        Path(tmp, "policy.pt"))
+        Path(tmp, "spec.json").write_text(json.dumps(spec))
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+                   "-m", "recmodels.training.distributed", "--spec", str(Path(tmp, "spec.json")),
+                   "--out", str(Path(tmp, "summary.json"))]
+        done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"{' '.join(command)} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+        summary = json.loads(Path(tmp, "summary.json").read_text())
+        policy = load_policy(Path(tmp, "policy.pt"))
+    return SimpleNamespace(policy=policy, policy_config=policy.cfg, history=summary["history"],
+                           best_epoch=summary["best_epoch"], best_valid_ndcg10=summary["best_valid_ndcg10"],
+                           threads_per_process=threads)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=DATASETS, default="movielens-100k")
@@ -100,6 +134,8 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="override a PretrainConfig or PolicyConfig field (repeatable)")
+    parser.add_argument("--nproc-per-node", type=int, default=1,
+                        help="data-parallel processes (torchrun; default 1: this process)")
     parser.add_argument("--out", default=None, help="also write the JSON to this file")
     parser.add_argument("--cache-dir", default=str(Path(__file__).resolve().parents[1] / ".recalign" / "cache"))
     args = parser.parse_args()
@@ -123,7 +159,10 @@ def main() -> None:
     policy_config = PolicyConfig(vocab_size=data.n_items + 1, **({"max_len": args.max_len} if args.max_len else {}),
                                  **policy_set)
     start = time.perf_counter()
-    result = pretrain_policy(data.table, data.n_items, policy_config=policy_config, config=config, device=device)
+    if args.nproc_per_node > 1:
+        result = pretrain_data_parallel(data.table, data.n_items, policy_config, config, args.nproc_per_node)
+    else:
+        result = pretrain_policy(data.table, data.n_items, policy_config=policy_config, config=config, device=device)
     seconds = time.perf_counter() - start
     from mfu import training_step_mfu  # beside this file
 
@@ -145,7 +184,9 @@ def main() -> None:
         "windows_per_s": round(sum(h["sequences_per_s"] for h in result.history) / len(result.history), 1),
         "curve": curve(result.history),
         "device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-        "torch_threads": torch.get_num_threads(), "retains_freed_memory": retains_freed_memory,
+        "torch_threads": torch.get_num_threads(), "nproc_per_node": args.nproc_per_node,
+        "threads_per_process": result.threads_per_process if args.nproc_per_node > 1 else torch.get_num_threads(),
+        "retains_freed_memory": retains_freed_memory,
         "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
     }
     if result.policy.seen_bias_logit is not None:
