@@ -1,7 +1,8 @@
 """Seconds per pretraining step of the atomic and the semantic-ID policies on MovieLens-100k's catalog, as JSON.
 
     python benchmarks/training_step.py [--batch 128] [--steps 8] [--rounds 3] [--threads 1]
-        [--variant NAME:FIELD=VALUE,FIELD=VALUE ...] [--atomic-variant NAME:FIELD=VALUE,...] [--cache-dir DIR]
+        [--variant NAME:FIELD=VALUE,FIELD=VALUE ...] [--atomic-variant NAME:FIELD=VALUE,...] [--compile]
+        [--cache-dir DIR]
 
 One step is what pretraining does per batch: the tokenization's window tokens, `window_nll`, backward and an
 AdamW update, on `--batch` full windows of max_len items drawn at random from the catalog (the cost depends on
@@ -11,7 +12,10 @@ after two untimed ones, the variants in turn, `--rounds` times; the JSON gives e
 step and its throughput relative to the atomic policy (the issue's speed goal: semantic >= 50% of atomic).
 Variants: `atomic`, `semantic` (the library defaults: item prefix logits), then each `--variant`
 (SemanticPolicyConfig fields; default: the plain code head, and prefix logits over 2,048 hashed rows per level),
-and each `--atomic-variant` (PolicyConfig fields, e.g. `hstu:block=hstu`).
+and each `--atomic-variant` (PolicyConfig fields, e.g. `hstu:block=hstu`). `--compile` adds `atomic_compiled`:
+the atomic policy with its transformer (`GenerativePolicy.hidden`) compiled by `torch.compile` (inductor, static
+shapes, `fallback_random` so that its dropout masks are eager's); its first step, compilation included, is timed
+apart (`compile_seconds`).
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ def main() -> None:
                         help="a semantic policy with these SemanticPolicyConfig fields; repeatable")
     parser.add_argument("--atomic-variant", action="append", default=[], metavar="NAME:FIELD=VALUE,...",
                         help="an atomic policy with these PolicyConfig fields; repeatable")
+    parser.add_argument("--compile", action="store_true", help="also time the atomic policy under torch.compile")
     parser.add_argument("--cache-dir", default=str(Path(__file__).resolve().parents[1] / ".recalign" / "cache"))
     args = parser.parse_args()
 
@@ -74,10 +79,17 @@ def main() -> None:
         if training:
             raise SystemExit(f"--atomic-variant {spec}: {sorted(training)} are training knobs, not PolicyConfig fields")
         setups[name] = (AtomicItems(), PolicyConfig(vocab_size=data.n_items + 1, **fields))
+    if args.compile:
+        setups["atomic_compiled"] = setups["atomic"]
     steps = {}
     for name, (tokenization, config) in setups.items():
         torch.manual_seed(0)
         policy = tokenization.build_policy(config).train()
+        if name == "atomic_compiled":
+            import torch._inductor.config
+
+            torch._inductor.config.fallback_random = True  # dropout draws eager's masks from torch's generator
+            policy.hidden = torch.compile(policy.hidden, dynamic=False)
         optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-3)
         tokens, targets = tokenization.window_tokens(items[:, :-1], items[:, 1:])
         steps[name] = (policy, optimizer, tokens, targets)
@@ -87,6 +99,11 @@ def main() -> None:
         window_nll(policy, tokens, targets).backward()
         optimizer.step()
 
+    compile_seconds = None
+    if args.compile:
+        start = time.perf_counter()
+        step(*steps["atomic_compiled"])
+        compile_seconds = round(time.perf_counter() - start, 1)
     seconds = {name: [] for name in steps}
     for _ in range(args.rounds):
         for name, run in steps.items():
@@ -104,6 +121,7 @@ def main() -> None:
                                "median_seconds_per_step": round(statistics.median(seconds[name]), 4),
                                "throughput_vs_atomic": round(atomic / statistics.median(seconds[name]), 3)}
                         for name in steps},
+           "compile_seconds": compile_seconds,
            "torch_threads": torch.get_num_threads(), "retains_freed_memory": retains_freed_memory, "cpu_count": os.cpu_count(),
            "python": platform.python_version(), "torch": torch.__version__}
     print(json.dumps(out, indent=2))
