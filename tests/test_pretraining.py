@@ -178,3 +178,54 @@ def test_rotary_positions_train_and_former_architectures_keep_the_resume_key_the
                                            windows, windows, torch.device("cpu"))
     assert key(TINY) == "a045fb8d4ffbc679b8e480cca2f6a8971c332a37d9a8adab9d8458883eb0b7c2"
     assert key(rotary) != key(TINY) != key(replace(TINY, block="hstu"))
+
+
+def test_the_weight_average_is_what_is_evaluated_kept_and_resumed(monkeypatch, tmp_path):
+    """With `ema_decay`, each evaluation ranks the exponential moving average of the weights after every optimizer
+    step (the formula by hand), the best average is returned, training itself is unchanged, and a run stopped
+    half-way resumes to the same average."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    df, decay = cyclic_interactions(), 0.7
+    config = PretrainConfig(epochs=4, batch_size=16, lr=1e-2, patience=4, ema_decay=decay)
+    trained, evaluated = [], []  # the parameters (in the optimizer's order) after each step; at each evaluation
+    real_evaluate = pretraining.evaluate_valid
+
+    def recording_evaluate(policy, examples, device, tokenization):
+        evaluated.append([p.detach().clone() for p in policy.parameters()])
+        return real_evaluate(policy, examples, device, tokenization)
+
+    monkeypatch.setattr(pretraining, "evaluate_valid", recording_evaluate)
+    handle = register_optimizer_step_post_hook(
+        lambda optimizer, args, kwargs: trained.append([p.detach().clone() for p in optimizer.param_groups[0]["params"]]))
+    try:
+        averaged = pretrain_policy(df, N_ITEMS, TINY, config, device="cpu")
+    finally:
+        handle.remove()
+    assert len(evaluated) == 4 and len(trained) % 4 == 0
+    steps_per_epoch, average = len(trained) // 4, trained[0]
+    for t, weights in enumerate(trained[1:], start=2):
+        average = [decay * a + (1 - decay) * w for a, w in zip(average, weights)]
+        if t % steps_per_epoch == 0:  # the end of an epoch: what was evaluated is the average by hand
+            for got, want in zip(evaluated[t // steps_per_epoch - 1], average):
+                torch.testing.assert_close(got, want)
+    best = evaluated[averaged.best_epoch - 1]
+    assert all(torch.equal(p, b) for p, b in zip(averaged.policy.parameters(), best))
+    assert not all(torch.equal(p, w) for p, w in zip(averaged.policy.parameters(), trained[-1]))
+
+    plain = pretrain_policy(df, N_ITEMS, TINY, replace(config, ema_decay=0.0), device="cpu")
+    assert [r["train_loss"] for r in plain.history] == [r["train_loss"] for r in averaged.history]
+    assert [r["valid_ndcg@10"] for r in plain.history] != [r["valid_ndcg@10"] for r in averaged.history]
+
+    def stop_at_epoch_3(row):
+        if row["epoch"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # epoch 3 stops before its save: the state holds epochs 1-2
+        pretrain_policy(df, N_ITEMS, TINY, config, device="cpu", resume_dir=tmp_path, callback=stop_at_epoch_3)
+    resumed = pretrain_policy(df, N_ITEMS, TINY, config, device="cpu", resume_dir=tmp_path)
+    assert resumed.resumed_from_epoch == 2
+    assert [r["valid_ndcg@10"] for r in resumed.history] == [r["valid_ndcg@10"] for r in averaged.history]
+    assert all(torch.equal(p, b) for p, b in zip(resumed.policy.parameters(), best))
+    with pytest.raises(ValueError, match=r"ema_decay must lie in \[0, 1\), got 1.0"):
+        pretrain_policy(df, N_ITEMS, TINY, replace(config, ema_decay=1.0))

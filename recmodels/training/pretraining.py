@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -40,6 +41,7 @@ from recmodels.storage.checkpoints import fingerprint, load_training_state, save
 from recmodels.tokenization.items import AtomicItems, ItemTokenization
 from recmodels.training.distillation import check_teacher, distilled_window_loss
 from recmodels.training.early_stopping import BestWeights
+from recmodels.training.weight_average import WeightAverage
 
 REQUIRED_COLUMNS = ("user_idx", "item_idx", "reward", "split")
 
@@ -66,6 +68,9 @@ class PretrainConfig:
     # share of each target's probability spread evenly over the tokens the policy may predict there (those with a
     # finite logit: never padding); 0: the plain next-token NLL
     label_smoothing: float = 0.0
+    # the weights evaluated and kept are an exponential moving average of the trained ones with this decay per
+    # optimizer step (`recmodels.training.weight_average`); 0: the trained weights themselves
+    ema_decay: float = 0.0
 
 
 SCHEDULES = ("constant", "cosine")
@@ -170,6 +175,8 @@ def check_pretrain_config(config: PretrainConfig) -> None:
     if config.label_smoothing and config.distill_weight:
         raise ValueError("PretrainConfig.label_smoothing and distill_weight are both > 0: the distillation loss "
                          "has no label smoothing; set one of them")
+    if not 0.0 <= config.ema_decay < 1.0:
+        raise ValueError(f"PretrainConfig.ema_decay must lie in [0, 1), got {config.ema_decay}")
     if config.stride is not None and not 1 <= config.stride <= config.max_len:
         raise ValueError(f"PretrainConfig.stride must lie in 1..max_len={config.max_len}, got {config.stride}")
 
@@ -276,8 +283,9 @@ def pretrain_fingerprint(interactions: pd.DataFrame, n_items: int, policy_config
     knobs = {k: v for k, v in asdict(config).items() if k != "checkpoint_every"}
     if not config.distill_weight:  # a run without distillation keeps the key it had before the knobs existed
         knobs = {k: v for k, v in knobs.items() if not k.startswith("distill_")}
-    if not config.label_smoothing:  # as does a run without label smoothing
-        knobs.pop("label_smoothing")
+    for knob in ("label_smoothing", "ema_decay"):  # as does a run without label smoothing or weight average
+        if not knobs[knob]:
+            knobs.pop(knob)
     policy_knobs = {f.name: getattr(policy_config, f.name) for f in fields(policy_config)}
     for knob, former in (("positions", "learned"), ("block", "transformer")):  # as does a policy without them
         if policy_knobs.get(knob) == former:
@@ -323,10 +331,11 @@ def run_epochs(policy: torch.nn.Module, n_windows: int, batch_loss: Callable[[to
     """
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     best = BestWeights(policy, config.patience)
+    average = WeightAverage(policy, config.ema_decay) if config.ema_decay else None
     state_file = training_state_path(resume_dir) if resume_dir is not None else None
     saved = load_training_state(state_file, state_key) if state_file is not None else None
     first = 1 if saved is None else _resume_epochs(saved, policy, optimizer, generator, best, result, callback,
-                                                    config.epochs)
+                                                    config.epochs, average)
     steps_per_epoch = math.ceil(n_windows / config.batch_size)
     for epoch in range(first, config.epochs + 1):
         start = time.perf_counter()
@@ -340,29 +349,33 @@ def run_epochs(policy: torch.nn.Module, n_windows: int, batch_loss: Callable[[to
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if average is not None:
+                average.update()
             total, n_batches = total + loss.item(), n_batches + 1
         train_seconds = time.perf_counter() - start
         if parallel is not None:  # each process summed its parts of the batch losses: one collective per epoch
             total = parallel.sum_over_processes(total) / parallel.world_size
         row = {"epoch": epoch, "train_loss": total / n_batches}
         evaluated = epoch % config.eval_every == 0 or epoch == config.epochs
-        if evaluated:
-            row.update(evaluate())
+        stopped = False
+        if evaluated:  # the weight average, where there is one, is what is evaluated and kept as the best
+            with average.applied() if average is not None else nullcontext():
+                row.update(evaluate())
+                if best.improved(row["valid_ndcg@10"], result.best_valid_ndcg10):
+                    result.best_valid_ndcg10, result.best_epoch = row["valid_ndcg@10"], epoch
+                else:
+                    stopped = best.should_stop
         row["seconds"] = time.perf_counter() - start
         row["sequences_per_s"] = n_windows / max(train_seconds, 1e-9)
         result.history.append(row)
         if callback is not None:
             callback(dict(row))
-        stopped = False
-        if evaluated:
-            if best.improved(row["valid_ndcg@10"], result.best_valid_ndcg10):
-                result.best_valid_ndcg10, result.best_epoch = row["valid_ndcg@10"], epoch
-            else:
-                stopped = best.should_stop
         writes_state = state_file is not None and (parallel is None or parallel.lead)
         if writes_state and (epoch % config.checkpoint_every == 0 or epoch == config.epochs or stopped):
             progress = {"epoch": epoch, "stopped": stopped, "history": result.history, "best_epoch": result.best_epoch,
                         "best_valid_ndcg10": result.best_valid_ndcg10, "best": best.state_dict()}
+            if average is not None:
+                progress["weight_average"] = average.state_dict()
             save_training_state(state_file, policy, config, optimizer, {"shuffle": generator}, progress, state_key)
         if stopped:
             break
@@ -372,7 +385,8 @@ def run_epochs(policy: torch.nn.Module, n_windows: int, batch_loss: Callable[[to
 
 def _resume_epochs(saved: dict, policy: torch.nn.Module, optimizer: torch.optim.Optimizer,
                    generator: torch.Generator, best: BestWeights, result,
-                   callback: Callable[[dict], None] | None, epochs: int) -> int:
+                   callback: Callable[[dict], None] | None, epochs: int,
+                   average: WeightAverage | None = None) -> int:
     """Load a saved pretraining state into the loop's objects; return the first epoch still to run (past
     `epochs` when the saved run had stopped early)."""
     progress = saved["progress"]
@@ -380,6 +394,8 @@ def _resume_epochs(saved: dict, policy: torch.nn.Module, optimizer: torch.optim.
     optimizer.load_state_dict(saved["optimizer"])
     set_rng_state(saved["rng"], {"shuffle": generator})
     best.load_state_dict(progress["best"])
+    if average is not None:
+        average.load_state_dict(progress["weight_average"])
     result.history[:] = progress["history"]
     result.best_epoch, result.best_valid_ndcg10 = progress["best_epoch"], progress["best_valid_ndcg10"]
     result.resumed_from_epoch = progress["epoch"]
