@@ -318,7 +318,8 @@ def run_epochs(policy: torch.nn.Module, n_windows: int, batch_loss: Callable[[to
 
     `batch_loss(idx)` is the loss of the windows `idx`; `evaluate()` returns the valid metrics (with
     `valid_ndcg@10`) every `eval_every` epochs. Early stopping after `patience` evaluations without a
-    better valid NDCG@10; the best weights are restored. `result` (history, best_epoch,
+    better valid NDCG@10; the best weights are restored (with `config.ema_decay`, the weights evaluated and kept
+    are the moving average of the trained ones, `WeightAverage`). `result` (history, best_epoch,
     best_valid_ndcg10, resumed_from_epoch) is filled in and returned.
 
     With `resume_dir`, the state is saved to `<resume_dir>/training_state.pt` after every
