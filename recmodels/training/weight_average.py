@@ -15,9 +15,7 @@ class WeightAverage:
     average into the model for as long as the context lasts (evaluation, keeping the best weights), then puts
     the trained weights back. `state_dict()` / `load_state_dict()` carry it through a resumable training state."""
 
-    def __init__(self, model: nn.Module, decay: float):
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"the weight average's decay must lie in (0, 1), got {decay}")
+    def __init__(self, model: nn.Module, decay: float):  # decay in (0, 1): `check_pretrain_config` checks it
         self.model = model
         self.average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
 
