@@ -98,13 +98,12 @@ def overrides(pairs: list[str]) -> tuple[dict, dict]:
 
 
 def pretrain_data_parallel(table, n_items: int, policy_config, config, nproc: int):
-    """Pretrain in `nproc` torchrun processes on this machine's cores; return a result like `pretrain_policy`'s
-    (policy, history, best epoch and valid NDCG@10) with the lead's checkpoint loaded on the CPU."""
-    from types import SimpleNamespace
-
+    """Pretrain in `nproc` torchrun processes on this machine's cores; return (the `PretrainResult`, with the lead's
+    checkpoint loaded on the CPU, and the torch threads of each process)."""
     from recmodels.runtime import threads_per_process
     from recmodels.storage.model_io import load_policy
     from recmodels.training.distributed import job_spec
+    from recmodels.training.pretraining import PretrainResult
 
     threads = threads_per_process(nproc)
     with tempfile.TemporaryDirectory(prefix="pretrain-protocols-") as tmp:
@@ -121,9 +120,8 @@ def pretrain_data_parallel(table, n_items: int, policy_config, config, nproc: in
             raise SystemExit(f"{' '.join(command)} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
         summary = json.loads(Path(tmp, "summary.json").read_text())
         policy = load_policy(Path(tmp, "policy.pt"))
-    return SimpleNamespace(policy=policy, policy_config=policy.cfg, history=summary["history"],
-                           best_epoch=summary["best_epoch"], best_valid_ndcg10=summary["best_valid_ndcg10"],
-                           threads_per_process=threads)
+    return PretrainResult(policy=policy, policy_config=policy.cfg, history=summary["history"],
+                          best_epoch=summary["best_epoch"], best_valid_ndcg10=summary["best_valid_ndcg10"]), threads
 
 
 def main() -> None:
@@ -160,9 +158,10 @@ def main() -> None:
                                  **policy_set)
     start = time.perf_counter()
     if args.nproc_per_node > 1:
-        result = pretrain_data_parallel(data.table, data.n_items, policy_config, config, args.nproc_per_node)
+        result, threads = pretrain_data_parallel(data.table, data.n_items, policy_config, config, args.nproc_per_node)
     else:
         result = pretrain_policy(data.table, data.n_items, policy_config=policy_config, config=config, device=device)
+        threads = torch.get_num_threads()
     seconds = time.perf_counter() - start
     from mfu import training_step_mfu  # beside this file
 
@@ -185,7 +184,7 @@ def main() -> None:
         "curve": curve(result.history),
         "device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
         "torch_threads": torch.get_num_threads(), "nproc_per_node": args.nproc_per_node,
-        "threads_per_process": result.threads_per_process if args.nproc_per_node > 1 else torch.get_num_threads(),
+        "threads_per_process": threads,
         "retains_freed_memory": retains_freed_memory,
         "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
     }
