@@ -96,18 +96,34 @@ def on_glibc() -> bool:
         return False
 
 
+RETAIN_VARIABLE = "RECALIGN_RETAIN_FREED_MEMORY"  # "0" / "false" / "no" / "off": glibc's own allocator settings
+
+
+def retain_freed_memory_wanted() -> bool:
+    """Whether the RECALIGN_RETAIN_FREED_MEMORY variable leaves `retain_freed_memory` on (unset or empty: on);
+    a value that is no yes or no raises RuntimeError naming the variable, rather than being read as either."""
+    named = os.environ.get(RETAIN_VARIABLE, "").strip().lower()
+    if named in ("", "1", "true", "yes", "on"):
+        return True
+    if named in ("0", "false", "no", "off"):
+        return False
+    raise RuntimeError(f"{RETAIN_VARIABLE}={named!r} is neither on nor off: use 1 or 0 (true/false, yes/no, on/off)")
+
+
 def retain_freed_memory() -> bool:
     """Make glibc's malloc keep the memory this process frees for its next allocations instead of giving it back to
-    the OS; return whether it took (False off glibc: macOS, musl, Windows).
+    the OS; return whether it took (False off glibc: macOS, musl, Windows, and where RECALIGN_RETAIN_FREED_MEMORY=0
+    asks for glibc's own settings, for a machine whose memory is tighter than its time).
 
     By default glibc serves each block above its mmap threshold (at most 32 MiB; a MovieLens-100k pretraining
     batch's logits alone are 43 MB) with a new mapping and unmaps it when freed, so every training step faults
     its largest tensors in again, page by page, zero-filled by the kernel: about a fifth of a CPU training step's
     time went to the kernel (`docs/results-movielens-100k.md`, "Freed memory kept for reuse"). With no mmap and the heap
     trimmed only above 2 GiB free, a step reuses the blocks of the step before. Only where memory comes from
-    changes, not what is computed: the numbers stay the same to the bit; peak memory grows a little. It applies
-    to the whole process and to the processes it forks afterwards; call it where a process starts its work."""
-    if not on_glibc():
+    changes, not what is computed: the numbers stay the same to the bit; peak memory grows (8% for the
+    MovieLens-100k chain's processes, 22-27% for MovieLens-1M pretraining steps). It applies to the whole process
+    and to the processes it forks afterwards; call it where a process starts its work."""
+    if not retain_freed_memory_wanted() or not on_glibc():
         return False
     mallopt = ctypes.CDLL(None).mallopt
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_ABOVE_BYTES))

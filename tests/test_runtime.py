@@ -85,6 +85,8 @@ import resource, sys, torch
 from recmodels.runtime import retain_freed_memory
 if sys.argv[1] == "retain":
     assert retain_freed_memory()
+elif sys.argv[1] == "retain, switched off":  # RECALIGN_RETAIN_FREED_MEMORY=0 in the environment
+    assert not retain_freed_memory()
 faults = []
 for _ in range(30):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -102,10 +104,25 @@ def test_a_process_that_retains_freed_memory_stops_faulting_its_large_tensors_in
     import sys
     from pathlib import Path
 
-    def last_rounds_faults(mode: str) -> int:
+    def last_rounds_faults(mode: str, retain_variable: str = "") -> int:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", runtime.RETAIN_VARIABLE: retain_variable}
         out = subprocess.run([sys.executable, "-c", ALLOCATION_ROUNDS, mode], cwd=Path(__file__).resolve().parents[1],
-                             capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                             capture_output=True, text=True, check=True, env=env)
         return int(out.stdout)
 
     assert last_rounds_faults("default") >= 10 * 16_000  # every round maps its 64 MiB anew
     assert last_rounds_faults("retain") < 16_000  # the freed block is reused: not one round's worth of faults
+    assert last_rounds_faults("retain, switched off", retain_variable="0") >= 10 * 16_000  # glibc's own settings
+
+
+@pytest.mark.parametrize("value, wanted", [("", True), ("1", True), (" On ", True), ("0", False), ("off", False),
+                                           ("false", False)])
+def test_the_retain_variable_switches_the_allocator_setting(monkeypatch, value, wanted):
+    monkeypatch.setenv(runtime.RETAIN_VARIABLE, value)
+    assert runtime.retain_freed_memory_wanted() is wanted
+
+
+def test_a_retain_variable_that_is_neither_on_nor_off_is_named_in_the_error(monkeypatch):
+    monkeypatch.setenv(runtime.RETAIN_VARIABLE, "sometimes")
+    with pytest.raises(RuntimeError, match="RECALIGN_RETAIN_FREED_MEMORY='sometimes'"):
+        runtime.retain_freed_memory()
