@@ -77,11 +77,10 @@ def run_timings(home: Path) -> dict:
             "steps": len(ends), "torch_threads_per_step": sorted(threads)}
 
 
-def run_chain(config: dict, partition: str, execution: dict, cache: Path | None, keep: bool) -> dict:
-    """`dagster job execute` of full_chain on the `partition` data set on a fresh home; its timings."""
-    from pipelines.run_config import full_chain_command
-
-    home = Path(tempfile.mkdtemp(prefix="recalign-parallel-"))
+def fresh_home(config: dict, execution: dict, cache: Path | None, prefix: str) -> tuple[Path, Path, dict]:
+    """A temporary home for one run (its own Dagster instance and MLflow store; the MovieLens wheel cache linked
+    in): (home, run config file, environment for `dagster job execute`)."""
+    home = Path(tempfile.mkdtemp(prefix=prefix))
     (home / "dagster").mkdir()
     shutil.copy(ROOT / "dagster.yaml", home / "dagster" / "dagster.yaml")
     if cache is not None and cache.is_dir():
@@ -91,6 +90,14 @@ def run_chain(config: dict, partition: str, execution: dict, cache: Path | None,
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "MLFLOW_ARTIFACT",
                                                                         "OMP_NUM_THREADS", "MKL_NUM_THREADS"))}
     env |= {"DAGSTER_HOME": str(home / "dagster"), "RECALIGN_HOME": str(home), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return home, config_file, env
+
+
+def run_chain(config: dict, partition: str, execution: dict, cache: Path | None, keep: bool) -> dict:
+    """`dagster job execute` of full_chain on the `partition` data set on a fresh home; its timings."""
+    from pipelines.run_config import full_chain_command
+
+    home, config_file, env = fresh_home(config, execution, cache, "recalign-parallel-")
     load_start = round(os.getloadavg()[0], 2)
     start = time.perf_counter()
     done = subprocess.run(full_chain_command(DAGSTER, config_file, partition), cwd=ROOT, env=env, capture_output=True, text=True)
