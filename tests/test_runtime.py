@@ -123,6 +123,6 @@ def test_the_retain_variable_switches_the_allocator_setting(monkeypatch, value, 
 
 
 def test_a_retain_variable_that_is_neither_on_nor_off_is_named_in_the_error(monkeypatch):
-    monkeypatch.setenv(runtime.RETAIN_VARIABLE, "sometimes")
-    with pytest.raises(RuntimeError, match="RECALIGN_RETAIN_FREED_MEMORY='sometimes'"):
+    monkeypatch.setenv(runtime.RETAIN_VARIABLE, "Sometimes")
+    with pytest.raises(RuntimeError, match="RECALIGN_RETAIN_FREED_MEMORY='Sometimes'"):
         runtime.retain_freed_memory()
