@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from parallel_steps import DAGSTER, chain_config, fresh_home  # noqa: E402
 
 PRETRAINING_DONE = 'Finished execution of step "pretrained_policy"'
-SETTINGS = {"freed memory kept": "1", "glibc defaults": "0"}  # RECALIGN_RETAIN_FREED_MEMORY
+SETTINGS = {"freed memory kept": "1", "glibc defaults": "0"}  # values of recmodels.runtime.RETAIN_VARIABLE
 
 
 def process_tree(root: int) -> list[int]:
@@ -95,11 +95,12 @@ def epoch_rows(history_markdown: str) -> list[dict]:
 
 
 def run_until_pretrained(config: dict, retain: str, cache: Path | None) -> dict:
-    """One full_chain run with RECALIGN_RETAIN_FREED_MEMORY=`retain`, stopped after its pretrained_policy step."""
+    """One full_chain run with the retain variable at `retain`, stopped after its pretrained_policy step."""
     from pipelines.run_config import executor_config, full_chain_command
+    from recmodels.runtime import RETAIN_VARIABLE
 
     home, config_file, env = fresh_home(config, executor_config(), cache, "recalign-allocator-")
-    env["RECALIGN_RETAIN_FREED_MEMORY"] = retain
+    env[RETAIN_VARIABLE] = retain
     log = home / "run.log"
     with open(log, "w") as out:
         run = subprocess.Popen(full_chain_command(DAGSTER, config_file, "movielens-100k"), cwd=ROOT, env=env,

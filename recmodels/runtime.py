@@ -103,9 +103,10 @@ def retain_freed_memory_wanted() -> bool:
     """Whether the RECALIGN_RETAIN_FREED_MEMORY variable leaves `retain_freed_memory` on (unset or empty: on);
     a value that is no yes or no raises RuntimeError naming the variable, rather than being read as either."""
     named = os.environ.get(RETAIN_VARIABLE, "")
-    if named.strip().lower() in ("", "1", "true", "yes", "on"):
+    value = named.strip().lower()
+    if value in ("", "1", "true", "yes", "on"):
         return True
-    if named.strip().lower() in ("0", "false", "no", "off"):
+    if value in ("0", "false", "no", "off"):
         return False
     raise RuntimeError(f"{RETAIN_VARIABLE}={named!r} is neither on nor off: use 1 or 0 (true/false, yes/no, on/off)")
 
